@@ -1,0 +1,344 @@
+"""Captions → category words (METHODS §2.3 steps 1–2, §9.3, §9.4).
+
+CPL's pseudo-label vocabulary is every synonym of the 1203 LVIS v1 categories; an image's
+captions are lemmatised and every synonym that occurs as a whole word sequence is a match.
+
+Text normalisation, applied identically to vocabulary synonyms and captions:
+
+1. lower-case; for synonyms also underscores → spaces and everything from "(" on dropped
+   (``"bus_(vehicle)"`` → ``"bus"``);
+2. tokens = maximal runs of letters: digits, punctuation, apostrophes and hyphens separate words,
+   so ``"hot-dog"`` in a caption matches the synonym ``"hot dog"`` and LVIS ``"t-shirt"`` is
+   the two tokens ``t shirt`` on both sides (spaCy, used upstream, splits hyphens too);
+3. every token is lemmatised as a noun with lemminflect (:func:`lemmatize`), whose data ships
+   in the package (spaCy's English model, used upstream, is not on the registry).
+
+Matching follows upstream: a synonym matches where its token sequence occurs in a caption's
+token sequence; overlapping matches are all kept (``"hot dog"`` also yields ``"dog"``), matches
+are pooled over an image's captions and de-duplicated by synonym string. Matching is a dict
+lookup over the caption's n-grams (n ≤ longest synonym, pruned by a prefix set), so the cost
+per caption does not grow with the vocabulary.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+from lemminflect import getAllLemmas, getLemma
+
+from ovis.data.coco import CocoFormatError
+
+__all__ = [
+    "COCO_EXTRA_SYNONYMS",
+    "COCO_TO_LVIS",
+    "Vocabulary",
+    "WordMatch",
+    "caption_tokens",
+    "caption_words",
+    "find_words",
+    "lemmatize",
+    "load_lvis_categories",
+    "lvis_matches",
+    "normalize_phrase",
+    "parse_caption_file",
+]
+
+# COCO category name → LVIS v1 category names whose synonyms it also takes, beyond the
+# automatic match (same normalised name or synonym, see ``lvis_matches``). Needed where LVIS
+# names the object differently ("wine glass" ↔ "wineglass") or where COCO's category covers
+# several LVIS ones (COCO "sports ball" covers LVIS "ball", "soccer_ball", ...).
+COCO_TO_LVIS: dict[str, tuple[str, ...]] = {
+    "airplane": ("jet_plane", "seaplane"),
+    "bird": ("duck", "duckling", "goose", "gull", "pigeon"),
+    "car": ("cab_(taxi)", "jeep", "minivan"),
+    "cat": ("kitten",),
+    "cell phone": ("cellular_telephone", "telephone"),
+    "cup": ("mug", "teacup"),
+    "cow": ("calf",),
+    "dining table": ("table", "kitchen_table"),
+    "dog": ("puppy",),
+    "hair drier": ("hair_dryer",),
+    "laptop": ("laptop_computer",),
+    "microwave": ("microwave_oven",),
+    "oven": ("stove",),
+    "potted plant": ("flowerpot",),
+    "remote": ("remote_control",),
+    "sheep": ("lamb_(animal)",),
+    "sports ball": ("ball", "soccer_ball", "tennis_ball", "beachball"),
+    "tennis racket": ("racket",),
+    "truck": ("pickup_truck", "fire_engine", "garbage_truck", "trailer_truck", "tow_truck"),
+    "wine glass": ("wineglass",),
+}
+
+# COCO category name → words LVIS has no synonym for but COCO captions use for that object.
+# Not part of the upstream (LVIS) vocabulary: used only by ``Vocabulary.from_categories(...,
+# lvis_synonyms=True)`` so that COCO-class parsing finds what a careful reader would.
+COCO_EXTRA_SYNONYMS: dict[str, tuple[str, ...]] = {
+    "person": ("people", "guy", "lady", "kid", "player", "skier", "surfer", "skateboarder",
+               "snowboarder", "pitcher", "batter", "catcher", "toddler"),
+    "airplane": ("plane", "jet", "jetliner", "airliner", "aircraft"),
+    "baseball glove": ("mitt",),
+    "motorcycle": ("motorbike", "motor bike"),
+    "hot dog": ("hotdog",),
+    "refrigerator": ("fridge",),
+    "teddy bear": ("teddy",),
+    "potted plant": ("houseplant", "plant"),
+    "tv": ("television",),
+    "laptop": ("computer",),
+    "cell phone": ("smartphone",),
+    "wine glass": ("glass of wine",),
+}
+
+_WORD = re.compile(r"[^\W\d_]+")  # runs of letters (Unicode), nothing else
+
+
+@lru_cache(maxsize=200_000)
+def lemmatize(word: str) -> str:
+    """Noun lemma of one lower-case word ("men" → "man", "knives" → "knife", "skis" → "ski").
+
+    Dictionary words without a noun reading ("riding", "was") stay as they are; words outside
+    lemminflect's dictionary get its noun rules ("frisbees" → "frisbee"). With several noun
+    lemmas the word itself wins if it is one ("glasses"), else the first lemma that is not also
+    a verb lemma ("leaves" → "leaf", not "leave").
+    """
+    lemmas = getAllLemmas(word)
+    if not lemmas:
+        oov = getLemma(word, upos="NOUN", lemmatize_oov=True)
+        return oov[0] if oov else word
+    nouns = lemmas.get("NOUN")
+    if not nouns:
+        return word
+    if len(nouns) == 1:
+        return nouns[0]
+    if word in nouns:
+        return word
+    other = {lemma for pos, forms in lemmas.items() if pos != "NOUN" for lemma in forms}
+    return next((n for n in nouns if n not in other), nouns[0])
+
+
+def caption_tokens(text: str) -> tuple[str, ...]:
+    """Lemmatised word tokens of a caption (lower-cased, split on non-letters)."""
+    return tuple(lemmatize(w) for w in _WORD.findall(text.lower()))
+
+
+def normalize_phrase(name: str) -> str:
+    """Vocabulary form of a category name or synonym: ``"Bus_(vehicle)"`` → ``"bus"``,
+    ``"hot_dogs"`` → ``"hot dog"``; empty string if nothing is left."""
+    return " ".join(caption_tokens(name.split("(", 1)[0].replace("_", " ")))
+
+
+@dataclass(frozen=True)
+class WordMatch:
+    """One vocabulary synonym found in an image's captions.
+
+    ``word``: the lemmatised synonym; ``category_id``: the category it maps to; ``captions``:
+    indices (into the caption list given to :func:`find_words`) of the captions containing it.
+    """
+
+    word: str
+    category_id: int
+    captions: tuple[int, ...]
+
+
+class Vocabulary:
+    """Lemmatised synonym → category id, plus category id → name.
+
+    Build with :meth:`from_lvis` (upstream CPL vocabulary) or :meth:`from_categories` (a
+    dataset's own categories). When two synonyms lemmatise to the same string the later one
+    wins, as upstream.
+    """
+
+    def __init__(self, synonyms: Mapping[str, int], category_names: Mapping[int, str]) -> None:
+        self.synonyms: dict[str, int] = dict(synonyms)
+        self.category_names: dict[int, str] = dict(category_names)
+        missing = sorted({c for c in self.synonyms.values() if c not in self.category_names})
+        if missing:
+            raise ValueError(f"Vocabulary: category ids {missing} have synonyms but no name")
+        self._by_tokens = {tuple(s.split(" ")): s for s in self.synonyms if s}
+        self._prefixes = {key[:n] for key in self._by_tokens for n in range(1, len(key) + 1)}
+        self.max_words = max((len(k) for k in self._by_tokens), default=0)
+
+    def __len__(self) -> int:
+        return len(self.synonyms)
+
+    def __repr__(self) -> str:
+        return (f"Vocabulary({len(self.synonyms)} synonyms, {len(self.category_names)} categories, "
+                f"up to {self.max_words} words)")
+
+    @classmethod
+    def _from_pairs(cls, pairs: Iterable[tuple[str, int]], names: Mapping[int, str]) -> Vocabulary:
+        synonyms: dict[str, int] = {}
+        for raw, cid in pairs:
+            phrase = normalize_phrase(raw)
+            if phrase:
+                synonyms[phrase] = cid
+        return cls(synonyms, names)
+
+    @classmethod
+    def from_lvis(cls, categories: Sequence[Mapping] | None = None) -> Vocabulary:
+        """CPL's vocabulary: all synonyms of the LVIS v1 categories → LVIS category id (1..1203).
+
+        ``categories`` defaults to the packaged ``lvis_v1_categories.json``.
+        """
+        cats = load_lvis_categories() if categories is None else categories
+        pairs = [(syn, int(c["id"])) for c in cats for syn in c["synonyms"]]
+        return cls._from_pairs(pairs, {int(c["id"]): str(c["name"]) for c in cats})
+
+    @classmethod
+    def from_categories(cls, categories: Sequence[Mapping], lvis_synonyms: bool = False) -> Vocabulary:
+        """Vocabulary of a dataset's own categories: each ``name`` and optional ``synonyms``.
+
+        With ``lvis_synonyms=True`` every category also takes the synonyms of its LVIS
+        categories (:func:`lvis_matches`: same normalised name or synonym, plus ``COCO_TO_LVIS``)
+        and the words in ``COCO_EXTRA_SYNONYMS`` for its name. So for COCO, "a man riding a
+        skateboard" yields person (LVIS "person" lists "man") and skateboard.
+        """
+        names = {int(c["id"]): str(c["name"]) for c in categories}
+        pairs: list[tuple[str, int]] = []
+        extra = {normalize_phrase(k): v for k, v in COCO_EXTRA_SYNONYMS.items()} if lvis_synonyms else {}
+        if lvis_synonyms:
+            lvis = {int(c["id"]): c for c in load_lvis_categories()}
+            for cid, lvis_ids in lvis_matches(categories).items():
+                pairs += [(syn, cid) for lid in lvis_ids for syn in lvis[lid]["synonyms"]]
+        for c in categories:
+            cid = int(c["id"])
+            pairs.append((str(c["name"]), cid))
+            pairs += [(str(s), cid) for s in c.get("synonyms") or ()]
+            pairs += [(s, cid) for s in extra.get(normalize_phrase(str(c["name"])), ())]
+        return cls._from_pairs(pairs, names)
+
+    def match_tokens(self, toks: Sequence[str]) -> list[str]:
+        """Synonyms occurring in one lemmatised token sequence, in order of their start."""
+        found: list[str] = []
+        by_tokens, prefixes = self._by_tokens, self._prefixes
+        n = len(toks)
+        for i in range(n):
+            key: tuple[str, ...] = ()
+            for j in range(i, min(n, i + self.max_words)):
+                key = key + (toks[j],)
+                if key not in prefixes:
+                    break
+                syn = by_tokens.get(key)
+                if syn is not None:
+                    found.append(syn)
+        return found
+
+
+@lru_cache(maxsize=1)
+def _lvis_categories_cached() -> tuple[dict, ...]:
+    ref = resources.files("ovis.data") / "resources" / "lvis_v1_categories.json"
+    with ref.open("r", encoding="utf-8") as f:
+        return tuple(json.load(f))
+
+
+def load_lvis_categories() -> list[dict]:
+    """The packaged LVIS v1 category list (1203 dicts with id, name, synonyms, ...)."""
+    return [dict(c) for c in _lvis_categories_cached()]
+
+
+def lvis_matches(categories: Sequence[Mapping]) -> dict[int, list[int]]:
+    """Category id → LVIS v1 category ids describing the same object.
+
+    Rule: an LVIS category matches when the normalised category name equals the normalised LVIS
+    name or one of its synonyms (so COCO "couch" ↔ LVIS "sofa", "skis" ↔ "ski", "tie" ↔
+    "necktie"); ``COCO_TO_LVIS`` adds the rest by name. Categories with no match are absent.
+    """
+    lvis = _lvis_categories_cached()
+    by_phrase: dict[str, list[int]] = {}
+    for c in lvis:
+        for s in {c["name"], *c["synonyms"]}:
+            ids = by_phrase.setdefault(normalize_phrase(s), [])
+            if c["id"] not in ids:
+                ids.append(c["id"])
+    by_name = {c["name"]: c["id"] for c in lvis}
+    table = {normalize_phrase(k): v for k, v in COCO_TO_LVIS.items()}
+    out: dict[int, list[int]] = {}
+    for c in categories:
+        key = normalize_phrase(str(c["name"]))
+        ids = list(by_phrase.get(key, []))
+        for lvis_name in table.get(key, ()):
+            if lvis_name not in by_name:
+                raise KeyError(f"COCO_TO_LVIS[{c['name']!r}] names {lvis_name!r}, not an LVIS v1 category")
+            if by_name[lvis_name] not in ids:
+                ids.append(by_name[lvis_name])
+        if ids:
+            out[int(c["id"])] = ids
+    return out
+
+
+def find_words(captions: Sequence[str], vocab: Vocabulary) -> list[WordMatch]:
+    """Vocabulary synonyms found in the captions of one image, pooled and de-duplicated.
+
+    Ordered by first occurrence (caption, then position); each :class:`WordMatch` lists the
+    indices of the captions containing its synonym.
+    """
+    where: dict[str, list[int]] = {}
+    for idx, caption in enumerate(captions):
+        for syn in vocab.match_tokens(caption_tokens(caption)):
+            hits = where.setdefault(syn, [])
+            if not hits or hits[-1] != idx:
+                hits.append(idx)
+    return [WordMatch(syn, vocab.synonyms[syn], tuple(idx)) for syn, idx in where.items()]
+
+
+def parse_caption_file(path: str | Path) -> dict[int, list[str]]:
+    """COCO captions JSON → image id → its captions (file order, whitespace stripped).
+
+    Images listed under ``images`` without captions map to ``[]``. Raises
+    :class:`~ovis.data.coco.CocoFormatError` naming the file (and annotation) on bad input.
+    """
+    name = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            data = json.load(f)
+    except OSError as e:
+        raise CocoFormatError(f"{name}: cannot read file: {e.strerror or e}") from e
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CocoFormatError(f"{name}: not valid JSON ({e}); re-download or re-create the file") from e
+    if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
+        raise CocoFormatError(f"{name}: no 'annotations' list (is this a COCO captions file?)")
+    out: dict[int, list[str]] = {}
+    images = data.get("images", [])
+    if not isinstance(images, list):
+        raise CocoFormatError(f"{name}: 'images' is a {type(images).__name__}, expected a list")
+    for i, img in enumerate(images):
+        if not isinstance(img, dict) or not isinstance(img.get("id"), int):
+            raise CocoFormatError(f"{name}: image entry {i} has no integer 'id'")
+        out.setdefault(img["id"], [])
+    for i, ann in enumerate(data["annotations"]):
+        if not isinstance(ann, dict):
+            raise CocoFormatError(f"{name}: annotation {i} is a {type(ann).__name__}, expected an object")
+        image_id, caption = ann.get("image_id"), ann.get("caption")
+        if not isinstance(image_id, int) or not isinstance(caption, str):
+            raise CocoFormatError(
+                f"{name}: annotation {ann.get('id', f'#{i}')}: needs an integer 'image_id' and a "
+                f"string 'caption' (got {image_id!r}, {type(caption).__name__}); is this a captions file?"
+            )
+        if images and image_id not in out:
+            raise CocoFormatError(
+                f"{name}: annotation {ann.get('id', f'#{i}')}: image id {image_id} is not in 'images'"
+            )
+        out.setdefault(image_id, []).append(caption.strip())
+    return out
+
+
+def caption_words(captions_by_image: Mapping[int, Sequence[str]], vocab: Vocabulary) -> dict[int, list[dict]]:
+    """Image id → ``[{"word", "category_id", "category_name"}]`` found in its captions.
+
+    The per-image lists of ``splits/captions.json``; images whose captions match nothing map
+    to ``[]`` (they get no pseudo labels, METHODS §2.3 step 8).
+    """
+    return {
+        image_id: [
+            {"word": m.word, "category_id": m.category_id, "category_name": vocab.category_names[m.category_id]}
+            for m in find_words(caps, vocab)
+        ]
+        for image_id, caps in captions_by_image.items()
+    }
