@@ -1,0 +1,40 @@
+# Every target does its own set-up: a fresh machine needs only Python 3.11.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
+VENV := .venv
+OVIS := $(VENV)/bin/ovis
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test test-slow bench lab clean
+
+setup: $(VENV)/.synced
+
+.tools/bin/uv:
+	$(PYTHON) -m venv .tools
+	.tools/bin/python -m pip install --quiet uv
+
+$(VENV)/.synced: pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen --python $(PYTHON)
+	touch $@
+
+demo: setup
+	$(OVIS) reproduce demo_cpl
+	$(OVIS) reproduce demo_ggn
+	$(VENV)/bin/python -m ovis.pipeline summary demo_cpl demo_ggn
+
+test: setup
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+test-slow: setup
+	$(VENV)/bin/pytest -m slow $(PYTEST_ARGS)
+
+bench: setup
+	$(VENV)/bin/python benchmarks/eval_speed.py
+	$(VENV)/bin/python benchmarks/grouping_oracle.py
+
+lab: setup
+	$(OVIS) lab
+
+clean:
+	rm -rf runs demo_data .pytest_cache

@@ -1,0 +1,325 @@
+"""Recipes: typed sections loaded from YAML, a base recipe extended by method recipes, dotted overrides.
+
+A recipe file may say ``extends: base.yaml`` (relative to its own folder); the child overrides
+only the keys it names. ``--set teacher.max_iter=100`` style overrides are parsed as YAML values.
+The resolved recipe and its hash are saved into every run directory.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+import yaml
+
+
+class RecipeError(ValueError):
+    """A recipe file or override is wrong; the message says where and what to do."""
+
+
+@dataclass
+class DataConfig:
+    """Where the dataset lives. Paths are relative to ``root`` unless absolute."""
+
+    root: str = "demo_data"
+    demo: bool = False  # generate the embedded synthetic dataset into root when missing
+    demo_seed: int = 0
+    demo_num_train: int = 240
+    demo_num_val: int = 60
+    demo_image_size: int = 160
+    train_instances: str = "annotations/instances_train2017.json"
+    val_instances: str = "annotations/instances_val2017.json"
+    train_captions: str | None = "annotations/captions_train2017.json"
+    train_images: str = "train2017"
+    val_images: str = "val2017"
+
+    def path(self, rel: str | None) -> Path | None:
+        if rel is None:
+            return None
+        p = Path(rel)
+        return p if p.is_absolute() else Path(self.root) / p
+
+
+@dataclass
+class SplitsConfig:
+    protocol: str = "coco_ovr_48_17"
+
+
+@dataclass
+class ModelConfig:
+    """Detector / affinity network layout (METHODS §2.2, §3.1, §3.4, §3.5)."""
+
+    arch: str = "c4"  # c4 | fpn
+    backbone: str = "resnet50"  # resnet18 | resnet34 | resnet50
+    backbone_weights: str | None = None  # local .pth file or torchvision enum, e.g. ResNet50_Weights.IMAGENET1K_V1
+    trainable_layers: int = 3
+    classifier: str = "embedding"  # embedding (open vocabulary) | agnostic (one foreground class)
+    heads: str = "standard"  # standard | oln
+    text_encoder: str = "minilm"
+    embedding_dim: int | None = None  # text space size; None = the encoder's
+    min_size: int = 800
+    max_size: int = 1333
+    anchor_sizes: list[int] = field(default_factory=lambda: [32, 64, 128, 256, 512])
+    aspect_ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
+    fpn_channels: int = 256
+    representation_size: int = 1024
+    mask_head_channels: int = 256
+    rpn_pre_nms_top_n_train: int = 12000
+    rpn_pre_nms_top_n_test: int = 6000
+    rpn_post_nms_top_n_train: int = 2000
+    rpn_post_nms_top_n_test: int = 1000
+    rpn_nms_thresh: float = 0.7
+    box_batch_size_per_image: int = 512
+    box_positive_fraction: float = 1.0
+    background_weight: float = 0.2
+    box_score_thresh: float = 0.05
+    box_nms_thresh: float = 0.5
+    box_detections_per_img: int = 100
+    box_smooth_l1_beta: float = 1.0  # RoI box loss: smooth-L1 beta (maskrcnn-benchmark 1.0; 0 = L1 as mmdet)
+    mask: bool = True  # mask branch (False: boxes only, e.g. OLN-Box)
+    input_format: str = "rgb"  # rgb (torchvision ImageNet mean/std) | bgr255 (maskrcnn-benchmark/caffe checkpoints)
+    stride_in_1x1: bool = False  # bottleneck stride on the 1x1 conv (MSRA/caffe ResNet, maskrcnn-benchmark)
+    decoder_channels: int = 256  # affinity network (UperNet) width
+
+
+@dataclass
+class TrainConfig:
+    """One training run (teacher, student, affinity network, grounding)."""
+
+    max_iter: int = 1000
+    batch_size: int = 1  # images per process
+    lr: float = 0.02
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    bias_lr_factor: float = 1.0
+    weight_decay_bias: float | None = None  # None = weight_decay
+    warmup_iters: int = 500
+    warmup_factor: float = 1.0 / 3
+    steps: list[int] = field(default_factory=list)
+    gamma: float = 0.1
+    clip_grad_norm: float | None = None
+    amp: str = "none"  # none | bf16 | fp16 (GPU only)
+    checkpoint_period: int = 500
+    log_period: int = 20
+    seed: int = 0
+    num_workers: int = 2
+    flip_prob: float = 0.5
+    freeze: list[str] = field(default_factory=list)  # parameter-name prefixes kept frozen
+    init: str | None = None  # checkpoint to initialise from (relative to the run dir)
+    find_unused_parameters: bool = False  # DDP; needed when some parameters get no gradient in a step
+
+
+@dataclass
+class PseudoConfig:
+    """Pseudo-mask extraction (CPL cross-modal, METHODS §2.3; GGN grouping, §3.2–3.3)."""
+
+    vocabulary: str = "lvis"  # lvis | dataset
+    max_images: int | None = None
+    shards: int = 1
+    # GGN grouping (upstream extraction values)
+    edge_thresh: float = 0.0
+    join_thresh: float = 1.0
+    nms_thresh: float = 0.2
+    use_orientation: bool = True
+    globalization: float = 0.5
+    n_eigenvectors: int = 16
+    border_filter_thresh: float = 0.9
+    min_component_size: int = 0
+    seed_footprint: int = 20
+    top_n: int = 20
+    top_k: int = 3
+    gt_iou_thresh: float = 0.5
+
+
+@dataclass
+class StudentConfig(TrainConfig):
+    """CPL robust student extras (METHODS §2.4)."""
+
+    uncertainty: bool = True
+    uncertainty_train_iter: int = 10000
+    lambda_pseudo: float = 0.1
+    pseudo_box_loss: bool = True
+
+
+@dataclass
+class EvalConfig:
+    protocol: str = "coco_ovr_48_17"
+    iou_types: list[str] = field(default_factory=lambda: ["segm", "bbox"])
+    max_images: int | None = None
+    detections_per_img: int = 100
+
+
+@dataclass
+class LaunchConfig:
+    launcher: str = "local"  # local | torchrun | slurm
+    nproc: int = 1
+    nodes: int = 1
+    partition: str | None = None
+    device: str = "auto"  # auto | cpu | cuda
+    timeout_min: int = 4320
+    cpus_per_task: int = 8  # slurm: CPU cores per GPU task (data-loading workers)
+    mem_gb: int | None = None  # slurm: memory per node; None = the partition's default
+    rdzv_endpoint: str | None = None  # torchrun with nodes > 1: HOST:PORT of the rendezvous node
+
+
+@dataclass
+class Recipe:
+    name: str = "unnamed"
+    method: str = "cpl"  # cpl | ggn | oln
+    description: str = ""
+    data: DataConfig = field(default_factory=DataConfig)
+    splits: SplitsConfig = field(default_factory=SplitsConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    grounding: TrainConfig = field(default_factory=TrainConfig)
+    teacher: TrainConfig = field(default_factory=TrainConfig)
+    pseudo: PseudoConfig = field(default_factory=PseudoConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    launch: LaunchConfig = field(default_factory=LaunchConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def hash(self) -> str:
+        """Short content hash of the resolved recipe (stages skip work whose outputs match it)."""
+        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+    def save(self, run_dir: str | Path) -> Path:
+        """Write ``recipe.yaml`` (resolved, with its hash) into run_dir atomically."""
+        from ovis.data.coco import write_text_atomic
+
+        text = f"# ovis resolved recipe, hash {self.hash()}\n" + yaml.safe_dump(self.to_dict(), sort_keys=False)
+        return write_text_atomic(text, Path(run_dir) / "recipe.yaml")
+
+
+def recipe_dir() -> Path:
+    return Path(str(resources.files("ovis") / "recipes"))
+
+
+def list_recipes() -> list[str]:
+    return sorted(p.stem for p in recipe_dir().glob("*.yaml") if not p.stem.startswith("_"))
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    if path in seen:
+        raise RecipeError(f"{path}: 'extends' cycle through {[str(p) for p in seen]}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except OSError as e:
+        raise RecipeError(f"{path}: cannot read recipe ({e.strerror})") from None
+    except yaml.YAMLError as e:
+        raise RecipeError(f"{path}: invalid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: a recipe must be a mapping of sections, got {type(data).__name__}")
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    return _merge(_read_yaml((path.parent / parent).resolve(), seen + (path,)), data)
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def parse_overrides(overrides: list[str] | dict[str, Any] | None) -> dict[str, Any]:
+    """``["teacher.max_iter=100", "model.arch=fpn"]`` (or a flat dict of dotted keys) → nested dict."""
+    if not overrides:
+        return {}
+    items = overrides.items() if isinstance(overrides, dict) else []
+    if not isinstance(overrides, dict):
+        parsed = []
+        for item in overrides:
+            if "=" not in item:
+                raise RecipeError(f"override {item!r}: expected SECTION.KEY=VALUE, e.g. teacher.max_iter=100")
+            key, raw = item.split("=", 1)
+            try:
+                parsed.append((key.strip(), yaml.safe_load(raw)))
+            except yaml.YAMLError as e:
+                raise RecipeError(f"override {item!r}: value is not valid YAML ({e})") from None
+        items = parsed
+    nested: dict[str, Any] = {}
+    for key, value in items:
+        node = nested
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return nested
+
+
+def _check_type(value: Any, hint: Any, where: str) -> Any:
+    origin = get_origin(hint)
+    args = get_args(hint)
+    if value is None:
+        if type(None) in args:
+            return None
+        raise RecipeError(f"{where}: null is not allowed here (expected {getattr(hint, '__name__', hint)})")
+    if args and type(None) in args:  # Optional[X]
+        inner = [a for a in args if a is not type(None)]
+        return _check_type(value, inner[0], where)
+    if origin is list:
+        if not isinstance(value, list):
+            raise RecipeError(f"{where}: expected a list, got {value!r}")
+        return [_check_type(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float, str, bool) and not (isinstance(value, hint) and not (hint is int and isinstance(value, bool))):
+        raise RecipeError(f"{where}: expected {hint.__name__}, got {value!r}")
+    return value
+
+
+def _build(cls: type, data: dict[str, Any], where: str) -> Any:
+    if not isinstance(data, dict):
+        raise RecipeError(f"{where}: expected a mapping, got {data!r}")
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise RecipeError(f"{where}: unknown key(s) {unknown}; valid keys: {sorted(names)}")
+    kwargs = {}
+    for key, value in data.items():
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = _build(hint, value, f"{where}.{key}")
+        else:
+            kwargs[key] = _check_type(value, hint, f"{where}.{key}")
+    return cls(**kwargs)
+
+
+def resolve_recipe_path(recipe: str | Path) -> Path:
+    """A recipe is a packaged name (``demo_cpl``) or a path to a YAML file."""
+    p = Path(recipe)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        if not p.is_file():
+            raise RecipeError(f"{p}: recipe file not found")
+        return p
+    packaged = recipe_dir() / f"{recipe}.yaml"
+    if not packaged.is_file():
+        raise RecipeError(f"unknown recipe {str(recipe)!r}; packaged recipes: {', '.join(list_recipes())}")
+    return packaged
+
+
+def load_recipe(recipe: str | Path, overrides: list[str] | dict[str, Any] | None = None) -> Recipe:
+    """Load a recipe by name or path, apply dotted overrides, validate every key and type."""
+    path = resolve_recipe_path(recipe)
+    data = _merge(_read_yaml(path.resolve()), parse_overrides(overrides))
+    data.setdefault("name", path.stem)
+    return _build(Recipe, data, path.stem)
+
+
+def recipe_from_dict(data: dict[str, Any]) -> Recipe:
+    """Rebuild a Recipe from its ``to_dict()`` form (e.g. a saved ``recipe.yaml``)."""
+    return _build(Recipe, data, str(data.get("name", "recipe")))

@@ -1,0 +1,172 @@
+"""`ovis reproduce`: run a recipe's stage notebooks in order with papermill, headlessly.
+
+Each stage is a parameterized notebook in ``notebooks/``; its executed copy (parameters in the
+metadata, per-cell timings, outputs saved while it runs) goes to ``<run_dir>/notebooks/``. A stage
+whose outputs exist for the same resolved recipe hash is skipped; a failing stage stops the run,
+names the stage and the failing cell, keeps what earlier stages wrote, and exits non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ovis.config import Recipe, RecipeError, list_recipes, load_recipe
+from ovis.runs import STAGES, default_run_dir, stage_done
+
+NOTEBOOKS = {
+    "splits": "00_splits.ipynb",
+    "teacher": "01_teacher.ipynb",
+    "pseudo": "02_pseudo_masks.ipynb",
+    "student": "03_student.ipynb",
+    "eval": "04_eval.ipynb",
+    "curves": "05_curves.ipynb",
+}
+
+
+class StageFailed(RuntimeError):
+    """A stage notebook raised; the message names the stage, the cell and the error."""
+
+
+@dataclass
+class StageResult:
+    stage: str
+    status: str  # ran | skipped
+    seconds: float
+    notebook: Path | None
+
+
+def notebook_dir() -> Path:
+    """The stage notebooks: ``$OVIS_NOTEBOOKS`` or the repository's ``notebooks/``."""
+    env = os.environ.get("OVIS_NOTEBOOKS")
+    return Path(env) if env else Path(__file__).resolve().parent.parent / "notebooks"
+
+
+def parse_stages(spec: str | None) -> list[str]:
+    if not spec:
+        return list(STAGES)
+    stages = [s.strip() for s in spec.split(",") if s.strip()]
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        raise ValueError(f"unknown stage(s) {unknown}; stages: {', '.join(STAGES)}")
+    return [s for s in STAGES if s in stages]
+
+
+def notebook_parameters(stage: str) -> dict[str, dict]:
+    """The ``parameters`` cell of a stage notebook: name → {default, inferred_type_name, help}."""
+    import papermill
+
+    return papermill.inspect_notebook(str(notebook_dir() / NOTEBOOKS[stage]))
+
+
+def run_stage(stage: str, recipe: Recipe, recipe_ref: str, run_dir: Path, overrides: list[str],
+              force: bool = False, kernel: str = "python3") -> StageResult:
+    """Execute one stage notebook; skip it when its outputs match the recipe hash."""
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    if not force and stage_done(run_dir, stage, recipe):
+        return StageResult(stage, "skipped", 0.0, None)
+    out = run_dir / "notebooks" / NOTEBOOKS[stage]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    params = {"recipe": recipe_ref, "run_dir": str(run_dir), "overrides": list(overrides), "force": force}
+    accepted = notebook_parameters(stage)
+    params = {k: v for k, v in params.items() if k in accepted}
+    start = time.perf_counter()
+    try:
+        papermill.execute_notebook(
+            str(notebook_dir() / NOTEBOOKS[stage]), str(out), parameters=params, kernel_name=kernel,
+            progress_bar=False, request_save_on_cell_execute=True, cwd=os.getcwd(),
+        )
+    except PapermillExecutionError as e:
+        raise StageFailed(
+            f"stage {stage} failed in cell {e.exec_count} of {out}: {e.ename}: {e.evalue}"
+        ) from None
+    return StageResult(stage, "ran", time.perf_counter() - start, out)
+
+
+def reproduce(recipe_ref: str, stages: list[str] | None = None, run_dir: str | Path | None = None,
+              overrides: list[str] | None = None, force: bool = False, log=print) -> list[StageResult]:
+    """Run ``stages`` (default: all six) of a recipe; returns what ran and what was skipped."""
+    overrides = list(overrides or [])
+    recipe = load_recipe(recipe_ref, overrides)
+    run_dir = Path(run_dir) if run_dir else default_run_dir(recipe)
+    results = []
+    todo = stages or list(STAGES)
+    for i, stage in enumerate(todo, 1):
+        log(f"[{i}/{len(todo)}] {stage}: running {NOTEBOOKS[stage]} ...")
+        result = run_stage(stage, recipe, recipe_ref, run_dir, overrides, force)
+        what = "skipped (outputs match recipe hash)" if result.status == "skipped" else f"done in {result.seconds:.1f} s"
+        log(f"[{i}/{len(todo)}] {stage}: {what}")
+        results.append(result)
+    return results
+
+
+def summary(recipes: list[str], runs_root: Path = Path("runs")) -> str:
+    """Markdown table of the headline metrics of finished runs (teacher vs student, baseline vs method)."""
+    rows = ["| recipe | model | protocol | metric | value |", "|---|---|---|---|---|"]
+    for name in recipes:
+        for path in sorted((runs_root / name / "eval").glob("**/metrics.json")):
+            data = json.loads(path.read_text())
+            model = path.parent.name if path.parent.name != "eval" else "student"
+            for key, value in data.get("metrics", {}).items():
+                if key in ("AP50_base", "AP50_novel", "AP50_all", "AR@10", "AR@100", "AUC"):
+                    rows.append(f"| {name} | {model} | {data.get('protocol')} {data.get('iou_type')} | {key} | {100 * value:.1f} |")
+    report = [str(p) for name in recipes for p in [runs_root / name / "curves" / "report.md"] if p.exists()]
+    return "\n".join(rows + ([""] + [f"report: {r}" for r in report] if report else []))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["summary"]:
+        print(summary(argv[1:]))
+        return 0
+    ap = argparse.ArgumentParser(prog="ovis reproduce", description=__doc__.splitlines()[0])
+    ap.add_argument("recipe", nargs="?", help="packaged recipe name (see --list) or a YAML file")
+    ap.add_argument("--stages", help=f"comma-separated subset of {','.join(STAGES)}")
+    ap.add_argument("--run-dir", type=Path, help="default runs/<recipe>")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="dotted recipe override, e.g. teacher.max_iter=100 (repeatable)")
+    ap.add_argument("--force", action="store_true", help="re-run stages even if their outputs match")
+    ap.add_argument("--list", action="store_true", help="list recipes and their stages")
+    ap.add_argument("--params", action="store_true", help="list each stage notebook's parameters")
+    args = ap.parse_args(argv)
+    if args.list:
+        for name in list_recipes():
+            r = load_recipe(name)
+            print(f"{name:<14} {r.method:<4} {r.description}")
+        print(f"stages: {' -> '.join(f'{s} ({NOTEBOOKS[s]})' for s in STAGES)}")
+        return 0
+    try:
+        stages = parse_stages(args.stages)
+        if args.params:
+            for stage in stages:
+                print(f"{stage} ({NOTEBOOKS[stage]}):")
+                for name, p in notebook_parameters(stage).items():
+                    print(f"  {name} = {p['default']}  {p.get('help') or ''}".rstrip())
+            return 0
+        if not args.recipe:
+            ap.error("a recipe is required (see --list)")
+        reproduce(args.recipe, stages, args.run_dir, args.overrides, args.force)
+    except (RecipeError, ValueError) as e:
+        print(f"ovis reproduce: error: {e}", file=sys.stderr)
+        return 2
+    except StageFailed as e:
+        print(f"ovis reproduce: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def lab_main(argv: list[str] | None = None) -> int:
+    """`ovis lab`: JupyterLab on the stage notebooks."""
+    return subprocess.call([sys.executable, "-m", "jupyterlab", f"--notebook-dir={notebook_dir()}", *(argv or [])])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
