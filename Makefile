@@ -5,6 +5,8 @@ UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 VENV := .venv
 OVIS := $(VENV)/bin/ovis
 PYTEST_ARGS ?=
+# compiled bytecode is cached: tests start many Python processes (papermill kernels, torchrun)
+unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: setup demo test test-slow bench lab clean
 

@@ -1,0 +1,76 @@
+"""Recipes: packaged recipes resolve, demo recipes differ from paper recipes only where shrunk."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from ovis.config import RecipeError, list_recipes, load_recipe, recipe_from_dict
+
+
+def test_every_packaged_recipe_resolves():
+    names = list_recipes()
+    assert {"cpl_coco", "ggn_coco", "oln_box_coco", "demo_cpl", "demo_ggn"} <= set(names)
+    for name in names:
+        r = load_recipe(name)
+        assert r.name == name and len(r.hash()) == 12
+
+
+def test_paper_settings_are_pinned():
+    cpl = load_recipe("cpl_coco")
+    assert (cpl.model.arch, cpl.teacher.lr, cpl.teacher.max_iter, cpl.teacher.steps) == ("c4", 0.0005, 90000, [60000, 80000])
+    assert (cpl.model.background_weight, cpl.model.box_positive_fraction) == (0.2, 1.0)
+    assert cpl.student.freeze == ["backbone", "rpn"] and cpl.student.uncertainty_train_iter == 10000
+    ggn = load_recipe("ggn_coco")
+    assert (ggn.model.arch, ggn.model.aspect_ratios, ggn.model.box_detections_per_img) == ("fpn", [1.0], 1500)
+    assert (ggn.pseudo.top_k, ggn.pseudo.nms_thresh, ggn.splits.protocol) == (3, 0.2, "coco_voc_nonvoc")
+    assert load_recipe("oln_box_coco").model.heads == "oln"
+
+
+def test_demo_recipe_extends_the_paper_recipe():
+    paper, demo = load_recipe("cpl_coco").to_dict(), load_recipe("demo_cpl").to_dict()
+    assert demo["model"]["background_weight"] == paper["model"]["background_weight"]
+    assert demo["teacher"]["freeze"] == paper["teacher"]["freeze"]  # inherited, not restated
+    assert demo["model"]["backbone"] == "resnet18" and demo["data"]["demo"] is True
+
+
+def test_dotted_overrides_are_typed_and_change_the_hash():
+    base = load_recipe("demo_ggn")
+    r = load_recipe("demo_ggn", ["student.max_iter=7", "student.lr=1", "model.anchor_sizes=[8, 16]"])
+    assert (r.student.max_iter, r.student.lr, r.model.anchor_sizes) == (7, 1.0, [8, 16])
+    assert isinstance(r.student.lr, float) and r.hash() != base.hash()
+    assert load_recipe("demo_ggn", {"student.max_iter": 7}).hash() == load_recipe("demo_ggn", ["student.max_iter=7"]).hash()
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (["teacher.maxiter=3"], r"demo_cpl\.teacher: unknown key\(s\) \['maxiter'\]"),
+        (["teacher.max_iter=ten"], r"demo_cpl\.teacher\.max_iter: expected int, got 'ten'"),
+        (["teacher.steps=5"], r"expected a list"),
+        (["nosuchsection.x=1"], r"unknown key\(s\) \['nosuchsection'\]"),
+        (["teacher.max_iter"], r"expected SECTION\.KEY=VALUE"),
+    ],
+)
+def test_bad_overrides_are_explained(override, message):
+    with pytest.raises(RecipeError, match=message):
+        load_recipe("demo_cpl", override)
+
+
+def test_unknown_recipe_lists_the_known_ones():
+    with pytest.raises(RecipeError, match="packaged recipes: .*demo_cpl"):
+        load_recipe("nope")
+
+
+def test_recipe_file_extends_relative_parent_and_saves_round_trip(tmp_path):
+    (tmp_path / "parent.yaml").write_text("method: ggn\nteacher: {max_iter: 11, lr: 0.5}\n")
+    (tmp_path / "child.yaml").write_text("extends: parent.yaml\nteacher: {max_iter: 12}\n")
+    r = load_recipe(tmp_path / "child.yaml")
+    assert (r.method, r.teacher.max_iter, r.teacher.lr) == ("ggn", 12, 0.5)
+    saved = r.save(tmp_path / "run")
+    text = saved.read_text()
+    assert r.hash() in text.splitlines()[0]
+    assert recipe_from_dict(yaml.safe_load(text)).hash() == r.hash()
+    (tmp_path / "loop.yaml").write_text("extends: loop.yaml\n")
+    with pytest.raises(RecipeError, match="cycle"):
+        load_recipe(tmp_path / "loop.yaml")
