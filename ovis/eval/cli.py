@@ -1,0 +1,47 @@
+"""`ovis eval`: evaluate a detections file under a named protocol.
+
+The last line of standard output is one JSON object {"protocol", "iou_type", "metrics"}; with
+--out DIR, DIR/metrics.json (the full result) and DIR/metrics.md (a table) are written too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ovis.eval.io import EvalInputError
+from ovis.eval.protocols import PROTOCOLS, evaluate
+from ovis.eval.report import write_metrics
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ovis eval", description=__doc__.splitlines()[0])
+    parser.add_argument("--protocol", required=True, choices=sorted(PROTOCOLS), help="named protocol")
+    parser.add_argument("--gt", required=True, help="COCO instances json (a split's val json)")
+    parser.add_argument(
+        "--detections", required=True,
+        help="COCO results json, or a folder / missing X.json whose rank shards (X.rank*.json) are merged",
+    )
+    parser.add_argument("--iou-type", default="segm", choices=("segm", "bbox"))
+    parser.add_argument("--partition", default=None, help="partition.json with base/novel category lists")
+    parser.add_argument("--backend", default="fast", choices=("fast", "pycocotools"),
+                        help="AR@k matcher: vectorised (default) or the pycocotools reference")
+    parser.add_argument("--out", default=None, help="folder for metrics.json and metrics.md")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result = evaluate(args.protocol, args.gt, args.detections, args.iou_type, args.partition, args.backend)
+    except (EvalInputError, json.JSONDecodeError) as e:
+        print(f"ovis eval: error: {e}", file=sys.stderr)
+        return 2
+    for note in result["notes"]:
+        print(f"ovis eval: note: {note}", file=sys.stderr)
+    if args.out:
+        write_metrics(result, args.out)
+    summary = {"protocol": result["protocol"], "iou_type": result["iou_type"], "metrics": result["metrics"]}
+    print(json.dumps(summary))
+    return 0

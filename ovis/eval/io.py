@@ -1,0 +1,222 @@
+"""Load and check ground truth and detections for evaluation; merge per-rank detection shards.
+
+Detections are COCO result entries: ``{"image_id", "category_id", "score", "bbox": [x, y, w, h]}``
+for boxes and ``"segmentation": {"size": [h, w], "counts": str}`` (RLE) for masks. Ranks of a
+distributed run write ``detections.rank{r}.json``; `load_detections` merges them in rank order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+
+from ovis.data.coco import write_json_atomic
+
+__all__ = [
+    "EvalInputError",
+    "load_gt",
+    "load_detections",
+    "shard_paths",
+    "merge_shards",
+    "check_detections",
+    "build_coco",
+    "write_json_atomic",
+]
+
+_SHARD = re.compile(r"\.rank(\d+)\.json$")
+# compressed RLE counts use characters 48..111 ('0'..'o'), see pycocotools' rleToString
+_RLE_BAD_CHAR = re.compile(r"[^0-o]")
+
+
+class EvalInputError(ValueError):
+    """Ground truth or detections that cannot be evaluated; the message says where and what to do."""
+
+
+def load_gt(gt: str | Path | dict) -> dict:
+    """Return the GT dataset dict (images, annotations, categories) from a path or a dict."""
+    if isinstance(gt, dict):
+        data = gt
+        name = "<gt dict>"
+    else:
+        path = Path(gt)
+        if not path.is_file():
+            raise EvalInputError(f"ground-truth file {path} does not exist")
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+        name = str(path)
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data.get(key), list):
+            raise EvalInputError(f"{name}: missing list {key!r}; give a COCO instances json")
+    return data
+
+
+def shard_paths(path: str | Path) -> list[Path]:
+    """Rank shards that stand for `path`: `DIR/detections.rank*.json` for a folder, or
+    `X.rank*.json` next to a missing `X.json`; sorted by rank number. Empty if none."""
+    path = Path(path)
+    if path.is_dir():
+        folder, stem = path, "detections"
+    else:
+        folder, stem = path.parent, path.name.removesuffix(".json")
+    found = []
+    for p in folder.glob(f"{stem}.rank*.json"):
+        m = _SHARD.search(p.name)
+        if m and p.name == f"{stem}.rank{m.group(1)}.json":
+            found.append((int(m.group(1)), p))
+    return [p for _, p in sorted(found)]
+
+
+def _read_list(path: Path) -> list:
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    if not isinstance(data, list):
+        raise EvalInputError(f"{path}: detections must be a JSON list of result entries")
+    return data
+
+
+def merge_shards(paths: list[str | Path], out: str | Path | None = None) -> list[dict]:
+    """Concatenate rank shards in the given order; optionally write the merged list to `out`."""
+    merged: list[dict] = []
+    for p in paths:
+        merged.extend(_read_list(Path(p)))
+    if out is not None:
+        write_json_atomic(merged, out)
+    return merged
+
+
+def load_detections(detections: str | Path | list) -> list[dict]:
+    """Detections from a list, a json file, a folder of rank shards or a missing file's shards."""
+    if isinstance(detections, list):
+        return detections
+    path = Path(detections)
+    if path.is_file():
+        return _read_list(path)
+    shards = shard_paths(path)
+    if shards:
+        return merge_shards(shards)
+    raise EvalInputError(
+        f"detections {path} not found (neither the file nor rank shards "
+        f"{path.name.removesuffix('.json') if not path.is_dir() else 'detections'}.rank*.json)"
+    )
+
+
+def _number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def check_detections(dets: list, gt: dict, iou_type: str, source: str = "detections") -> list[dict]:
+    """Validate detections against the GT and return clean copies for pycocotools.
+
+    Copies keep image_id, category_id, score and the geometry of `iou_type` only (a `bbox` is
+    dropped for segm so that pycocotools uses the mask area for the area ranges); uncompressed
+    RLE counts are compressed. Raises EvalInputError naming the detection index and image id.
+    """
+    if iou_type not in ("segm", "bbox"):
+        raise EvalInputError(f"iou_type must be 'segm' or 'bbox', got {iou_type!r}")
+    sizes = {img["id"]: (int(img["height"]), int(img["width"])) for img in gt["images"]}
+    cat_ids = {c["id"] for c in gt["categories"]}
+    out: list[dict] = []
+    bad_images: dict[Any, int] = {}
+    bad_cats: dict[Any, int] = {}
+    for i, d in enumerate(dets):
+        if not isinstance(d, dict) or not {"image_id", "category_id", "score"} <= d.keys():
+            raise EvalInputError(
+                f"{source}[{i}]: a detection needs image_id, category_id and score; got {d!r:.120}"
+            )
+        img_id, cat_id = d["image_id"], d["category_id"]
+        if img_id not in sizes:
+            bad_images.setdefault(img_id, i)
+            continue
+        if cat_id not in cat_ids:
+            bad_cats.setdefault(cat_id, i)
+            continue
+        if not _number(d["score"]):
+            raise EvalInputError(f"{source}[{i}] (image {img_id}): score {d['score']!r} is not a finite number")
+        clean = {"image_id": img_id, "category_id": cat_id, "score": float(d["score"])}
+        where = f"{source}[{i}] (image {img_id})"
+        if iou_type == "bbox":
+            bb = d.get("bbox")
+            if not (isinstance(bb, (list, tuple)) and len(bb) == 4 and all(_number(v) for v in bb)):
+                raise EvalInputError(f"{where}: bbox must be 4 finite numbers [x, y, w, h], got {bb!r:.80}")
+            if bb[2] < 0 or bb[3] < 0:
+                raise EvalInputError(f"{where}: bbox {bb} has negative width/height; use [x, y, w, h]")
+            clean["bbox"] = [float(v) for v in bb]
+        else:
+            clean["segmentation"] = _check_rle(d.get("segmentation"), sizes[img_id], where)
+        out.append(clean)
+    if bad_images:
+        shown = ", ".join(f"{k!r} (first at {source}[{v}])" for k, v in list(bad_images.items())[:5])
+        raise EvalInputError(
+            f"{len(bad_images)} image id(s) in {source} are not in the ground truth: {shown}; "
+            "evaluate against the GT file the detections were produced for"
+        )
+    if bad_cats:
+        shown = ", ".join(f"{k!r} (first at {source}[{v}])" for k, v in list(bad_cats.items())[:5])
+        raise EvalInputError(
+            f"{len(bad_cats)} category id(s) in {source} are not GT categories {sorted(cat_ids)[:10]}...: "
+            f"{shown}; map labels to the GT file's category ids (class-agnostic: use any GT id)"
+        )
+    return out
+
+
+def _check_rle(segm: Any, hw: tuple[int, int], where: str) -> dict:
+    """Check one RLE against the image size; return it with compressed (str) counts."""
+    if not isinstance(segm, dict) or "size" not in segm or "counts" not in segm:
+        kind = "a polygon list" if isinstance(segm, list) else repr(segm)[:60]
+        raise EvalInputError(
+            f"{where}: segmentation must be an RLE dict {{'size': [h, w], 'counts': ...}}, got {kind}; "
+            "encode masks with pycocotools.mask.encode"
+        )
+    size = segm["size"]
+    if not (isinstance(size, (list, tuple)) and len(size) == 2 and [int(s) for s in size] == list(hw)):
+        raise EvalInputError(f"{where}: malformed RLE, size {size!r} differs from the image's [h, w] = {list(hw)}")
+    counts = segm["counts"]
+    if isinstance(counts, bytes):
+        counts = counts.decode("ascii", errors="replace")
+    if isinstance(counts, str):
+        if not counts or _RLE_BAD_CHAR.search(counts):
+            raise EvalInputError(
+                f"{where}: malformed RLE, counts string is empty or has characters outside '0'..'o'"
+            )
+        return {"size": [hw[0], hw[1]], "counts": counts}
+    if isinstance(counts, list):
+        arr = np.asarray(counts)
+        if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer) or (arr < 0).any() or arr.sum() != hw[0] * hw[1]:
+            raise EvalInputError(
+                f"{where}: malformed RLE, uncompressed counts must be non-negative integers summing to h*w = {hw[0] * hw[1]}"
+            )
+        rle = mask_utils.frPyObjects({"size": [hw[0], hw[1]], "counts": counts}, hw[0], hw[1])
+        return {"size": [hw[0], hw[1]], "counts": rle["counts"].decode("ascii")}
+    raise EvalInputError(f"{where}: malformed RLE, counts must be a string or a list of ints")
+
+
+def build_coco(gt: dict) -> COCO:
+    """A pycocotools COCO index over shallow copies of the GT annotations (pycocotools mutates them)."""
+    data = dict(gt)
+    data["annotations"] = [dict(a) for a in gt["annotations"]]
+    coco = COCO()
+    coco.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def results_coco(coco_gt: COCO, dets: list[dict]) -> COCO:
+    """`coco_gt.loadRes(dets)` without its prints; an empty list gives an empty result set."""
+    if dets:
+        with contextlib.redirect_stdout(io.StringIO()):
+            return coco_gt.loadRes([dict(d) for d in dets])
+    res = COCO()
+    res.dataset = {"images": list(coco_gt.dataset["images"]), "categories": list(coco_gt.dataset["categories"]), "annotations": []}
+    with contextlib.redirect_stdout(io.StringIO()):
+        res.createIndex()
+    return res

@@ -1,0 +1,243 @@
+"""The named evaluation protocols: the single place where each protocol's settings live.
+
+Kinds:
+- ``coco``: plain COCOeval, the 12 standard stats.
+- ``ovr`` (CPL/XPM, METHODS §4.1): the 12 stats plus AP50 averaged over the base, novel and
+  base+novel categories of the split.
+- ``open_world`` (OLN/GGN, METHODS §4.2): class-agnostic AR@k with seen-class GT ignored and
+  seen-class hits removed from the budget, AR_s/m/l@100 and OLN's AUC.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ovis.eval.ap import STAT_NAMES, ap50_of, ap50_per_class, coco_eval
+from ovis.eval.io import EvalInputError, check_detections, load_detections, load_gt
+from ovis.eval.recall import AUC_BUDGETS, compute_recall, recall_metrics
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """One named protocol. `split_resource`: package file in ovis/data/resources with the
+    base/novel (or voc/nonvoc = seen/unseen) category lists, used when no partition is passed."""
+
+    name: str
+    kind: str  # "coco" | "ovr" | "open_world"
+    description: str
+    split_resource: str | None = None
+    max_dets: tuple[int, ...] = (1, 10, 100)
+
+
+OPEN_WORLD_BUDGETS = (10, 20, 30, 50, 100, 300, 500, 1000, 1500)
+
+PROTOCOLS: dict[str, Protocol] = {
+    p.name: p
+    for p in (
+        Protocol("coco", "coco", "COCO AP/AR, the 12 standard pycocotools stats"),
+        Protocol(
+            "coco_ovr_48_17", "ovr",
+            "CPL/XPM COCO 48 base / 17 novel: AP50 per split (base, novel, all) + 12 COCO stats",
+            "coco_ovr_48_17.json",
+        ),
+        Protocol("demo_ovr", "ovr", "demo data, open-vocabulary: AP50 per split + 12 COCO stats", "demo_ovr.json"),
+        Protocol(
+            "coco_voc_nonvoc", "open_world",
+            "OLN/GGN VOC -> non-VOC: class-agnostic AR@k (k <= 1500), seen hits removed from the budget, AUC",
+            "coco_voc_nonvoc.json", OPEN_WORLD_BUDGETS,
+        ),
+        Protocol(
+            "coco_voc_nonvoc_ldet", "open_world",
+            "VOC -> non-VOC with budgets capped at 100 (top-100 list), as LDET-style tables report",
+            "coco_voc_nonvoc.json", (10, 20, 30, 50, 100),
+        ),
+        Protocol(
+            "demo_open_world", "open_world",
+            "demo data, open-world: class-agnostic AR@k with seen hits removed, AUC",
+            "demo_open_world.json", OPEN_WORLD_BUDGETS,
+        ),
+    )
+}
+
+
+def get_protocol(name: str) -> Protocol:
+    """The protocol called `name`; KeyError listing the known names otherwise."""
+    if name not in PROTOCOLS:
+        raise KeyError(f"unknown protocol {name!r}; known: {', '.join(PROTOCOLS)}")
+    return PROTOCOLS[name]
+
+
+def _ids(entries: Any) -> list[int]:
+    return [int(e["id"]) if isinstance(e, dict) else int(e) for e in entries]
+
+
+def split_category_ids(protocol: Protocol, partition: dict | None) -> tuple[list[int], list[int]] | None:
+    """(base/seen ids, novel/unseen ids) from `partition` or the protocol's resource file; None
+    when neither exists. Accepts keys base/novel or voc/nonvoc; entries {"id", "name"} or ints."""
+    data = partition
+    if data is None and protocol.split_resource:
+        res = resources.files("ovis.data").joinpath("resources", protocol.split_resource)
+        if res.is_file():
+            data = json.loads(res.read_text(encoding="utf-8"))
+    if data is None:
+        return None
+    for base_key, novel_key in (("base", "novel"), ("voc", "nonvoc"), ("seen", "unseen")):
+        if base_key in data and novel_key in data:
+            return _ids(data[base_key]), _ids(data[novel_key])
+    raise EvalInputError(f"partition for {protocol.name} needs keys base/novel (or voc/nonvoc); got {sorted(data)}")
+
+
+def _load_partition(partition: dict | str | Path | None) -> dict | None:
+    if partition is None or isinstance(partition, dict):
+        return partition
+    path = Path(partition)
+    if not path.is_file():
+        raise EvalInputError(f"partition file {path} does not exist")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _evaluate_coco(gt: dict, dets: list[dict], iou_type: str) -> tuple[dict, Any]:
+    ev = coco_eval(gt, dets, iou_type)
+    return {"stats": [float(s) for s in ev.stats]}, ev
+
+
+def _evaluate_ovr(protocol: Protocol, gt: dict, dets: list[dict], iou_type: str, partition: dict | None) -> tuple[dict, dict]:
+    split = split_category_ids(protocol, partition)
+    if split is None:
+        raise EvalInputError(
+            f"{protocol.name}: no base/novel split known (ovis/data/resources/{protocol.split_resource} "
+            "is missing); pass partition= (the splits stage writes partition.json)"
+        )
+    base, novel = split
+    metrics, ev = _evaluate_coco(gt, dets, iou_type)
+    out = {
+        "AP50_base": ap50_of(ev, base),
+        "AP50_novel": ap50_of(ev, novel),
+        "AP50_all": ap50_of(ev, base + novel),
+        "stats": metrics["stats"],
+    }
+    names = {c["id"]: c["name"] for c in gt["categories"]}
+    per_class = ap50_per_class(ev, names)
+    extra = {
+        "per_class_AP50": per_class,
+        "base_names": [names[c] for c in base if c in names],
+        "novel_names": [names[c] for c in novel if c in names],
+    }
+    return out, extra
+
+
+def flag_seen(gt: dict, seen_ids: set[int]) -> dict:
+    """Copy of `gt` whose annotations all carry `ignored_split` (1 if flagged already or of a seen category)."""
+    out = dict(gt)
+    out["annotations"] = [
+        {**a, "ignored_split": int(bool(a.get("ignored_split", 0)) or a["category_id"] in seen_ids)}
+        for a in gt["annotations"]
+    ]
+    return out
+
+
+def _evaluate_open_world(
+    protocol: Protocol, gt: dict, dets: list[dict], iou_type: str, partition: dict | None, backend: str
+) -> tuple[dict, dict]:
+    split = split_category_ids(protocol, partition)
+    flagged = any(a.get("ignored_split", 0) for a in gt["annotations"])
+    if split is None and not flagged:
+        raise EvalInputError(
+            f"{protocol.name}: no seen classes known: the GT has no `ignored_split` flags and "
+            f"ovis/data/resources/{protocol.split_resource} is missing; pass partition= (partition.json)"
+        )
+    seen = set(split[0]) if split else set()
+    gt = flag_seen(gt, seen)
+    recall = compute_recall(gt, dets, iou_type, protocol.max_dets, backend)
+    with_auc = set(AUC_BUDGETS[1:]) <= set(protocol.max_dets)
+    metrics = recall_metrics(recall, protocol.max_dets, with_auc)
+    n_seen = sum(a["ignored_split"] for a in gt["annotations"])
+    extra = {
+        "recall": recall,
+        "max_dets": list(protocol.max_dets),
+        "seen_category_ids": sorted(seen),
+        "num_seen_gt": int(n_seen),
+        "num_unseen_gt": int(len(gt["annotations"]) - n_seen),
+    }
+    return metrics, extra
+
+
+def evaluate(
+    protocol: str,
+    gt: str | Path | dict,
+    detections: str | Path | list,
+    iou_type: str = "segm",
+    partition: dict | str | Path | None = None,
+    backend: str = "fast",
+) -> dict:
+    """Evaluate detections under a named protocol.
+
+    gt: COCO instances json (path or dict); detections: result list, json file, or rank shards
+    (folder with detections.rank*.json, or a missing X.json with X.rank*.json beside it).
+    partition: dict/path with base/novel category lists (overrides the protocol's resource file).
+    backend: "fast" or "pycocotools" (only the open-world AR differs; AP always uses pycocotools).
+    Returns {"protocol", "iou_type", "backend", "metrics", "notes", "num_images",
+    "num_detections", ...kind-specific extras}. Metric values are fractions (pycocotools style).
+    """
+    proto = get_protocol(protocol)
+    if iou_type not in ("segm", "bbox"):
+        raise EvalInputError(f"iou_type must be 'segm' or 'bbox', got {iou_type!r}")
+    if backend not in ("fast", "pycocotools"):
+        raise EvalInputError(f"backend must be 'fast' or 'pycocotools', got {backend!r}")
+    gt_data = load_gt(gt)
+    source = str(detections) if not isinstance(detections, list) else "detections"
+    dets = check_detections(load_detections(detections), gt_data, iou_type, source)
+    part = _load_partition(partition)
+    notes: list[str] = []
+    if not dets:
+        notes.append("empty detection list: every metric is 0 (or -1 where the GT has no instances)")
+    if proto.kind == "coco":
+        metrics, _ = _evaluate_coco(gt_data, dets, iou_type)
+        extra: dict = {}
+    elif proto.kind == "ovr":
+        metrics, extra = _evaluate_ovr(proto, gt_data, dets, iou_type, part)
+    else:
+        metrics, extra = _evaluate_open_world(proto, gt_data, dets, iou_type, part, backend)
+    return {
+        "protocol": proto.name,
+        "iou_type": iou_type,
+        "backend": backend if proto.kind == "open_world" else "pycocotools",
+        "metrics": metrics,
+        "notes": notes,
+        "num_images": len(gt_data["images"]),
+        "num_detections": len(dets),
+        **extra,
+    }
+
+
+def metrics_markdown(result: dict) -> str:
+    """A markdown table of a result's metrics (fractions and percent)."""
+    lines = [
+        f"# {result['protocol']} ({result['iou_type']})",
+        "",
+        f"backend: {result.get('backend', 'pycocotools')}; images: {result.get('num_images', '?')}; "
+        f"detections: {result.get('num_detections', '?')}",
+        "",
+        "| metric | value | % |",
+        "|---|---|---|",
+    ]
+    for key, value in result["metrics"].items():
+        if key == "stats":
+            for name, v in zip(STAT_NAMES, value):
+                lines.append(f"| {name} | {v:.6f} | {100 * v:.1f} |")
+        else:
+            lines.append(f"| {key} | {value:.6f} | {100 * value:.1f} |")
+    for note in result.get("notes", []):
+        lines += ["", f"Note: {note}"]
+    return "\n".join(lines) + "\n"
+
+
+def jsonable(result: dict) -> dict:
+    """The result without numpy arrays (recall array as nested lists)."""
+    return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in result.items()}

@@ -1,0 +1,151 @@
+"""Open-world AR@k (OLN/GGN, METHODS §4.2): class-agnostic recall with seen-class GT ignored and
+seen-class hits removed from the budget; AR reported by budget value; OLN's AUC.
+
+Two backends compute the same recall array: ``"pycocotools"`` (COCOeval with the seen rule, the
+reference) and ``"fast"`` (`ovis.eval.fast`, vectorised matching). Both return pycocotools'
+``eval["recall"]`` layout [T, 1, A, M] and share `recall_metrics`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+
+import numpy as np
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from ovis.eval.fast import AREA_LABELS, ImageGT, fast_recall
+from ovis.eval.io import build_coco, results_coco
+
+AUC_BUDGETS: tuple[int, ...] = (1, 10, 30, 50, 100, 300, 500, 1000)
+
+
+class SeenAwareCOCOeval(COCOeval):
+    """COCOeval whose seen-class GT (``ignored_split == 1``) is ignored in matching, and whose
+    detections matched to a seen-class GT at the first IoU threshold are deleted from the image's
+    list before accumulation (so they do not use up the AR@k budget)."""
+
+    def _prepare(self) -> None:
+        super()._prepare()
+        for anns in self._gts.values():
+            for g in anns:
+                # pycocotools sets ignore = iscrowd; a seen-class GT is ignored like a crowd one
+                # but (not being crowd) still absorbs at most one detection
+                g["ignore"] = bool(g["ignore"]) or bool(g.get("ignored_split", 0))
+
+    def evaluateImg(self, imgId, catId, aRng, maxDet):  # noqa: N802,N803 (pycocotools API)
+        res = super().evaluateImg(imgId, catId, aRng, maxDet)
+        if res is None:
+            return None
+        gts = self._gts[imgId, catId] if self.params.useCats else [
+            g for c in self.params.catIds for g in self._gts[imgId, c]
+        ]
+        seen_ids = np.array([g["id"] for g in gts if g.get("ignored_split", 0)], dtype=np.float64)
+        if seen_ids.size == 0 or res["dtMatches"].shape[1] == 0:
+            return res
+        keep = ~np.isin(res["dtMatches"][0], seen_ids)
+        res["dtMatches"] = res["dtMatches"][:, keep]
+        res["dtIgnore"] = res["dtIgnore"][:, keep]
+        res["dtIds"] = [d for d, k in zip(res["dtIds"], keep) if k]
+        res["dtScores"] = [s for s, k in zip(res["dtScores"], keep) if k]
+        return res
+
+
+def reference_recall(coco_gt: COCO, dets: list[dict], iou_type: str, max_dets: tuple[int, ...]) -> np.ndarray:
+    """Recall [T, 1, A, M] from pycocotools with the seen rule (the reference backend)."""
+    coco_dt = results_coco(coco_gt, dets)
+    ev = SeenAwareCOCOeval(coco_gt, coco_dt, iou_type)
+    ev.params.useCats = 0
+    ev.params.maxDets = list(max_dets)
+    with contextlib.redirect_stdout(io.StringIO()):
+        ev.evaluate()
+        ev.accumulate()
+    return ev.eval["recall"]
+
+
+def prepare_fast_inputs(
+    gt: dict, dets: list[dict], iou_type: str, max_det: int
+) -> tuple[dict[int, ImageGT], dict[int, tuple[list | np.ndarray, np.ndarray]]]:
+    """Per-image GT and score-ordered top-`max_det` detections in pycocotools' class-agnostic order.
+
+    `gt` must carry `ignored_split` flags already. Orders: GT by category id then file order;
+    detections by score (descending, stable) after category id then file order.
+    """
+    coco = build_coco(gt)
+    cat_ids = sorted(coco.getCatIds())
+    cat_rank = {c: i for i, c in enumerate(cat_ids)}
+    gts: dict[int, ImageGT] = {}
+    for img_id in sorted(coco.getImgIds()):
+        anns = [a for a in coco.imgToAnns.get(img_id, []) if a["category_id"] in cat_rank]
+        anns.sort(key=lambda a: cat_rank[a["category_id"]])  # stable: file order within a category
+        if iou_type == "segm":
+            geometry: list | np.ndarray = [coco.annToRLE(a) for a in anns]
+        else:
+            geometry = np.asarray([a["bbox"] for a in anns], dtype=np.float64).reshape(-1, 4)
+        gts[img_id] = ImageGT(
+            ids=np.asarray([a["id"] for a in anns], dtype=np.int64),
+            geometry=geometry,
+            iscrowd=np.asarray([int(a.get("iscrowd", 0)) for a in anns], dtype=np.uint8),
+            area=np.asarray([a["area"] for a in anns], dtype=np.float64),
+            seen=np.asarray([bool(a.get("ignored_split", 0)) for a in anns], dtype=bool),
+        )
+    out: dict[int, tuple[list | np.ndarray, np.ndarray]] = {}
+    if not dets:
+        return gts, out
+    img_ids = np.asarray([d["image_id"] for d in dets])
+    scores = np.asarray([d["score"] for d in dets], dtype=np.float64)
+    ranks = np.asarray([cat_rank[d["category_id"]] for d in dets])
+    order = np.lexsort((np.arange(len(dets)), ranks, -scores, img_ids))
+    sorted_imgs = img_ids[order]
+    bounds = np.flatnonzero(np.r_[True, sorted_imgs[1:] != sorted_imgs[:-1], True])
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        idx = order[lo : min(hi, lo + max_det)]
+        if iou_type == "segm":
+            geometry = [dets[i]["segmentation"] for i in idx]
+        else:
+            geometry = np.asarray([dets[i]["bbox"] for i in idx], dtype=np.float64)
+        out[sorted_imgs[lo].item()] = (geometry, scores[idx])
+    return gts, out
+
+
+def compute_recall(
+    gt: dict, dets: list[dict], iou_type: str, max_dets: tuple[int, ...], backend: str = "fast"
+) -> np.ndarray:
+    """Recall [T, 1, A, M] (pycocotools layout, useCats=0) with the seen-class budget rule.
+
+    gt: GT dict whose annotations carry `ignored_split`; dets: checked detections.
+    backend: "fast" (vectorised) or "pycocotools" (reference).
+    """
+    if backend == "pycocotools":
+        return reference_recall(build_coco(gt), dets, iou_type, max_dets)
+    if backend != "fast":
+        raise ValueError(f"backend must be 'fast' or 'pycocotools', got {backend!r}")
+    gts, per_image = prepare_fast_inputs(gt, dets, iou_type, max(max_dets))
+    return fast_recall(gts, per_image, iou_type, tuple(max_dets))
+
+
+def mean_recall(recall: np.ndarray, max_dets: tuple[int, ...], k: int, area: str = "all") -> float:
+    """pycocotools' summarize for AR: mean of recall[:, :, area, maxDets == k] over entries > -1."""
+    a = AREA_LABELS.index(area)
+    m = list(max_dets).index(k)
+    s = recall[:, :, a, m]
+    valid = s[s > -1]
+    return float(np.mean(valid)) if valid.size else -1.0
+
+
+def oln_auc(ar_by_k: dict[int, float]) -> float:
+    """OLN's AUC: trapezoid of AR@k over log(k)/log(1000), k in AUC_BUDGETS, with AR@1 := 0."""
+    x = np.log(np.asarray(AUC_BUDGETS, dtype=np.float64)) / np.log(1000.0)
+    y = np.asarray([0.0] + [ar_by_k[k] for k in AUC_BUDGETS[1:]], dtype=np.float64)
+    return float(np.sum((x[1:] - x[:-1]) * (y[1:] + y[:-1]) / 2.0))
+
+
+def recall_metrics(recall: np.ndarray, max_dets: tuple[int, ...], with_auc: bool) -> dict[str, float]:
+    """`AR@k` for every budget, `AR_s/m/l@100`, and `AUC` (when every AUC budget is present)."""
+    metrics = {f"AR@{k}": mean_recall(recall, max_dets, k) for k in max_dets}
+    for label, key in (("small", "AR_s@100"), ("medium", "AR_m@100"), ("large", "AR_l@100")):
+        metrics[key] = mean_recall(recall, max_dets, 100, label)
+    if with_auc:
+        metrics["AUC"] = oln_auc({k: metrics[f"AR@{k}"] for k in AUC_BUDGETS[1:]})
+    return metrics

@@ -1,0 +1,47 @@
+"""`ovis eval`: merges rank shards, prints the metrics JSON last, writes metrics.json/.md, clear errors."""
+
+from __future__ import annotations
+
+import json
+
+from ovis.eval.cli import main
+
+
+def _gt() -> dict:
+    box = [[10, 10, 40, 10, 40, 40, 10, 40]]
+    return {
+        "images": [{"id": 1, "height": 60, "width": 80}, {"id": 2, "height": 60, "width": 80}],
+        "categories": [{"id": 1, "name": "person"}, {"id": 8, "name": "truck"}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 30, 30], "area": 900, "iscrowd": 0, "segmentation": box},
+            {"id": 2, "image_id": 2, "category_id": 8, "bbox": [10, 10, 30, 30], "area": 900, "iscrowd": 0, "segmentation": box},
+        ],
+    }
+
+
+def test_cli_merges_shards_and_writes_metrics(tmp_path, capsys):
+    (tmp_path / "val.json").write_text(json.dumps(_gt()))
+    for rank, img in enumerate((1, 2)):
+        det = [{"image_id": img, "category_id": 1, "score": 0.9, "bbox": [10, 10, 30, 30]}]
+        (tmp_path / f"detections.rank{rank}.json").write_text(json.dumps(det))
+    out = tmp_path / "eval"
+    rc = main(["--protocol", "coco_voc_nonvoc", "--gt", str(tmp_path / "val.json"),
+               "--detections", str(tmp_path / "detections.json"), "--iou-type", "bbox", "--out", str(out)])
+    assert rc == 0
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert last["protocol"] == "coco_voc_nonvoc" and last["iou_type"] == "bbox"
+    # person (VOC) is seen: its hit is removed; the truck is found at k=10 by the rank-1 shard
+    assert last["metrics"]["AR@10"] == 1.0 and set(last["metrics"]) >= {"AR@1500", "AUC", "AR_l@100"}
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["metrics"] == last["metrics"] and saved["num_detections"] == 2
+    assert "| AR@100 | 1.000000 | 100.0 |" in (out / "metrics.md").read_text()
+
+
+def test_cli_reports_bad_input_on_one_line(tmp_path, capsys):
+    (tmp_path / "val.json").write_text(json.dumps(_gt()))
+    (tmp_path / "dt.json").write_text(json.dumps([{"image_id": 5, "category_id": 1, "score": 1.0, "bbox": [0, 0, 1, 1]}]))
+    rc = main(["--protocol", "coco", "--gt", str(tmp_path / "val.json"), "--detections", str(tmp_path / "dt.json"),
+               "--iou-type", "bbox"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1
+    assert err[0].startswith("ovis eval: error: 1 image id(s)") and "5 (first at" in err[0]
