@@ -65,6 +65,19 @@ def notebook_parameters(stage: str) -> dict[str, dict]:
     return papermill.inspect_notebook(str(notebook_dir() / NOTEBOOKS[stage]))
 
 
+def _failing_cell(executed: Path) -> str:
+    """'code cell N (first line)' of the cell that raised, numbered as in the source notebook."""
+    import nbformat
+
+    nb = nbformat.read(executed, as_version=4)
+    cells = [c for c in nb.cells if c.cell_type == "code" and "injected-parameters" not in c.metadata.get("tags", [])]
+    for i, cell in enumerate(cells, 1):
+        if any(o.get("output_type") == "error" for o in cell.get("outputs", [])):
+            first = cell.source.strip().splitlines()[0] if cell.source.strip() else ""
+            return f"code cell {i} ({first[:60]})"
+    return "an unknown cell"
+
+
 def run_stage(stage: str, recipe: Recipe, recipe_ref: str, run_dir: Path, overrides: list[str],
               force: bool = False, kernel: str = "python3") -> StageResult:
     """Execute one stage notebook; skip it when its outputs match the recipe hash."""
@@ -85,9 +98,9 @@ def run_stage(stage: str, recipe: Recipe, recipe_ref: str, run_dir: Path, overri
             progress_bar=False, request_save_on_cell_execute=True, cwd=os.getcwd(),
         )
     except PapermillExecutionError as e:
-        raise StageFailed(
-            f"stage {stage} failed in cell {e.exec_count} of {out}: {e.ename}: {e.evalue}"
-        ) from None
+        where = _failing_cell(out)
+        raise StageFailed(f"stage {stage} failed in {where} of {NOTEBOOKS[stage]}: {e.ename}: {e.evalue} "
+                          f"(executed copy: {out})") from None
     return StageResult(stage, "ran", time.perf_counter() - start, out)
 
 

@@ -6,8 +6,8 @@ import json
 from collections import Counter
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
 BASE_COLOR, NOVEL_COLOR = "#4C72B0", "#DD8452"
 
@@ -26,7 +26,8 @@ def class_count_figure(split_dir: str | Path) -> Figure:
     cats = partition["base"] + partition["novel"]
     base_ids = {c["id"] for c in partition["base"]}
     seen, unseen = ("seen", "unseen") if partition["kind"] == "open_world" else ("base", "novel")
-    fig, axes = plt.subplots(2, 1, figsize=(max(8, 0.22 * len(cats) + 2), 6), sharex=True)
+    fig = Figure(figsize=(max(8, 0.22 * len(cats) + 2), 6))
+    axes = fig.subplots(2, 1, sharex=True)
     names = [c["name"] for c in cats]
     colors = [BASE_COLOR if c["id"] in base_ids else NOVEL_COLOR for c in cats]
     for ax, coco, title in ((axes[0], train, "train_base.json"), (axes[1], val, "val.json")):
@@ -35,7 +36,7 @@ def class_count_figure(split_dir: str | Path) -> Figure:
         ax.set_ylabel("instances")
         ax.set_title(f"{title}: {len(coco['images'])} images, {len(coco['annotations'])} annotations", fontsize=10)
     axes[1].set_xticks(range(len(cats)), names, rotation=90, fontsize=8)
-    handles = [plt.Rectangle((0, 0), 1, 1, color=BASE_COLOR), plt.Rectangle((0, 0), 1, 1, color=NOVEL_COLOR)]
+    handles = [Rectangle((0, 0), 1, 1, color=BASE_COLOR), Rectangle((0, 0), 1, 1, color=NOVEL_COLOR)]
     axes[0].legend(handles, [f"{seen} ({len(partition['base'])})", f"{unseen} ({len(partition['novel'])})"])
     fig.suptitle(f"protocol {partition['protocol']}")
     fig.tight_layout()
