@@ -1,0 +1,385 @@
+"""GGN grouping: a pairwise-affinity map → ranked, class-agnostic candidate masks (METHODS §3.2, §3.3).
+
+A gPb-owt-ucm-like pipeline on the single affinity channel A (1 = same object, 0 = boundary):
+watershed superpixels seeded at local maxima of A, an orientation-aware local boundary on the
+watershed lines, spectral globalisation of that boundary, a region adjacency graph, the full
+greedy merge tree, a border filter, ranking by "mean A on the contour band − mean A inside", and
+NMS computed on superpixel sets. Defaults are upstream's extraction config (`pa_extract.py`), not
+the defaults of upstream's function signatures.
+
+Everything per pixel is vectorised; per-candidate quantities (band and interior sums, border
+overlap, IoU) are matrix products over superpixel-membership vectors, so no candidate is ever
+rasterised except the ``top_n`` returned.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage as ndi
+from scipy import sparse
+from scipy.sparse.linalg import LinearOperator, eigsh, splu
+from skimage.feature import peak_local_max
+from skimage.segmentation import find_boundaries, watershed
+
+__all__ = ["Candidate", "GroupingParams", "group_affinity", "gt_iou", "select_pseudo"]
+
+RANK_METHODS = ("boundary_minus_interior", "boundary", "ncut")
+
+
+@dataclass(frozen=True)
+class GroupingParams:
+    """Grouping knobs; defaults = upstream `configs/pairwise_affinity/pa_extract.py`."""
+
+    edge_thresh: float = 0.0  # seeds only where A > edge_thresh · max(A)
+    join_thresh: float = 1.0  # merge while the smallest edge weight is below this (1.0: full tree)
+    rank_method: str = "boundary_minus_interior"  # upstream rank_method 3 ("boundary": 0, "ncut": 4)
+    nms_thresh: float = 0.2  # drop a candidate whose IoU with a kept one exceeds this (≤0: off)
+    use_orientation: bool = True
+    globalization: float = 0.5  # weight of the spectral boundary (0: off)
+    n_eigenvectors: int = 16  # eigenpairs nearest 0, the first (constant) one dropped
+    gamma: float = 0.12  # pixel affinity W = exp(−boundary / gamma)
+    border_filter_thresh: float = 0.9  # drop if thresh · |inner contour| < #mask pixels on the frame (≤0: off)
+    min_component_size: int = 0  # minimum candidate area in pixels
+    seed_footprint: int = 20  # side of the square peak_local_max footprint
+    top_n: int = 20
+
+    def __post_init__(self) -> None:
+        if self.rank_method not in RANK_METHODS:
+            raise ValueError(f"GroupingParams.rank_method={self.rank_method!r}; use one of {RANK_METHODS}")
+        if self.seed_footprint < 1 or self.top_n < 1:
+            raise ValueError(
+                f"GroupingParams: seed_footprint={self.seed_footprint} and top_n={self.top_n} must be ≥ 1"
+            )
+        if self.globalization and self.n_eigenvectors < 2:
+            raise ValueError(f"GroupingParams.n_eigenvectors={self.n_eigenvectors} must be ≥ 2 (the first is dropped)")
+
+
+@dataclass
+class Candidate:
+    """One candidate mask. ``score`` = 1 − ranking score (higher is better); ``rank`` is 0-based."""
+
+    mask: np.ndarray  # bool [H, W]
+    score: float
+    rank: int
+    bbox: list[float]  # [x, y, w, h] in pixels
+    area: int
+
+
+def group_affinity(affinity: np.ndarray, params: GroupingParams = GroupingParams()) -> list[Candidate]:
+    """Ranked candidate masks from one affinity map ``affinity`` [H, W] in [0, 1] (best first).
+
+    Returns at most ``params.top_n`` candidates; an empty list when the map yields fewer than two
+    superpixels (upstream: "less than 2 markers").
+    """
+    a = np.asarray(affinity, dtype=np.float64)
+    if a.ndim != 2 or a.shape[0] < 2 or a.shape[1] < 2:
+        raise ValueError(f"group_affinity: affinity must be a 2-D map of at least 2×2 pixels, got shape {a.shape}")
+    if not np.isfinite(a).all():
+        raise ValueError("group_affinity: affinity contains NaN or inf; pass sigmoid probabilities in [0, 1]")
+    labels = superpixels(a, params)
+    n_sp = int(labels.max())
+    if n_sp < 2:
+        return []
+    boundary = final_boundary(a, labels, params)
+    pairs, weights = _rag_boundary(labels, boundary)
+    members = _merge_tree(n_sp, pairs, weights, params.join_thresh)  # [C, K] bool, upstream order
+    stats = _candidate_stats(labels, a, members)
+    keep = stats["area"] >= params.min_component_size
+    if params.border_filter_thresh > 0:
+        keep &= ~(params.border_filter_thresh * stats["inner_count"] < stats["frame_count"])
+    score = _ranking_score(stats, params.rank_method)
+    cand = np.flatnonzero(keep)
+    cand = cand[np.argsort(score[cand], kind="stable")]
+    sizes = np.bincount(labels.ravel(), minlength=n_sp + 1)[1:].astype(np.float64)
+    kept = _nms(members, sizes, cand, params.nms_thresh, params.top_n)
+    out = []
+    for rank, c in enumerate(kept):
+        lut = np.concatenate([[False], members[c]])
+        mask = lut[labels]
+        out.append(Candidate(mask, float(1.0 - score[c]), rank, _bbox(mask), int(stats["area"][c])))
+    return out
+
+
+def superpixels(a: np.ndarray, params: GroupingParams = GroupingParams()) -> np.ndarray:
+    """Marker watershed of −A (8-connected) seeded at connected local maxima: int labels 1..K [H, W]."""
+    fp = np.ones((params.seed_footprint, params.seed_footprint), dtype=bool)
+    peaks = peak_local_max(a, footprint=fp)
+    seeds = np.zeros(a.shape, dtype=bool)
+    seeds[tuple(peaks.T)] = True
+    markers, _ = ndi.label(seeds)
+    markers[a <= params.edge_thresh * a.max()] = 0  # upstream masks after labelling
+    if not markers.any():
+        return np.zeros(a.shape, dtype=np.int64)
+    labels = watershed(-a, markers, connectivity=2)
+    return np.unique(labels, return_inverse=True)[1].reshape(a.shape).astype(np.int64) + 1
+
+
+def final_boundary(a: np.ndarray, labels: np.ndarray, params: GroupingParams = GroupingParams()) -> np.ndarray:
+    """Boundary strength [H, W] in [0, 1]: (1−g)·local + g·global with g = ``params.globalization``."""
+    if params.use_orientation:
+        ws = find_boundaries(labels)
+        align = np.abs(np.cos(_orientation(ws.astype(np.float64)) - _orientation(1.0 - a)))
+        local = align * ws * (1.0 - a)
+    else:
+        local = 1.0 - a
+    g = params.globalization
+    if not g:
+        return local
+    glob = spectral_boundary(local, params.n_eigenvectors, params.gamma)
+    peak = glob.max()
+    if peak > 0:
+        glob = glob / peak
+    return (1.0 - g) * local + g * glob
+
+
+def _orientation(edge: np.ndarray) -> np.ndarray:
+    """Edge orientation in [0, π): 9×9 triangle smoothing, [−1,2,−1] second differences, diagonal flip."""
+    tri = 5.0 - np.abs(np.arange(9) - 4.0)
+    tri /= tri.sum()
+    s = ndi.correlate1d(ndi.correlate1d(edge, tri, axis=0, mode="constant"), tri, axis=1, mode="constant")
+    d2 = np.array([-1.0, 2.0, -1.0])
+    dy = ndi.correlate1d(s, d2, axis=1, mode="constant")  # upstream's naming: "Dy" differences along x
+    dx = ndi.correlate1d(s, d2, axis=0, mode="constant")
+    diag = ndi.correlate(s, np.array([[1.0, 0, -1], [0, 0, 0], [-1, 0, 1]]), mode="constant") > 0
+    dy = np.where(diag, -dy, dy)
+    return np.mod(np.arctan2(dy, dx), np.pi)
+
+
+def spectral_boundary(boundary: np.ndarray, n_vectors: int = 16, gamma: float = 0.12) -> np.ndarray:
+    """Globalised boundary [H, W] (unnormalised) from the generalised eigenvectors of a 4-neighbour graph.
+
+    W_pq = min(exp(−b_p/γ), exp(−b_q/γ)) plus a unit self-loop, D = diag(row sums); solves
+    (D−W)v = λDv for the ``n_vectors`` eigenpairs nearest 0 (shift-invert), drops the first,
+    min-max normalises each vector, divides by √λ, takes the max absolute difference to the
+    4 neighbours, sums over vectors and raises to 1/√2.
+    """
+    h, w = boundary.shape
+    n = h * w
+    k = min(n_vectors, n - 1)
+    aff = np.exp(-boundary / gamma)
+    hor = np.minimum(aff[:, 1:], aff[:, :-1]).ravel()
+    ver = np.minimum(aff[1:], aff[:-1]).ravel()
+    idx = np.arange(n).reshape(h, w)
+    rows = np.concatenate([idx[:, :-1].ravel(), idx[:-1].ravel()])
+    cols = np.concatenate([idx[:, 1:].ravel(), idx[1:].ravel()])
+    vals = np.concatenate([hor, ver])
+    deg = 1.0 + np.bincount(rows, vals, n) + np.bincount(cols, vals, n)
+    # Symmetric normalised form: (D−W)v = λDv ⇔ D^-½(D−W)D^-½ u = λu, v = D^-½u (same λ).
+    dis = 1.0 / np.sqrt(deg)
+    off = -vals * dis[rows] * dis[cols]
+    lap = sparse.coo_matrix(
+        (np.concatenate([(deg - 1.0) * dis * dis, off, off]),
+         (np.concatenate([np.arange(n), rows, cols]), np.concatenate([np.arange(n), cols, rows]))),
+        shape=(n, n),
+    ).tocsc()
+    # Shift-invert about a tiny negative σ keeps the factorised matrix positive definite (the
+    # Laplacian is singular); a symmetric fill-reducing ordering factorises ~1.5× faster than COLAMD.
+    sigma = -1e-8
+    lu = splu((lap - sigma * sparse.eye(n, format="csc")).tocsc(), permc_spec="MMD_AT_PLUS_A",
+              diag_pivot_thresh=0.0, options={"SymmetricMode": True})
+    op = LinearOperator((n, n), matvec=lu.solve, dtype=np.float64)
+    lam, u = eigsh(lap, k=k, sigma=sigma, which="LM", OPinv=op, v0=np.full(n, 1.0 / np.sqrt(n)))
+    order = np.argsort(lam)
+    lam, vec = lam[order][1:], (u[:, order] * dis[:, None])[:, 1:]
+    lo, hi = vec.min(axis=0), vec.max(axis=0)
+    vec = (vec - lo) / np.where(hi > lo, hi - lo, 1.0) / np.sqrt(np.maximum(lam, 1e-12))
+    vec = vec.reshape(h, w, -1)
+    g = np.zeros_like(vec)
+    dv = np.abs(vec[1:] - vec[:-1])
+    dh = np.abs(vec[:, 1:] - vec[:, :-1])
+    g[1:] = np.maximum(g[1:], dv)
+    g[:-1] = np.maximum(g[:-1], dv)
+    g[:, 1:] = np.maximum(g[:, 1:], dh)
+    g[:, :-1] = np.maximum(g[:, :-1], dh)
+    return np.power(g.sum(axis=2), 1.0 / np.sqrt(2.0))
+
+
+def _rag_boundary(labels: np.ndarray, boundary: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """8-connected RAG: adjacent label pairs [E, 2] (small, large) and mean boundary on their border [E].
+
+    As upstream (`pa_lib/rag.py`): a pixel adds to pair (erosion, label) and (label, dilation).
+    """
+    fp = np.ones((3, 3), dtype=bool)
+    ero = ndi.grey_erosion(labels, footprint=fp)
+    dil = ndi.grey_dilation(labels, footprint=fp)
+    b0, b1 = ero != labels, dil != labels
+    small = np.concatenate([ero[b0], labels[b1]])
+    large = np.concatenate([labels[b0], dil[b1]])
+    vals = np.concatenate([boundary[b0], boundary[b1]])
+    key = small * (int(labels.max()) + 1) + large
+    uniq, inv = np.unique(key, return_inverse=True)
+    mean = np.bincount(inv, vals) / np.bincount(inv)
+    k = int(labels.max()) + 1
+    return np.stack([uniq // k, uniq % k], axis=1), mean
+
+
+def _merge_tree(n_sp: int, pairs: np.ndarray, weights: np.ndarray, join_thresh: float) -> np.ndarray:
+    """Greedy merge of the smallest-weight adjacent pair while < ``join_thresh``.
+
+    A merged node's weight to a neighbour is the mean of the two old weights (or the one that exists).
+    Returns superpixel membership [C, K] of every tree node in upstream's candidate order: nodes as
+    they were removed by merges (second, then first of each pair), then the nodes still alive.
+    """
+    adj: dict[int, dict[int, float]] = {i: {} for i in range(1, n_sp + 1)}
+    heap = []
+    for (u, v), w in zip(pairs.tolist(), weights.tolist()):
+        adj[u][v] = w
+        adj[v][u] = w
+        heap.append((w, u, v))
+    heapq.heapify(heap)
+    children: dict[int, tuple[int, int]] = {}
+    removed: list[int] = []
+    next_id = n_sp + 1
+    while heap and heap[0][0] < join_thresh:
+        _, u, v = heapq.heappop(heap)
+        if u not in adj or v not in adj:  # stale entry: one end was merged already
+            continue
+        new = next_id
+        next_id += 1
+        nu, nv = adj.pop(u), adj.pop(v)
+        nbrs = {}
+        for n in (nu.keys() | nv.keys()) - {u, v}:
+            wu, wv = nu.get(n), nv.get(n)
+            w = wv if wu is None else wu if wv is None else (wu + wv) / 2.0
+            nbrs[n] = w
+            adj[n].pop(u, None)
+            adj[n].pop(v, None)
+            adj[n][new] = w
+        adj[new] = nbrs
+        for n in sorted(nbrs):
+            heapq.heappush(heap, (nbrs[n], new, n))
+        children[new] = (u, v)
+        removed += [v, u]
+    order = removed + sorted(adj)
+    member = np.zeros((next_id, n_sp), dtype=bool)
+    member[np.arange(1, n_sp + 1), np.arange(n_sp)] = True
+    for node in range(n_sp + 1, next_id):
+        u, v = children[node]
+        member[node] = member[u] | member[v]
+    return member[order]
+
+
+def _candidate_stats(labels: np.ndarray, a: np.ndarray, members: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-candidate sums for ranking and filters, from superpixel memberships [C, K].
+
+    The 'thick' contour band of a candidate S (skimage ``find_boundaries``, 4-connectivity,
+    reflected at the frame) holds pixels whose closed 4-neighbourhood has labels both in and out of
+    S; only pixels whose neighbourhood spans ≥2 labels can be on any band, so they are grouped by
+    (own label, neighbourhood label set) once and each group is tested per candidate.
+    """
+    h, w = labels.shape
+    n_sp = members.shape[1]
+    p = np.pad(labels, 1, mode="edge")
+    nb = np.stack([labels, p[:-2, 1:-1], p[2:, 1:-1], p[1:-1, :-2], p[1:-1, 2:]], axis=-1).reshape(-1, 5)
+    on = (nb != nb[:, :1]).any(axis=1)
+    sets = np.sort(nb[on], axis=1)
+    sets[:, 1:][sets[:, 1:] == sets[:, :-1]] = 0  # keep each distinct label once (0 = padding)
+    key = np.concatenate([nb[on, :1], sets], axis=1)
+    groups, inv, cnt = np.unique(key, axis=0, return_inverse=True, return_counts=True)
+    inv = inv.ravel()
+    asum = np.bincount(inv, a.ravel()[on], len(groups))
+    g_rows, g_cols = np.nonzero(groups[:, 1:])
+    lab = groups[:, 1:][g_rows, g_cols] - 1
+    incid = sparse.csr_matrix((np.ones(len(lab)), (g_rows, lab)), shape=(len(groups), n_sp))
+    mf = members.astype(np.float64)
+    n_in = np.asarray(incid @ mf.T).T  # [C, G] how many of the group's labels are in S
+    size = np.asarray(incid.sum(axis=1)).ravel()
+    band = (n_in > 0) & (n_in < size)
+    inner = band & members[:, groups[:, 0] - 1]
+    flat = labels.ravel()
+    sp_count = np.bincount(flat, minlength=n_sp + 1)[1:].astype(np.float64)
+    sp_sum = np.bincount(flat, a.ravel(), n_sp + 1)[1:]
+    frame = np.bincount(
+        np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]), minlength=n_sp + 1
+    )[1:].astype(np.float64)
+    bf, inf_ = band.astype(np.float64), inner.astype(np.float64)
+    return {
+        "area": mf @ sp_count,
+        "mask_sum": mf @ sp_sum,
+        "band_count": bf @ cnt,
+        "band_sum": bf @ asum,
+        "inner_count": inf_ @ cnt,
+        "inner_sum": inf_ @ asum,
+        "frame_count": mf @ frame,
+    }
+
+
+def _ranking_score(s: dict[str, np.ndarray], method: str) -> np.ndarray:
+    """Ranking score per candidate, lower is better (upstream `compute_ranking_score`)."""
+    interior_count = s["area"] - s["inner_count"]
+    interior_sum = s["mask_sum"] - s["inner_sum"]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        band_mean = s["band_sum"] / s["band_count"]
+        if method == "boundary":
+            return np.where(s["band_count"] > 0, band_mean, np.nan)
+        if method == "ncut":
+            return s["band_sum"] / (interior_sum + s["band_sum"])
+        score = band_mean - interior_sum / interior_count
+    return np.where((s["band_count"] == 0) | (interior_count == 0), 100.0, score)
+
+
+def _nms(members: np.ndarray, sizes: np.ndarray, ranked: np.ndarray, thresh: float, top_n: int) -> list[int]:
+    """Greedy NMS over ranked candidates with IoU from superpixel sets; stops after ``top_n`` kept."""
+    if thresh <= 0:
+        return ranked[:top_n].tolist()
+    mf = members.astype(np.float64)
+    area = mf @ sizes
+    kept: list[int] = []
+    weighted = mf * sizes
+    for c in ranked.tolist():
+        if kept:
+            inter = mf[kept] @ weighted[c]
+            iou = inter / (area[kept] + area[c] - inter)
+            if (iou > thresh).any():
+                continue
+        kept.append(c)
+        if len(kept) == top_n:
+            break
+    return kept
+
+
+def _bbox(mask: np.ndarray) -> list[float]:
+    ys = np.flatnonzero(mask.any(axis=1))
+    xs = np.flatnonzero(mask.any(axis=0))
+    if len(ys) == 0:
+        return [0.0, 0.0, 0.0, 0.0]
+    return [float(xs[0]), float(ys[0]), float(xs[-1] - xs[0] + 1), float(ys[-1] - ys[0] + 1)]
+
+
+def gt_iou(candidate_masks: np.ndarray | Sequence[np.ndarray], seen_gt_masks: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
+    """Max mask IoU of each candidate [C, H, W] with the seen-class GT masks [G, H, W] → [C] (0 if G = 0)."""
+    cand = np.asarray(candidate_masks, dtype=bool)
+    gt = np.asarray(seen_gt_masks, dtype=bool)
+    if len(cand) == 0:
+        return np.zeros(0)
+    if len(gt) == 0:
+        return np.zeros(len(cand))
+    if cand.shape[1:] != gt.shape[1:]:
+        raise ValueError(f"gt_iou: candidate masks {cand.shape[1:]} and GT masks {gt.shape[1:]} differ in size")
+    c = cand.reshape(len(cand), -1).astype(np.float32)
+    g = gt.reshape(len(gt), -1).astype(np.float32)
+    inter = c @ g.T
+    union = c.sum(1)[:, None] + g.sum(1)[None, :] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1), 0.0).max(axis=1).astype(np.float64)
+
+
+def select_pseudo(
+    candidates: Sequence[Candidate],
+    gt_ious: Sequence[float] | np.ndarray,
+    top_k: int = 3,
+    gt_iou_thresh: float = 0.5,
+    score_thresh: float | None = None,
+) -> list[Candidate]:
+    """Pseudo GT for one image (METHODS §3.3): drop gt_iou ≥ thresh (and score < score_thresh), first top_k by rank."""
+    ious = np.asarray(gt_ious, dtype=np.float64)
+    if len(ious) != len(candidates):
+        raise ValueError(f"select_pseudo: {len(candidates)} candidates but {len(ious)} gt_ious")
+    keep = [
+        (c.rank, i) for i, c in enumerate(candidates)
+        if ious[i] < gt_iou_thresh and (score_thresh is None or c.score >= score_thresh)
+    ]
+    return [candidates[i] for _, i in sorted(keep)[:top_k]]
