@@ -1,18 +1,35 @@
-"""Curves and charts of a run: evaluation metrics beside the papers' numbers.
+"""Curves and charts of a run, and the curves stage: training curves, evaluation metrics beside
+the papers' numbers (METHODS §8), written to ``<run_dir>/curves/``.
 
-Sections: metric plots (per-class AP50, AR@k vs k). Each function draws on a given matplotlib
-Axes (or a new `Figure`, not pyplot) and returns the Figure, so notebooks show it and scripts save it.
+Sections: metric plots (per-class and per-split AP50, AR@k vs k), training logs
+(`metrics.jsonl` parsing, smoothing, loss/lr curves), the ours-vs-paper table, and the stage
+(`write_report`, `run_curves_stage`, `ovis curves`). Each plot draws on a given matplotlib Axes (or
+a new `Figure`, not pyplot) and returns the Figure, so notebooks show it and scripts save it.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import math
+import os
+import re
+import sys
+import warnings
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
+import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from ovis.eval.reference import PAPER_AR_CURVES
+from ovis.config import Recipe, RecipeError, load_recipe
+from ovis.data.coco import write_text_atomic
+from ovis.eval.protocols import PROTOCOLS
+from ovis.eval.reference import PAPER_AP50, PAPER_AR_CURVES, PAPER_AUC, SOURCES
+from ovis.runs import MARKER, default_run_dir, mark_stage_done, stage_dir, stage_done
 
 BASE_COLOR = "tab:blue"
 NOVEL_COLOR = "tab:orange"
@@ -83,3 +100,497 @@ def plot_ar_vs_k(
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def plot_ap50_splits(
+    metrics: Mapping[str, float],
+    label: str = "ovis",
+    setting: str = "generalized",
+    references: Mapping[str, Mapping[str, float]] | None = None,
+    ax: Axes | None = None,
+) -> Figure:
+    """Grouped bars of AP50 (in %) per split (base, novel, all), ours (`metrics["AP50_<split>"]`)
+    beside the papers' (`PAPER_AP50` unless `references` is given; keys `<setting>_<split>`).
+    Splits with no value (missing or -1) get no bar."""
+    refs = PAPER_AP50 if references is None else references
+    splits = ("base", "novel", "all")
+    series = [(label, {s: metrics.get(f"AP50_{s}", -1.0) for s in splits})]
+    series += [(f"{name} (paper)", {s: v.get(f"{setting}_{s}", -1.0) for s in splits}) for name, v in refs.items()]
+    fig, ax = _axes(ax, (6.0, 4.0))
+    width = 0.8 / len(series)
+    for i, (name, values) in enumerate(series):
+        xs = [j + (i - (len(series) - 1) / 2) * width for j, s in enumerate(splits) if values[s] >= 0]
+        ys = [100 * values[s] for s in splits if values[s] >= 0]
+        ax.bar(xs, ys, width, label=name, color="black" if i == 0 else None, alpha=1.0 if i == 0 else 0.75)
+    top = max([100 * v for _, values in series for v in values.values()] + [1.0])
+    ax.set_ylim(0, 1.3 * top)  # headroom for the legend
+    ax.set_xticks(range(len(splits)), splits)
+    ax.set_ylabel("AP50 (%)")
+    ax.set_title(f"AP50 per split ({setting})")
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(fontsize=7, ncol=3, loc="upper center")
+    fig.tight_layout()
+    return fig
+
+
+# --- training logs ------------------------------------------------------------------------------
+
+TOTAL_LOSS_KEYS = ("loss", "total_loss")  # the brief's name, and the one ovis.engine.train writes
+MEMORY_KEYS = ("memory_mb", "max_mem_mb")
+STAGE_ORDER = ("grounding", "teacher", "student", "baseline")
+SPEED_LINES = 5  # final losses and speed: mean over this many last logged lines
+
+
+def load_metrics_jsonl(path: str | Path) -> list[dict]:
+    """Rows of a training log, iterations strictly increasing.
+
+    A resumed run restarts from its last checkpoint and logs some iterations again: a line whose
+    iteration is not above the previous one marks a resume, and the earlier run's lines from that
+    iteration on are dropped (so the last line of each iteration wins). A line that is not a JSON
+    object with an integer `iteration` (the truncated last line of a crashed run, or a line a
+    resume glued onto it) is skipped; a bad line before the end also raises a warning naming it.
+    """
+    path = Path(path)
+    lines = path.read_text(encoding="utf-8").splitlines()
+    last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
+    rows: list[dict] = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        if not isinstance(row, dict) or not isinstance(row.get("iteration"), int):
+            if i != last:
+                warnings.warn(f"{path}:{i + 1}: not a JSON object with an integer 'iteration'; line skipped",
+                              stacklevel=2)
+            continue
+        while rows and rows[-1]["iteration"] >= row["iteration"]:
+            rows.pop()
+        rows.append(row)
+    return rows
+
+
+def smooth(values: Sequence[float] | np.ndarray, window: int) -> np.ndarray:
+    """Trailing moving average: out[i] = mean(values[max(0, i - window + 1) : i + 1]); float64, same length."""
+    if window < 1:
+        raise ValueError(f"smoothing window must be >= 1, got {window}")
+    x = np.asarray(values, dtype=np.float64)
+    csum = np.concatenate([[0.0], np.cumsum(x)])
+    i = np.arange(1, len(x) + 1)
+    lo = np.maximum(i - window, 0)
+    return (csum[i] - csum[lo]) / (i - lo)
+
+
+def series(rows: Sequence[Mapping], key: str) -> tuple[np.ndarray, np.ndarray]:
+    """(iterations, values) of the rows that carry a finite number under `key`."""
+    pairs = [(r["iteration"], r[key]) for r in rows
+             if isinstance(r.get(key), (int, float)) and not isinstance(r.get(key), bool) and math.isfinite(r[key])]
+    its, vals = zip(*pairs) if pairs else ((), ())
+    return np.asarray(its, dtype=np.int64), np.asarray(vals, dtype=np.float64)
+
+
+def total_loss_key(rows: Sequence[Mapping]) -> str | None:
+    """The key of the total loss in these rows (`loss` or `total_loss`), None when neither is logged."""
+    return next((k for k in TOTAL_LOSS_KEYS if any(k in r for r in rows)), None)
+
+
+def loss_terms(rows: Sequence[Mapping]) -> list[str]:
+    """The per-term loss keys (`loss_*`) found in any row, in first-seen order."""
+    terms = dict.fromkeys(k for r in rows for k in r if k.startswith("loss_") and k not in TOTAL_LOSS_KEYS)
+    return list(terms)
+
+
+def find_training_logs(run_dir: str | Path, stages: Sequence[str] | None = None) -> dict[str, Path]:
+    """{stage: path} of `<run_dir>/<stage>/metrics.jsonl`: the given stages that have one, or every
+    folder with one (grounding, teacher, student, baseline first, then the rest by name)."""
+    run = Path(run_dir)
+    if stages is None:
+        found = [p.parent.name for p in run.glob("*/metrics.jsonl")]
+        rank = {s: i for i, s in enumerate(STAGE_ORDER)}
+        stages = sorted(found, key=lambda s: (rank.get(s, len(rank)), s))
+    return {s: run / s / "metrics.jsonl" for s in stages if (run / s / "metrics.jsonl").is_file()}
+
+
+def _log_if_spans_decades(ax: Axes, values: Sequence[np.ndarray]) -> None:
+    pos = np.concatenate([v[v > 0] for v in values]) if values else np.empty(0)
+    if pos.size and pos.max() >= 10 * pos.min():
+        ax.set_yscale("log", nonpositive="mask")
+        ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
+
+
+def plot_training(run_dir: str | Path, stages: Sequence[str] | None = None, smooth_window: int = 20) -> Figure:
+    """One row per training stage: total loss (black) and each `loss_*` term against the iteration,
+    smoothed (trailing mean over `smooth_window` logged lines, capped at a quarter of the lines so
+    short runs keep their shape) over the raw values drawn faint, log-y when the values span a
+    decade or more; the learning rate in a narrow panel on the right."""
+    logs = find_training_logs(run_dir, stages)
+    fig = Figure(figsize=(12.0, 3.3 * max(len(logs), 1)), layout="constrained")
+    if not logs:
+        ax = fig.subplots()
+        ax.text(0.5, 0.5, f"no <stage>/metrics.jsonl under {run_dir}", ha="center", va="center")
+        ax.set_axis_off()
+        return fig
+    axes = fig.subplots(len(logs), 2, width_ratios=[3, 1], squeeze=False)
+    for (stage, path), (ax_loss, ax_lr) in zip(logs.items(), axes):
+        rows = load_metrics_jsonl(path)
+        total = total_loss_key(rows)
+        keys = ([total] if total else []) + loss_terms(rows)
+        window = max(1, min(smooth_window, len(rows) // 4))
+        plotted = []
+        for i, key in enumerate(keys):
+            its, vals = series(rows, key)
+            if not len(its):
+                continue
+            color = "black" if key == total else f"C{(i - bool(total)) % 10}"
+            ax_loss.plot(its, vals, color=color, alpha=0.25, lw=0.8)
+            ax_loss.plot(its, smooth(vals, window), color=color, lw=2.0 if key == total else 1.4,
+                         label="total" if key == total else key.removeprefix("loss_"))
+            plotted.append(vals)
+        _log_if_spans_decades(ax_loss, plotted)
+        last_it = rows[-1]["iteration"] if rows else 0
+        ax_loss.set_title(f"{stage}: losses ({len(rows)} logged lines to iteration {last_it}, "
+                          f"smoothed over {window})", fontsize=10)
+        ax_loss.set_xlabel("iteration")
+        ax_loss.set_ylabel("loss")
+        ax_loss.grid(True, alpha=0.3)
+        if plotted:
+            ax_loss.legend(fontsize=7, ncol=2, loc="upper right")
+        its, lr = series(rows, "lr")
+        if len(its):
+            ax_lr.plot(its, lr, color="tab:purple", lw=1.5)
+            _log_if_spans_decades(ax_lr, [lr])
+            if ax_lr.get_yscale() == "linear":
+                ax_lr.set_ylim(0, 1.1 * max(lr.max(), 1e-12))
+        else:
+            ax_lr.text(0.5, 0.5, "no lr logged", ha="center", va="center", transform=ax_lr.transAxes)
+        ax_lr.set_title(f"{stage}: learning rate", fontsize=10)
+        ax_lr.set_xlabel("iteration")
+        ax_lr.grid(True, alpha=0.3)
+    return fig
+
+
+def training_summary(rows: Sequence[Mapping], last_lines: int = SPEED_LINES) -> dict[str, float | int | None]:
+    """Final losses and speed of one training log: `iteration` (last), `lines`, `total` and each
+    `loss_*` term, `images_per_s` and `time_per_iter` (means over the last `last_lines` lines that
+    carry them), `lr` (last), `memory_mb` (peak over the log); None where not logged."""
+    def tail_mean(key: str | None) -> float | None:
+        vals = series(rows, key)[1][-last_lines:] if key else np.empty(0)
+        return float(vals.mean()) if vals.size else None
+
+    lr = series(rows, "lr")[1]
+    mem = [v for k in MEMORY_KEYS for v in series(rows, k)[1]]
+    out: dict[str, float | int | None] = {
+        "iteration": rows[-1]["iteration"] if rows else None,
+        "lines": len(rows),
+        "total": tail_mean(total_loss_key(rows)),
+        **{k: tail_mean(k) for k in loss_terms(rows)},
+        "images_per_s": tail_mean("images_per_s"),
+        "time_per_iter": tail_mean("time_per_iter"),
+        "lr": float(lr[-1]) if lr.size else None,
+        "memory_mb": max(mem) if mem else None,
+    }
+    return out
+
+
+# --- ours beside the papers ---------------------------------------------------------------------
+
+# reference.SOURCES key of each paper entry (PAPER_AP50 entries all come from one table)
+PAPER_SOURCE = {"OLN-Box": "OLN-Box", "GGN (Mask R-CNN)": "GGN", "GGN + OLN": "GGN",
+                "Mask R-CNN (class-agnostic)": "GGN", "v-CLR": "v-CLR / UDOS", "UDOS": "v-CLR / UDOS"}
+_SOURCE_NAMES = {"PAPER_AP50": ", ".join(PAPER_AP50)} | {
+    key: ", ".join(p for p, k in PAPER_SOURCE.items() if k == key) for key in set(PAPER_SOURCE.values())}
+METHOD_WORDS = {"cpl": "CPL", "ggn": "GGN", "oln": "OLN"}  # recipe.method -> its paper's entries, shown first
+OPEN_WORLD_ROWS = ("AR@10", "AR@30", "AR@100", "AR@300", "AR@1000", "AUC")
+OVR_ROWS = (("generalized", "base"), ("generalized", "novel"), ("generalized", "all"),
+            ("constrained", "base"), ("constrained", "novel"))
+IOU_NAMES = {"segm": "mask", "bbox": "box"}
+
+
+def find_eval_results(run_dir: str | Path) -> list[dict]:
+    """Every `<run_dir>/eval/**/metrics.json` (as `ovis.eval.report.write_metrics` writes it), with
+    `label` (its folder relative to eval/, e.g. "student/segm"; "eval" for eval/metrics.json) and
+    `path` added; sorted by path."""
+    root = Path(run_dir) / "eval"
+    out = []
+    for path in sorted(root.glob("**/metrics.json")):
+        try:
+            result = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e}); re-run the eval stage that wrote it") from None
+        if not isinstance(result, dict) or not {"protocol", "iou_type", "metrics"} <= set(result):
+            raise ValueError(f"{path}: expected the keys protocol, iou_type, metrics of ovis.eval.report.write_metrics")
+        rel = path.parent.relative_to(root).as_posix()
+        out.append({**result, "label": "eval" if rel == "." else rel, "path": str(path)})
+    return out
+
+
+def protocol_kind(protocol: str) -> str:
+    """"ovr", "open_world" or "coco" for a protocol name (unknown names: "coco", no paper numbers)."""
+    return PROTOCOLS[protocol].kind if protocol in PROTOCOLS else "coco"
+
+
+def eval_setting(result: Mapping) -> str:
+    """"constrained" when an ovr result says so (`setting` key, or "constrained" in its label),
+    else "generalized" (evaluation on the full val set with every class)."""
+    if result.get("setting") in ("generalized", "constrained"):
+        return str(result["setting"])
+    return "constrained" if "constrained" in str(result.get("label", "")) else "generalized"
+
+
+def _pct(value: float | None) -> str:
+    if value is None:
+        return "–"
+    return "n/a" if value < 0 else f"{100 * value:.1f}"
+
+
+def _by_method_first(names: Sequence[str], recipe: Recipe) -> list[str]:
+    word = METHOD_WORDS.get(recipe.method, "\0")
+    return sorted(names, key=lambda n: word not in n)
+
+
+def _paper_auc(iou_type: str) -> dict[str, float]:
+    """{method: AUC} of `PAPER_AUC` entries named "<method> (<iou_type>)"."""
+    out = {}
+    for key, value in PAPER_AUC.items():
+        name, _, iou = key.rpartition(" (")
+        if iou.rstrip(")") == iou_type:
+            out[name] = value
+    return out
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def _ovr_table(results: Sequence[Mapping], iou_type: str, recipe: Recipe) -> tuple[list[str], set[str]]:
+    papers = _by_method_first(list(PAPER_AP50), recipe) if iou_type == "segm" else []
+    header = ["AP50 (%)"] + [f"ours: {r['label']}" for r in results] + [f"{p} (paper)" for p in papers]
+    rows = []
+    for setting, split in OVR_ROWS:
+        ours = [_pct(r["metrics"].get(f"AP50_{split}")) if eval_setting(r) == setting else "–" for r in results]
+        theirs = [_pct(PAPER_AP50[p][f"{setting}_{split}"]) for p in papers]
+        if any(v != "–" for v in ours + theirs):
+            rows.append([f"{setting} {split}"] + ours + theirs)
+    lines = _table(header, rows) + ["", "Generalized: evaluated on the full val set, every class competing; "
+                                    "constrained: a result whose `setting` or label says so (val_base / val_novel)."]
+    if iou_type != "segm":
+        lines += ["", "The papers report mask AP50 only; no box numbers to compare with."]
+    return lines, {"PAPER_AP50"} if papers else set()
+
+
+def _open_world_table(results: Sequence[Mapping], iou_type: str, recipe: Recipe) -> tuple[list[str], set[str]]:
+    curves = {name: {f"AR@{k}": v for k, v in pts.items()} for name, pts in PAPER_AR_CURVES.get(iou_type, {}).items()}
+    for name, auc in _paper_auc(iou_type).items():
+        curves.setdefault(name, {})["AUC"] = auc
+    papers = _by_method_first(list(curves), recipe)
+    metric_rows = [m for m in OPEN_WORLD_ROWS
+                   if any(m in r["metrics"] for r in results) or any(m in curves[p] for p in papers)]
+    header = [f"{IOU_NAMES.get(iou_type, iou_type)} (%)"] + [f"ours: {r['label']}" for r in results]
+    header += [f"{p} (paper)" for p in papers]
+    rows = [[m] + [_pct(r["metrics"].get(m)) for r in results] + [_pct(curves[p].get(m)) for p in papers]
+            for m in metric_rows]
+    return _table(header, rows), {PAPER_SOURCE[p] for p in papers if p in PAPER_SOURCE}
+
+
+def paper_table(results: list[dict], recipe: Recipe) -> str:
+    """Markdown: our metrics (percent, one decimal) beside the papers' (METHODS §8,
+    `ovis.eval.reference`), one table per protocol and IoU type: AP50 base/novel/all
+    (generalized and constrained) for ovr protocols, AR@10/30/100/300/1000 and AUC for open-world
+    ones, the papers' sources below. `results` are metrics.json dicts (a `label` each, as
+    `find_eval_results` adds); with none, the papers' numbers for the recipe's protocol alone.
+    Demo protocols carry a note that the paper numbers are for COCO and not comparable."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for i, r in sorted(enumerate(results), key=lambda ir: (ir[1]["protocol"], ir[1]["iou_type"] != "segm", ir[0])):
+        groups.setdefault((r["protocol"], r["iou_type"]), []).append({"label": f"result {i}", **r})
+    lines: list[str] = []
+    if not groups:
+        lines += ["No `eval/**/metrics.json` found: run the eval stage; the papers' numbers alone:", ""]
+        protocol = recipe.eval.protocol
+        groups = {(protocol, t): [] for t in recipe.eval.iou_types}
+    sources: set[str] = set()
+    for (protocol, iou_type), group in groups.items():
+        kind = protocol_kind(protocol)
+        lines += [f"### {protocol}, {IOU_NAMES.get(iou_type, iou_type)} ({iou_type})", ""]
+        if protocol.startswith("demo"):
+            lines += [f"**Not comparable:** `{protocol}` runs on the embedded synthetic demo data with a tiny "
+                      "model; the paper numbers are for COCO and are shown only for scale.", ""]
+        if kind == "ovr":
+            table, used = _ovr_table(group, iou_type, recipe)
+        elif kind == "open_world":
+            table, used = _open_world_table(group, iou_type, recipe)
+        else:
+            header = ["metric"] + [f"ours: {r['label']}" for r in group]
+            names = dict.fromkeys(k for r in group for k in r["metrics"] if k != "stats")
+            table = _table(header, [[k] + [_pct(r["metrics"].get(k)) for r in group] for k in names])
+            table += ["", f"No published numbers are held for protocol `{protocol}`."]
+            used = set()
+        lines += table + [""]
+        sources |= used
+    if sources:
+        lines += ["Paper sources:"] + [f"- {_SOURCE_NAMES.get(s, s)}: {SOURCES[s]}" for s in sorted(sources)] + [""]
+    return "\n".join(lines)
+
+
+# --- figures of the evaluation results ----------------------------------------------------------
+
+
+def file_label(label: str) -> str:
+    """A result label as a file-name part ("student/segm" -> "student_segm")."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", label).strip("_") or "eval"
+
+
+def metric_figures(results: Sequence[Mapping]) -> dict[str, Figure]:
+    """{file stem: Figure}: `ar_vs_k_<label>` for open-world results, `ap50_<label>` (per-split bars
+    beside the papers', plus per-class bars when stored) for ovr results; none for other protocols."""
+    figs: dict[str, Figure] = {}
+    for r in results:
+        label, kind = r["label"], protocol_kind(r["protocol"])
+        if kind == "open_world":
+            fig = plot_ar_vs_k(r["metrics"], r["iou_type"], label=f"ovis {label}")
+            fig.axes[0].set_title(f"AR@k, {r['protocol']} ({label})")
+            figs[f"ar_vs_k_{file_label(label)}"] = fig
+        elif kind == "ovr":
+            base, novel = r.get("base_names", []), r.get("novel_names", [])
+            split_names = set(base) | set(novel)
+            per_class = {k: v for k, v in r.get("per_class_AP50", {}).items()
+                         if v >= 0 and (k in split_names or not split_names)}
+            refs = PAPER_AP50 if r["iou_type"] == "segm" else {}
+            iou = IOU_NAMES.get(r["iou_type"], r["iou_type"])
+            fig = Figure(figsize=(max(8.0, 0.2 * len(per_class) + 1.5), 8.5 if per_class else 4.0))
+            ax_split, ax_cls = fig.subplots(2, 1, height_ratios=[1.0, 1.2]) if per_class else (fig.subplots(), None)
+            plot_ap50_splits(r["metrics"], f"ovis {label}", eval_setting(r), refs, ax=ax_split)
+            ax_split.set_title(f"{iou} AP50 per split ({eval_setting(r)}), {r['protocol']} ({label})")
+            if ax_cls is not None:
+                plot_ap50_per_class(per_class, base, novel, ax=ax_cls, title=f"{iou} AP50 per class ({label})")
+            figs[f"ap50_{file_label(label)}"] = fig
+    return figs
+
+
+# --- the curves stage ---------------------------------------------------------------------------
+
+
+def _save_png_atomic(fig: Figure, path: Path, dpi: int = 110) -> Path:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        fig.savefig(tmp, format="png", dpi=dpi)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _inputs_signature(run_dir: Path) -> list[list]:
+    """[relative path, size, mtime_ns] of every file the report reads: a changed log or metrics
+    file makes a finished curves stage stale."""
+    files = [*run_dir.glob("*/metrics.jsonl"), *(run_dir / "eval").glob("**/metrics.json"),
+             run_dir / "splits" / "partition.json"]
+    return sorted([p.relative_to(run_dir).as_posix(), p.stat().st_size, p.stat().st_mtime_ns]
+                  for p in files if p.is_file())
+
+
+def _fmt(value: float | int | None, spec: str) -> str:
+    return "–" if value is None else format(value, spec)
+
+
+def _training_table(summaries: Mapping[str, Mapping]) -> list[str]:
+    header = ["stage", "last iteration", "total loss", "loss terms", "lr", "images/s", "s/iter", "peak memory (MB)"]
+    rows = []
+    for stage, s in summaries.items():
+        terms = ", ".join(f"{k.removeprefix('loss_')} {v:.4f}" for k, v in s.items()
+                          if k.startswith("loss_") and v is not None)
+        rows.append([stage, _fmt(s["iteration"], "d"), _fmt(s["total"], ".4f"), terms or "–", _fmt(s["lr"], ".3g"),
+                     _fmt(s["images_per_s"], ".2f"), _fmt(s["time_per_iter"], ".3f"), _fmt(s["memory_mb"], ".0f")])
+    return _table(header, rows)
+
+
+def write_report(run_dir: str | Path, recipe: Recipe, smooth_window: int = 20) -> Path:
+    """Write `<run_dir>/curves/`: `training.png` (when a stage logged metrics), `ar_vs_k_<label>.png`
+    / `ap50_<label>.png` per evaluation result, `report.md` (recipe and hash, stages, final losses
+    and speed, ours-vs-paper table, links to the PNGs) and the stage marker; all atomically.
+    Returns the report path."""
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise FileNotFoundError(f"run dir {run} does not exist; run the earlier stages first or pass the right run_dir")
+    out = stage_dir(run, "curves")
+    out.mkdir(parents=True, exist_ok=True)
+    signature = _inputs_signature(run)
+    logs = find_training_logs(run)
+    results = find_eval_results(run)
+    pngs: list[str] = []
+    if logs:
+        _save_png_atomic(plot_training(run, smooth_window=smooth_window), out / "training.png")
+        pngs.append("training.png")
+    for stem, fig in metric_figures(results).items():
+        pngs.append(_save_png_atomic(fig, out / f"{stem}.png").name)
+
+    part_path = run / "splits" / "partition.json"
+    partition = json.loads(part_path.read_text(encoding="utf-8")) if part_path.is_file() else {}
+    protocol = partition.get("protocol", recipe.splits.protocol)
+    lines = [f"# Curves report: {recipe.name}", "",
+             f"Recipe `{recipe.name}` (method {recipe.method}), hash `{recipe.hash()}`; run dir `{run}`; "
+             f"split protocol `{protocol}`"
+             + (f" ({len(partition.get('base', []))} base/seen, {len(partition.get('novel', []))} novel/unseen "
+                "classes)." if partition else " (no splits/partition.json)."), "",
+             "## Training", ""]
+    if logs:
+        summaries = {s: training_summary(load_metrics_jsonl(p)) for s, p in logs.items()}
+        lines += [f"Stages found: {', '.join(logs)}. Losses, images/s and s/iter are means over the last "
+                  f"{SPEED_LINES} logged lines; lr is the last logged value.", ""]
+        lines += _training_table(summaries) + [""]
+    else:
+        lines += ["No training stage has logged `metrics.jsonl` yet.", ""]
+    lines += ["## Ours beside the papers (METHODS §8)", ""]
+    if results:
+        lines += ["Results: " + ", ".join(f"`{r['label']}` ({r['protocol']}, {r['iou_type']})" for r in results)
+                  + ".", ""]
+    lines += [paper_table(results, recipe), "## Figures", ""]
+    lines += [f"- [{name}]({name})" for name in pngs] or ["No figures: nothing logged or evaluated yet."]
+    report = write_text_atomic("\n".join(lines) + "\n", out / "report.md")
+    recipe.save(out)
+    mark_stage_done(run, "curves", recipe, ["report.md", *pngs], inputs=signature)
+    return report
+
+
+def run_curves_stage(recipe: Recipe, run_dir: str | Path, force: bool = False, smooth_window: int = 20) -> Path:
+    """Stage 05: write the curves report (see `write_report`) and return its path. Skips the work
+    when the stage finished for this recipe hash and no training log or metrics file changed since
+    (unless `force`)."""
+    run = Path(run_dir)
+    marker = stage_dir(run, "curves") / MARKER
+    if not force and stage_done(run, "curves", recipe):
+        if json.loads(marker.read_text()).get("inputs") == _inputs_signature(run):
+            return stage_dir(run, "curves") / "report.md"
+    return write_report(run, recipe, smooth_window)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="ovis curves", description="draw training curves and the ours-vs-paper report")
+    ap.add_argument("--recipe", required=True, help="packaged recipe name or YAML path")
+    ap.add_argument("--run-dir", default="", help="run folder (default runs/RECIPE)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="dotted recipe override, e.g. eval.protocol=demo_ovr (repeatable)")
+    ap.add_argument("--smooth", type=int, default=20, help="smoothing window in logged lines (default 20)")
+    ap.add_argument("--force", action="store_true", help="redo the report even if it is up to date")
+    args = ap.parse_args(argv)
+    try:
+        recipe = load_recipe(args.recipe, args.overrides)
+        if args.smooth < 1:
+            raise ValueError(f"--smooth must be >= 1, got {args.smooth}")
+        run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(recipe)
+        if not run_dir.is_dir():
+            raise FileNotFoundError(f"run dir {run_dir} does not exist; run the earlier stages or pass --run-dir")
+        report = run_curves_stage(recipe, run_dir, args.force, args.smooth)
+    except (RecipeError, ValueError, FileNotFoundError) as e:
+        print(f"ovis curves: error: {e}", file=sys.stderr)
+        return 2
+    print(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
