@@ -22,7 +22,7 @@ def test_notebook_is_committed_clean_with_a_parameters_cell():
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert "parameters" in code[0].metadata.get("tags", [])
     assert all(not c.outputs and c.execution_count is None for c in code)
-    assert 'run_dir = "runs/demo_ggn"' in code[0].source
+    assert 'run_dir: str = "runs/demo_ggn"' in code[0].source
 
 
 def test_notebook_evaluates_an_open_world_run(tmp_path):
@@ -40,11 +40,12 @@ def test_notebook_evaluates_an_open_world_run(tmp_path):
     (run / "splits" / "partition.json").write_text(json.dumps(partition))
     (run / "eval" / "detections.json").write_text(json.dumps(class_agnostic(synthetic_detections(gt, 15, seed=2), 1)))
     pm.execute_notebook(str(NOTEBOOK), str(tmp_path / "out.ipynb"), kernel_name="python3", progress_bar=False,
-                        parameters={"recipe": "demo_ggn", "run_dir": str(run)}, cwd=str(ROOT))
+                        parameters={"recipe": "demo_ggn", "run_dir": str(run),
+                                                               "detections": str(run / "eval" / "detections.json")}, cwd=str(ROOT))
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
     assert metrics["protocol"] == "demo_open_world" and 0 < metrics["metrics"]["AR@100"] <= 1
     assert (run / "eval" / "metrics.md").read_text().startswith("# demo_open_world (segm)")
-    assert (run / "eval" / "ar_vs_k.png").stat().st_size > 10_000
+    assert (run / "eval" / "ar_vs_k_eval.png").stat().st_size > 10_000
 
 
 def test_plots_draw_ours_beside_the_papers():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ovis.data.coco import write_text_atomic
 from ovis.eval.io import EvalInputError, write_json_atomic
 from ovis.eval.protocols import evaluate, jsonable, metrics_markdown
 
@@ -13,8 +14,7 @@ def write_metrics(result: dict, out_dir: str | Path) -> tuple[Path, Path]:
     """Write `out_dir/metrics.json` (the full result, protocol named) and `out_dir/metrics.md`."""
     out = Path(out_dir)
     json_path = write_json_atomic(jsonable(result), out / "metrics.json")
-    md_path = out / "metrics.md"
-    md_path.write_text(metrics_markdown(result), encoding="utf-8")
+    md_path = write_text_atomic(metrics_markdown(result), out / "metrics.md")
     return json_path, md_path
 
 
