@@ -1,0 +1,440 @@
+"""CPL stage (a): caption-grounding pretraining, OVR-CNN's "MMSS" grounding head (METHODS §2.1).
+
+A ResNet to C5 (all four stages, stride 32) sees each C5 cell as a region; a linear
+vision→language projection (``projection``, C5 channels → text dim) maps regions into the space
+of the caption's *static WordPiece input-token embeddings* (frozen, :class:`StaticTokenEmbedding`,
+special tokens excluded, METHODS §6.1, §9.2). For image i and caption c:
+
+- local similarity ``s[w, r] = ⟨projection(region r of i), word w of c⟩ / temperature`` (10);
+- words → regions: each word attends over the image's regions by softmax, score
+  ``w2r[i, c] = mean_w Σ_r a_wr · s[w, r]``; regions → words: each region attends over the
+  caption's words, ``r2w[i, c] = mean_r Σ_w a_rw · s[w, r]``;
+- losses, both directions, in-batch negatives (cross-entropy over the batch):
+  ``loss_grounding_w2r_caption`` (each image picks its caption among the batch's captions),
+  ``loss_grounding_w2r_image`` (each caption picks its image), and the same two for ``r2w``.
+  The loop sums the four with weight 1, as OVR-CNN does. Negatives are the images of one
+  process's batch.
+
+Training keeps at most ``max_regions`` (100) random valid cells per image (OVR's spatial
+dropout). Images of different sizes are zero-padded (after normalisation) to a common size that
+is a multiple of 32; padded cells are masked out of both attentions and of the means.
+
+The teacher starts from this model (METHODS §2.2): its state dict *is* the teacher-init state —
+torchvision ResNet keys under ``backbone.`` (``backbone.conv1.weight``, ``backbone.bn1.*``,
+``backbone.layer1.…`` … ``backbone.layer4.…``) plus ``projection.weight`` [text dim, C5 channels]
+and ``projection.bias``. The C4 teacher takes stem + ``layer1``–``layer3`` as its backbone and
+``layer4`` as its res5 RoI head (maskrcnn-benchmark lands res5 weights in the RoI head by suffix
+matching); ``projection`` initialises the teacher's frozen embedding projection. The detector
+side maps these keys; this module only produces them (:func:`teacher_init_state`,
+:func:`save_grounding_checkpoint`; the loop's ``grounding/model_final.pth`` holds the same keys
+under ``"model"``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+from torchvision.models import resnet
+
+from ovis.data.coco import CocoFormatError, load_coco
+from ovis.models.backbones import RESNETS, load_backbone_weights, stage_channels
+from ovis.models.text import StaticTokenEmbedding, build_text_encoder
+
+if TYPE_CHECKING:
+    from ovis.config import Recipe
+    from ovis.engine.train import TrainTask
+
+__all__ = [
+    "CaptionImages",
+    "GroundingModel",
+    "grounding_losses",
+    "grounding_scores",
+    "grounding_task",
+    "save_grounding_checkpoint",
+    "teacher_init_state",
+]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+BGR255_MEAN = (102.9801, 115.9465, 122.7717)  # maskrcnn-benchmark / caffe2 pixel mean, std 1
+C5_STRIDE = 32
+LOSS_NAMES = ("loss_grounding_w2r_caption", "loss_grounding_w2r_image",
+              "loss_grounding_r2w_caption", "loss_grounding_r2w_image")
+
+
+# --------------------------------------------------------------------------------------------
+# data
+
+
+class CaptionImages(Dataset):
+    """Images of a COCO instances JSON paired with one of their captions.
+
+    Items: ``(image float32 [3, H, W] RGB in 0..1, {"image_id": int, "caption": str})``; the
+    caption is drawn uniformly from the image's list on every access with torch's RNG (the
+    training loop seeds each item). Images without a caption are skipped. ``captions`` maps image
+    id (int, or str as in ``splits/captions.json``) to captions. ``min_size`` rescales the shorter
+    side to that many pixels, with the longer side capped at ``max_size`` (torchvision's detection
+    rule); ``flip_prob`` mirrors the image left-right.
+    """
+
+    def __init__(
+        self,
+        ann_file: str | Path,
+        image_root: str | Path,
+        captions: Mapping[int | str, Sequence[str]],
+        min_size: int | None = None,
+        max_size: int | None = None,
+        flip_prob: float = 0.0,
+    ) -> None:
+        if not 0.0 <= flip_prob <= 1.0:
+            raise ValueError(f"flip_prob must be in [0, 1], got {flip_prob}")
+        self.ann_file = Path(ann_file)
+        self.image_root = Path(image_root)
+        self.min_size, self.max_size, self.flip_prob = min_size, max_size, flip_prob
+        coco = load_coco(ann_file)
+        self.captions: dict[int, list[str]] = {}
+        for key, caps in captions.items():
+            try:
+                image_id = int(key)
+            except (TypeError, ValueError):
+                raise ValueError(f"captions: key {key!r} is not an image id (expected an int or a digit string)") from None
+            if isinstance(caps, str) or not all(isinstance(c, str) for c in caps):
+                raise ValueError(f"captions: image {image_id}: expected a list of caption strings, got {caps!r:.80}")
+            self.captions[image_id] = [c for c in caps if c.strip()]
+        self._images = {img["id"]: img for img in coco["images"]}
+        self.ids = [img["id"] for img in coco["images"] if self.captions.get(img["id"])]
+        if not self.ids:
+            raise ValueError(f"{self.ann_file}: none of its {len(self._images)} images has a caption; "
+                             "check that the captions belong to this split (image ids must match)")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def aspect_ratios(self) -> list[float]:
+        """Width / height of every item (for aspect-ratio grouped batches)."""
+        return [self._images[i]["width"] / self._images[i]["height"] for i in self.ids]
+
+    def load_image(self, image_id: int) -> Tensor:
+        """RGB float32 [3, H, W] in 0..1 at file resolution; checks the size against the JSON."""
+        info = self._images[image_id]
+        path = self.image_root / info["file_name"]
+        where = f"{self.ann_file}: image {image_id}"
+        try:
+            with Image.open(path) as im:
+                im = im.convert("RGB")
+        except FileNotFoundError:
+            raise CocoFormatError(f"{where}: file {path} not found; check the image root") from None
+        except (UnidentifiedImageError, OSError) as e:
+            raise CocoFormatError(f"{where}: cannot read image {path}: {e}") from None
+        if im.size != (info["width"], info["height"]):
+            raise CocoFormatError(f"{where}: {path} is {im.size[0]}x{im.size[1]} but the JSON says "
+                                  f"{info['width']}x{info['height']}")
+        return torch.from_numpy(np.ascontiguousarray(np.asarray(im).transpose(2, 0, 1))).float().div_(255)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Any]]:
+        image_id = self.ids[index]
+        image = self.load_image(image_id)
+        if self.min_size:
+            h, w = image.shape[-2:]
+            scale = self.min_size / min(h, w)
+            if self.max_size:
+                scale = min(scale, self.max_size / max(h, w))
+            size = (max(1, round(h * scale)), max(1, round(w * scale)))
+            if size != (h, w):
+                image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
+        if self.flip_prob > 0 and torch.rand(()) < self.flip_prob:
+            image = image.flip(-1)
+        caps = self.captions[image_id]
+        caption = caps[int(torch.randint(len(caps), ()))]
+        return image, {"image_id": image_id, "caption": caption}
+
+
+# --------------------------------------------------------------------------------------------
+# grounding head (pure functions)
+
+
+def grounding_scores(
+    regions: Tensor, region_mask: Tensor, words: Tensor, word_mask: Tensor, temperature: float = 10.0
+) -> tuple[Tensor, Tensor]:
+    """Image–caption scores of every pair by soft alignment in both directions.
+
+    ``regions`` [I, R, D] projected regions, ``region_mask`` bool [I, R]; ``words`` [C, W, D]
+    word embeddings, ``word_mask`` bool [C, W]. Returns ``(w2r, r2w)``, each [I, C]: row i,
+    column c is the score of image i with caption c. Masked regions/words get exactly zero
+    attention and do not count in the means. Every image needs ≥ 1 region and every caption
+    ≥ 1 word.
+    """
+    n_regions = region_mask.sum(1)
+    n_words = word_mask.sum(1)
+    if (n_regions == 0).any() or (n_words == 0).any():
+        raise ValueError(f"grounding_scores: every image needs a region and every caption a word "
+                         f"(regions per image {n_regions.tolist()}, words per caption {n_words.tolist()})")
+    local = torch.einsum("ird,cwd->icwr", regions, words) / temperature  # [I, C, W, R]
+    pair = word_mask[None, :, :, None] & region_mask[:, None, None, :]
+    # finfo.min (not -inf) keeps fully masked rows finite; they are zeroed by `pair` afterwards
+    masked = local.masked_fill(~pair, torch.finfo(local.dtype).min)
+    w2r = (masked.softmax(dim=3) * pair * local).sum((2, 3)) / n_words[None, :].to(local.dtype)
+    r2w = (masked.softmax(dim=2) * pair * local).sum((2, 3)) / n_regions[:, None].to(local.dtype)
+    return w2r, r2w
+
+
+def grounding_losses(w2r: Tensor, r2w: Tensor) -> dict[str, Tensor]:
+    """Cross-entropy over the batch of square score matrices [B, B] (image i ↔ caption i).
+
+    ``*_caption``: each image picks its caption among the batch's captions (softmax over a row);
+    ``*_image``: each caption picks its image (softmax over a column). Keys: ``LOSS_NAMES``.
+    """
+    if w2r.shape[0] != w2r.shape[1] or w2r.shape[0] < 2:
+        raise ValueError(f"grounding losses need a square score matrix of ≥ 2 pairs (in-batch negatives), "
+                         f"got {tuple(w2r.shape)}; set grounding.batch_size ≥ 2")
+    target = torch.arange(w2r.shape[0], device=w2r.device)
+    values = (F.cross_entropy(w2r, target), F.cross_entropy(w2r.t(), target),
+              F.cross_entropy(r2w, target), F.cross_entropy(r2w.t(), target))
+    return dict(zip(LOSS_NAMES, values))
+
+
+# --------------------------------------------------------------------------------------------
+# model
+
+
+def _resnet_trunk(net: resnet.ResNet) -> nn.Sequential:
+    # same attribute names as torchvision's ResNet so state-dict keys match it (minus avgpool/fc)
+    names = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
+    return nn.Sequential(OrderedDict((n, getattr(net, n)) for n in names))
+
+
+class GroundingModel(nn.Module):
+    """ResNet-C5 regions + v2l ``projection`` grounded on static caption-token embeddings.
+
+    ``backbone``: ``resnet18`` | ``resnet34`` | ``resnet50``; ``weights``: initial ResNet weights
+    (local torchvision-ResNet ``.pth`` or a torchvision enum name, as ``model.backbone_weights``).
+    ``text_encoder``: a :class:`StaticTokenEmbedding` (default: offline MiniLM, 384-d); its token
+    table is frozen and kept out of the state dict. ``input_format``: ``rgb`` (ImageNet mean/std)
+    or ``bgr255`` (caffe); ``stride_in_1x1`` as ``model.stride_in_1x1``.
+
+    BatchNorm: with ``train_bn=False`` (default) every BN layer stays in eval mode with fixed
+    affine parameters (FrozenBN semantics, as maskrcnn-benchmark); ``train_bn=True`` trains BN
+    normally (for random initialisation, where there are no statistics to freeze).
+
+    ``forward(images, targets)``: ``images`` list of float [3, H, W] in 0..1, ``targets`` list of
+    dicts with ``"caption"``. Train mode → dict of the four losses (``LOSS_NAMES``); eval mode →
+    [B, B] image–caption scores (row image, column caption), the mean of the ``w2r`` and ``r2w``
+    scores (:meth:`score_matrices` gives both).
+    """
+
+    def __init__(
+        self,
+        backbone: str = "resnet50",
+        text_encoder: StaticTokenEmbedding | None = None,
+        weights: str | None = None,
+        temperature: float = 10.0,
+        max_regions: int = 100,
+        input_format: str = "rgb",
+        stride_in_1x1: bool = False,
+        train_bn: bool = False,
+    ) -> None:
+        super().__init__()
+        if backbone not in RESNETS:
+            raise ValueError(f"model.backbone={backbone!r} is not supported; use one of {', '.join(RESNETS)}")
+        if input_format not in ("rgb", "bgr255"):
+            raise ValueError(f"model.input_format={input_format!r}: expected 'rgb' or 'bgr255'")
+        if temperature <= 0 or max_regions < 1:
+            raise ValueError(f"temperature must be > 0 and max_regions ≥ 1, got {temperature}, {max_regions}")
+        text_encoder = text_encoder if text_encoder is not None else StaticTokenEmbedding()
+        if not isinstance(text_encoder, StaticTokenEmbedding):
+            raise TypeError(f"grounding needs static token embeddings (StaticTokenEmbedding, e.g. text encoder "
+                            f"'minilm' or 'bert-base-uncased'), got {type(text_encoder).__name__}")
+        net = getattr(resnet, backbone)(weights=None)
+        if weights:
+            load_backbone_weights(net, weights)
+        if stride_in_1x1:
+            if not isinstance(net.layer2[0], resnet.Bottleneck):
+                raise ValueError(f"model.stride_in_1x1 needs a bottleneck ResNet (resnet50), not {backbone}")
+            for layer in (net.layer2, net.layer3, net.layer4):
+                block = layer[0]
+                block.conv1.stride, block.conv2.stride = block.conv2.stride, (1, 1)
+        self.backbone = _resnet_trunk(net)
+        self.backbone_name = backbone
+        self.out_channels = stage_channels(net.layer4)
+        self.text_encoder = text_encoder
+        # plain attribute, not a buffer: frozen, on CPU (rows are gathered there), not in state_dict
+        self._token_table = text_encoder._embedding_table()
+        self.embedding_dim = int(self._token_table.shape[1])
+        self.projection = nn.Linear(self.out_channels, self.embedding_dim)
+        self.temperature = float(temperature)
+        self.max_regions = int(max_regions)
+        self.input_format = input_format
+        self.train_bn = train_bn
+        if not train_bn:
+            for m in self.backbone.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.requires_grad_(False)
+                    m.eval()
+
+    def train(self, mode: bool = True) -> GroundingModel:
+        super().train(mode)
+        if not self.train_bn:
+            for m in self.backbone.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.eval()
+        return self
+
+    def _normalise(self, image: Tensor) -> Tensor:
+        if self.input_format == "bgr255":
+            mean = torch.as_tensor(BGR255_MEAN, dtype=image.dtype, device=image.device)
+            return image[[2, 1, 0]] * 255.0 - mean[:, None, None]
+        mean = torch.as_tensor(IMAGENET_MEAN, dtype=image.dtype, device=image.device)
+        std = torch.as_tensor(IMAGENET_STD, dtype=image.dtype, device=image.device)
+        return (image - mean[:, None, None]) / std[:, None, None]
+
+    def region_features(self, images: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+        """C5 cells of each image → ``(regions [B, R, C5 channels], valid bool [B, R])``.
+
+        Images are normalised, zero-padded to a common multiple of 32; a cell is valid when it
+        lies inside its image (``ceil(h / 32) × ceil(w / 32)`` cells). In train mode at most
+        ``max_regions`` random valid cells per image are kept (R shrinks accordingly).
+        """
+        if not images:
+            raise ValueError("GroundingModel: empty batch")
+        for i, im in enumerate(images):
+            if im.dim() != 3 or im.shape[0] != 3 or not im.is_floating_point():
+                raise ValueError(f"GroundingModel: image {i} must be a float [3, H, W] tensor in 0..1, "
+                                 f"got {im.dtype} {tuple(im.shape)}")
+        sizes = torch.tensor([im.shape[-2:] for im in images])  # [B, 2] (h, w)
+        hp, wp = (math.ceil(int(s) / C5_STRIDE) * C5_STRIDE for s in sizes.max(0).values)
+        batch = images[0].new_zeros(len(images), 3, hp, wp)
+        for b, im in zip(batch, images):
+            b[:, : im.shape[1], : im.shape[2]].copy_(self._normalise(im))
+        feats = self.backbone(batch)  # [B, C, hp/32, wp/32]
+        bsz, channels, gh, gw = feats.shape
+        cells = torch.div(sizes + C5_STRIDE - 1, C5_STRIDE, rounding_mode="floor").to(feats.device)
+        rows = torch.arange(gh, device=feats.device)[None, :, None] < cells[:, 0, None, None]
+        cols = torch.arange(gw, device=feats.device)[None, None, :] < cells[:, 1, None, None]
+        valid = (rows & cols).reshape(bsz, gh * gw)
+        regions = feats.flatten(2).transpose(1, 2)  # [B, R, C]
+        if self.training:
+            keep = min(self.max_regions, int(valid.sum(1).max()))
+            keys = torch.rand(valid.shape, device=valid.device).masked_fill(~valid, 2.0)
+            order = keys.argsort(dim=1)[:, :keep]  # random valid cells first, then padding
+            regions = regions.gather(1, order[:, :, None].expand(-1, -1, channels))
+            valid = valid.gather(1, order)
+        return regions, valid
+
+    def word_embeddings(self, captions: Sequence[str], device: torch.device | None = None) -> tuple[Tensor, Tensor]:
+        """Static input-token embeddings of each caption's WordPieces (special tokens excluded).
+
+        Returns ``(words [B, W, D], valid bool [B, W])``, zero-padded to the longest caption.
+        """
+        ids = self.text_encoder.token_ids(list(captions))
+        empty = [c for c, i in zip(captions, ids) if not i]
+        if empty:
+            raise ValueError(f"GroundingModel: captions {empty!r} give no WordPiece tokens; every caption needs words")
+        longest = max(len(i) for i in ids)
+        index = torch.zeros(len(ids), longest, dtype=torch.long)
+        valid = torch.zeros(len(ids), longest, dtype=torch.bool)
+        for row, token_ids in enumerate(ids):
+            index[row, : len(token_ids)] = torch.as_tensor(token_ids)
+            valid[row, : len(token_ids)] = True
+        words = self._token_table[index] * valid[:, :, None]
+        return words.to(device), valid.to(device)
+
+    def score_matrices(self, images: Sequence[Tensor], captions: Sequence[str]) -> tuple[Tensor, Tensor]:
+        """``(w2r, r2w)`` scores [len(images), len(captions)] (see :func:`grounding_scores`)."""
+        regions, region_valid = self.region_features(images)
+        projected = self.projection(regions)
+        words, word_valid = self.word_embeddings(captions, projected.device)
+        return grounding_scores(projected, region_valid, words.to(projected.dtype), word_valid, self.temperature)
+
+    def forward(self, images: Sequence[Tensor], targets: Sequence[Mapping[str, Any]]) -> dict[str, Tensor] | Tensor:
+        if len(images) != len(targets):
+            raise ValueError(f"GroundingModel: {len(images)} images but {len(targets)} targets")
+        missing = [t.get("image_id", i) for i, t in enumerate(targets) if not isinstance(t.get("caption"), str)]
+        if missing:
+            raise ValueError(f"GroundingModel: targets of images {missing} have no 'caption' string")
+        w2r, r2w = self.score_matrices(images, [t["caption"] for t in targets])
+        if self.training:
+            return grounding_losses(w2r, r2w)
+        return (w2r + r2w) / 2
+
+
+# --------------------------------------------------------------------------------------------
+# hand-over to the teacher
+
+
+def teacher_init_state(model: nn.Module) -> dict[str, Tensor]:
+    """Backbone (torchvision ResNet keys under ``backbone.``) and ``projection.weight`` [D, C5]
+    / ``projection.bias`` [D] of a :class:`GroundingModel` (DDP-wrapped is fine), on CPU."""
+    model = getattr(model, "module", model)
+    if not isinstance(model, GroundingModel):
+        raise TypeError(f"teacher_init_state needs a GroundingModel, got {type(model).__name__}")
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()
+            if k.startswith(("backbone.", "projection."))}
+
+
+def save_grounding_checkpoint(model: nn.Module, path: str | Path) -> Path:
+    """Write ``{"model": teacher_init_state(model), "backbone", "embedding_dim", "temperature"}``
+    to ``path`` atomically (temp file in the same folder + ``os.replace``); returns the path.
+    ``torch.load(path, weights_only=True)`` reads it; the engine's ``train.init`` accepts it."""
+    path = Path(path)
+    state = teacher_init_state(model)
+    inner = getattr(model, "module", model)
+    blob = {"model": state, "backbone": inner.backbone_name, "embedding_dim": inner.embedding_dim,
+            "temperature": inner.temperature}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(blob, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# training task
+
+
+def grounding_task(recipe: Recipe, run_dir: str | Path, stage: str = "grounding") -> TrainTask:
+    """The loop's task for caption pretraining: ``<run_dir>/splits/train_base.json`` images with
+    ``<run_dir>/splits/captions.json`` captions, images from ``data.train_images`` resized by
+    ``model.min_size``/``max_size``; model from ``model.backbone``, ``backbone_weights`` (BN trained
+    only when there are none), ``text_encoder``, ``input_format``, ``stride_in_1x1``; optimiser
+    settings from ``recipe.<stage>`` (``grounding``). Batches are grouped by aspect ratio."""
+    from ovis.engine.train import TrainTask
+
+    cfg = getattr(recipe, stage, None)
+    if cfg is None or not hasattr(cfg, "max_iter"):
+        raise ValueError(f"grounding_task: recipe has no training section {stage!r}")
+    splits = Path(run_dir) / "splits"
+    ann_file, captions_file = splits / "train_base.json", splits / "captions.json"
+    for f in (ann_file, captions_file):
+        if not f.is_file():
+            raise FileNotFoundError(f"grounding: {f} not found; run the splits stage first "
+                                    f"(`ovis splits --recipe {recipe.name} --run-dir {run_dir}`) with data.train_captions set")
+    captions = json.loads(captions_file.read_text())
+    m = recipe.model
+    dataset = CaptionImages(ann_file, recipe.data.path(recipe.data.train_images), captions,
+                            min_size=m.min_size, max_size=m.max_size, flip_prob=cfg.flip_prob)
+    encoder = build_text_encoder(m.text_encoder)
+    if not isinstance(encoder, StaticTokenEmbedding):
+        raise ValueError(f"model.text_encoder={m.text_encoder!r}: grounding needs static token embeddings; "
+                         "use 'minilm' or 'bert-base-uncased'")
+    model = GroundingModel(m.backbone, encoder, weights=m.backbone_weights, input_format=m.input_format,
+                           stride_in_1x1=m.stride_in_1x1, train_bn=not m.backbone_weights)
+    if m.embedding_dim is not None and m.embedding_dim != model.embedding_dim:
+        raise ValueError(f"model.embedding_dim={m.embedding_dim} but text encoder {m.text_encoder!r} gives "
+                         f"{model.embedding_dim}-d token embeddings; set model.embedding_dim: null")
+    return TrainTask(model, dataset, cfg, aspect_ratios=dataset.aspect_ratios())
