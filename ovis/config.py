@@ -82,6 +82,7 @@ class ModelConfig:
     box_nms_thresh: float = 0.5
     box_detections_per_img: int = 100
     box_smooth_l1_beta: float = 1.0  # RoI box loss: smooth-L1 beta (maskrcnn-benchmark 1.0; 0 = L1 as mmdet)
+    c4_pooler_resolution: int = 14  # R-C4 RoIAlign size before res5 (14 as maskrcnn-benchmark; masks are 2x res5 output)
     mask: bool = True  # mask branch (False: boxes only, e.g. OLN-Box)
     input_format: str = "rgb"  # rgb (torchvision ImageNet mean/std) | bgr255 (maskrcnn-benchmark/caffe checkpoints)
     stride_in_1x1: bool = False  # bottleneck stride on the 1x1 conv (MSRA/caffe ResNet, maskrcnn-benchmark)
@@ -135,6 +136,8 @@ class PseudoConfig:
     top_n: int = 20
     top_k: int = 3
     gt_iou_thresh: float = 0.5
+    workers: int | None = None  # GGN grouping processes (None: one per CPU core; 0: in the calling process)
+    save_every: int = 20  # GGN: append finished images to the shard's progress file every K images
 
 
 @dataclass
@@ -145,6 +148,7 @@ class StudentConfig(TrainConfig):
     uncertainty_train_iter: int = 10000
     lambda_pseudo: float = 0.1
     pseudo_box_loss: bool = True
+    online_pseudo: bool = False  # True: the frozen teacher labels every batch (upstream); False: pseudo/train_pseudo.json
 
 
 @dataclass

@@ -1,0 +1,634 @@
+"""One training loop for every model: teacher, student, grounding, affinity network.
+
+A method provides a :class:`TrainTask` (model, dataset, its ``TrainConfig``, optional hooks); the
+loop does the rest, the same way on CPU, one GPU, torchrun or Slurm:
+
+* iteration-based (``max_iter``) over an infinite, seeded sampler split across ranks like
+  ``DistributedSampler``; batches grouped by aspect ratio when the task gives ratios;
+* SGD with momentum, bias lr factor / bias weight decay, linear warm-up × multistep (schedule.py);
+* AMP (bf16 / fp16 with a GradScaler) on CUDA, gradient clipping, DDP when world size > 1;
+* parameters frozen by name prefix (``cfg.freeze``), weights initialised from ``cfg.init``;
+* ``last.pth`` (model, optimizer, scheduler, scaler, every rank's RNG, iteration) every
+  ``checkpoint_period`` and at the end, picked up automatically on the next run; ``model_final.pth``
+  (weights, iteration, recipe hash); ``metrics.jsonl`` one line per ``log_period``; all written
+  atomically by rank 0;
+* a non-finite loss stops the run with :class:`TrainingDiverged` before anything is overwritten.
+
+The model follows torchvision's detection API: in train mode ``model(images, targets)`` returns a
+dict of scalar losses, summed for backward. The dataset's items go through ``collate_fn``
+(default: ``(list of images, list of targets)``) and must collate to an ``(images, targets)`` pair.
+
+Command line (also ``ovis train``)::
+
+    python -m ovis.engine.train --recipe demo_cpl --stage teacher --run-dir runs/demo_cpl
+    torchrun --nproc-per-node 8 -m ovis.engine.train --recipe cpl_coco --stage teacher --run-dir runs/cpl
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import importlib
+import importlib.util
+import json
+import logging
+import os
+import random
+import resource
+import sys
+import time
+import warnings
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm import tqdm
+
+from ovis.config import Recipe, TrainConfig, load_recipe
+from ovis.engine import dist as odist
+from ovis.engine.schedule import build_lr_scheduler, build_optimizer
+
+logger = logging.getLogger(__name__)
+
+STAGES = ("grounding", "teacher", "student", "baseline")
+
+# (method, stage) -> "module:function" building the TrainTask; methods register here.
+TASKS: dict[tuple[str, str], str] = {
+    ("cpl", "grounding"): "ovis.methods.cpl:grounding_task",
+    ("cpl", "teacher"): "ovis.methods.cpl:teacher_task",
+    ("cpl", "student"): "ovis.methods.cpl:student_task",
+    ("ggn", "teacher"): "ovis.methods.ggn:teacher_task",
+    ("ggn", "student"): "ovis.methods.ggn:student_task",
+    ("oln", "teacher"): "ovis.methods.ggn:teacher_task",
+    ("oln", "student"): "ovis.methods.ggn:student_task",
+    ("ggn", "baseline"): "ovis.methods.ggn:baseline_task",
+    ("oln", "baseline"): "ovis.methods.ggn:baseline_task",
+}
+
+LAST, FINAL, METRICS = "last.pth", "model_final.pth", "metrics.jsonl"
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss became NaN/inf; ``last.pth`` still holds the last good checkpoint."""
+
+    def __init__(self, iteration: int, losses: dict[str, float], checkpoint: Path, checkpoint_iter: int | None):
+        self.iteration, self.losses = iteration, losses
+        terms = ", ".join(f"{k}={v:.4g}" for k, v in losses.items())
+        kept = (f"the last good checkpoint {checkpoint} (iteration {checkpoint_iter}) is kept"
+                if checkpoint_iter is not None else "no checkpoint had been written yet")
+        super().__init__(
+            f"training diverged at iteration {iteration}: non-finite loss ({terms}); {kept}. "
+            "Lower train.lr, raise train.warmup_iters or set train.clip_grad_norm, then rerun to resume."
+        )
+
+
+class TaskError(ValueError):
+    """The ``--task`` spec (or the method's default) cannot be turned into a TrainTask."""
+
+
+@dataclass
+class TrainTask:
+    """What a method hands to the loop.
+
+    ``after_step(iteration, model)`` runs after every optimizer step with the number of completed
+    iterations (and once with the resume iteration before a resumed run's first step), on the
+    unwrapped model; it must be idempotent (e.g. CPL freezes its σ-head once iteration ≥ N).
+    Changing ``requires_grad`` under DDP needs ``find_unused_parameters: true``.
+    ``param_groups`` replaces the default weight/bias groups (torch optimizer group dicts).
+    ``aspect_ratios`` (width / height per dataset item) turns on aspect-ratio grouped batches.
+    """
+
+    model: nn.Module
+    dataset: Dataset
+    cfg: TrainConfig
+    collate_fn: Callable[[list[Any]], Any] | None = None
+    aspect_ratios: Sequence[float] | None = None
+    after_step: Callable[[int, nn.Module], None] | None = None
+    param_groups: list[dict[str, Any]] | None = None
+
+
+@dataclass
+class TrainResult:
+    final: Path  # model_final.pth
+    last: Path  # last.pth
+    metrics: Path  # metrics.jsonl
+    iteration: int  # completed iterations
+    skipped: bool = False  # model_final.pth already matched the recipe hash
+
+
+# --------------------------------------------------------------------------------------------
+# sampling
+
+
+class InfiniteSampler(Sampler[int]):
+    """Dataset indices forever: epoch ``e`` is a permutation seeded by ``seed + e``, padded by
+    wrapping to a multiple of ``world_size`` and strided by rank (``DistributedSampler`` semantics)."""
+
+    def __init__(self, size: int, seed: int = 0, rank: int = 0, world_size: int = 1, shuffle: bool = True):
+        if size <= 0:
+            raise ValueError("the training dataset is empty")
+        self.size, self.seed, self.rank, self.world_size, self.shuffle = size, seed, rank, world_size, shuffle
+
+    def __iter__(self) -> Iterator[int]:
+        total = -(-self.size // self.world_size) * self.world_size
+        epoch = 0
+        while True:
+            if self.shuffle:
+                order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + epoch))
+            else:
+                order = torch.arange(self.size)
+            order = order.repeat(-(-total // self.size))[:total]
+            yield from order[self.rank :: self.world_size].tolist()
+            epoch += 1
+
+
+def aspect_ratio_groups(ratios: Sequence[float]) -> list[int]:
+    """Group id per item: 0 for portrait (width / height < 1), 1 for landscape or square."""
+    return (np.asarray(ratios, dtype=np.float64) >= 1.0).astype(int).tolist()
+
+
+class BatchStream(Sampler[list[tuple[int, int]]]):
+    """Infinite batches of ``(index, sample_seed)``, skipping the first ``start_iter`` batches.
+
+    With ``group_ids`` a batch holds items of one group only (torchvision's GroupedBatchSampler
+    on an endless stream). Each item's seed depends on (seed, rank, batch number, slot) only, so
+    augmentations replay identically after a resume, whatever the number of workers.
+    """
+
+    def __init__(self, sampler: InfiniteSampler, batch_size: int, group_ids: Sequence[int] | None = None,
+                 seed: int = 0, start_iter: int = 0):
+        self.sampler, self.batch_size, self.group_ids = sampler, batch_size, group_ids
+        self.seed, self.start_iter = seed, start_iter
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        buffers: dict[int, list[int]] = defaultdict(list)
+        n = 0
+        for idx in self.sampler:
+            g = 0 if self.group_ids is None else self.group_ids[idx]
+            buffers[g].append(idx)
+            if len(buffers[g]) < self.batch_size:
+                continue
+            batch = buffers.pop(g)
+            n += 1
+            if n > self.start_iter:
+                seeds = np.random.SeedSequence([self.seed, self.sampler.rank, n]).generate_state(len(batch))
+                yield [(i, int(s)) for i, s in zip(batch, seeds)]
+
+
+@contextlib.contextmanager
+def _seeded(seed: int) -> Iterator[None]:
+    # CPU generators only; the caller's states come back afterwards (matters with num_workers=0)
+    state = torch.get_rng_state(), np.random.get_state(), random.getstate()
+    torch.random.default_generator.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+    try:
+        yield
+    finally:
+        torch.set_rng_state(state[0])
+        np.random.set_state(state[1])
+        random.setstate(state[2])
+
+
+class _SeededDataset(Dataset):
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        index, seed = key
+        with _seeded(seed):
+            return self.dataset[index]
+
+
+def _collate_pairs(batch: list[tuple[Any, Any]]) -> tuple[list[Any], list[Any]]:
+    images, targets = zip(*batch)
+    return list(images), list(targets)
+
+
+def _to_device(obj: Any, device: torch.device) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device, non_blocking=True)
+    if isinstance(obj, dict):
+        return {k: _to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_device(v, device) for v in obj)
+    return obj
+
+
+# --------------------------------------------------------------------------------------------
+# model set-up
+
+
+def _under(name: str, prefix: str) -> bool:
+    prefix = prefix.rstrip(".")
+    return name == prefix or name.startswith(prefix + ".")
+
+
+def freeze(model: nn.Module, prefixes: Sequence[str]) -> tuple[int, int]:
+    """Set ``requires_grad=False`` on parameters whose dotted name starts with a prefix
+    (at a module boundary: ``backbone`` freezes ``backbone.body.conv1.weight``).
+
+    Returns (frozen tensors, all tensors). A prefix matching nothing is an error (a typo would
+    otherwise silently train everything).
+    """
+    named = list(model.named_parameters())
+    unmatched = [p for p in prefixes if not any(_under(n, p) for n, _ in named)]
+    if unmatched:
+        tops = sorted({n.split(".")[0] for n, _ in named})
+        raise ValueError(f"train.freeze: prefix(es) {unmatched} match no parameter; the model's top-level modules are {tops}")
+    frozen = 0
+    for name, p in named:
+        if any(_under(name, pre) for pre in prefixes):
+            p.requires_grad_(False)
+            frozen += 1
+    return frozen, len(named)
+
+
+def load_init(model: nn.Module, path: Path) -> dict[str, list[str]]:
+    """Load model weights from a checkpoint (``last.pth``/``model_final.pth`` or a bare state dict),
+    non-strictly: returns the ``missing``, ``unexpected`` and ``shape_mismatch`` (skipped) keys."""
+    if not path.is_file():
+        raise FileNotFoundError(f"train.init: checkpoint {path} not found (relative paths resolve against the run dir)")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    own = model.state_dict()
+    mismatch = sorted(k for k, v in state.items() if k in own and own[k].shape != v.shape)
+    state = {k: v for k, v in state.items() if k not in mismatch}
+    if not set(state) & set(own):
+        raise ValueError(f"train.init: no key of {path} matches the model (model keys look like {sorted(own)[:3]})")
+    res = model.load_state_dict(state, strict=False)
+    return {"missing": list(res.missing_keys), "unexpected": list(res.unexpected_keys), "shape_mismatch": mismatch}
+
+
+def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    dtypes = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+    if amp not in dtypes:
+        raise ValueError(f"train.amp={amp!r}: expected one of {sorted(dtypes)}")
+    if dtypes[amp] is not None and device.type != "cuda":
+        warnings.warn(f"train.amp={amp!r} is ignored on {device.type}: mixed precision runs on CUDA only", stacklevel=3)
+        return None
+    return dtypes[amp]
+
+
+# --------------------------------------------------------------------------------------------
+# checkpoints and metrics
+
+
+def save_atomic(obj: Any, path: Path) -> Path:
+    """``torch.save`` to a temp file in the same folder, then rename over ``path``."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint written by :func:`train`, on CPU; a clear error when it is unreadable."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means the same thing here
+        raise RuntimeError(f"cannot read checkpoint {path} ({type(e).__name__}: {e}); delete it to start over") from None
+
+
+def final_is_current(out_dir: Path, recipe_hash: str | None) -> bool:
+    """True when ``out_dir/model_final.pth`` exists and was trained from a recipe with this hash."""
+    final = Path(out_dir) / FINAL
+    if recipe_hash is None or not final.is_file():
+        return False
+    return torch.load(final, map_location="cpu", weights_only=True, mmap=True).get("recipe_hash") == recipe_hash
+
+
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+        # plain tensors/ints so the checkpoint loads with weights_only=True
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
+        "random": random.getstate(),
+    }
+
+
+def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    random.setstate(state["random"])
+
+
+def _seed_all(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def _truncate_metrics(path: Path, iteration: int) -> None:
+    """Drop metric lines past ``iteration`` (written after the checkpoint a run resumes from)."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["iteration"] <= iteration:
+                kept.append(line + "\n")
+        except (ValueError, KeyError, TypeError):
+            continue  # a line cut short by a crash
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text("".join(kept))
+    os.replace(tmp, path)
+
+
+def _max_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
+
+
+def _ensure_logging() -> None:
+    # notebooks and scripts see the loop's INFO lines unless the caller configured logging
+    pkg = logging.getLogger("ovis")
+    if not logging.getLogger().handlers and not pkg.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("[%(asctime)s %(name)s] %(message)s", "%H:%M:%S"))
+        pkg.addHandler(handler)
+        pkg.setLevel(logging.INFO)
+
+
+# --------------------------------------------------------------------------------------------
+# the loop
+
+
+def train(task: TrainTask, out_dir: str | Path, device: str = "auto", resume: bool = True,
+          progress: bool = True, recipe_hash: str | None = None) -> TrainResult:
+    """Train ``task.model`` for ``task.cfg.max_iter`` iterations, writing into ``out_dir``.
+
+    With ``resume``, returns at once if ``model_final.pth`` was already trained from a recipe with
+    ``recipe_hash``, else continues from ``out_dir/last.pth`` if present; without, starts over. Relative
+    ``cfg.init`` paths resolve against ``out_dir.parent`` (the run dir). Every rank calls this;
+    only rank 0 writes files, logs and shows the progress bar (stderr).
+    """
+    _ensure_logging()
+    cfg = task.cfg
+    out_dir = Path(out_dir)
+    last, final, metrics_path = out_dir / LAST, out_dir / FINAL, out_dir / METRICS
+    info = odist.init_distributed(device)
+    dev = info.device
+
+    def log(msg: str) -> None:
+        if info.is_main:
+            logger.info(msg)
+
+    if resume and final_is_current(out_dir, recipe_hash):
+        it = int(torch.load(final, map_location="cpu", weights_only=True, mmap=True).get("iteration", cfg.max_iter))
+        log(f"{final} matches recipe hash {recipe_hash}: nothing to train")
+        return TrainResult(final, last, metrics_path, it, skipped=True)
+    amp_dtype = _amp_dtype(cfg.amp, dev)
+    if info.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    _seed_all(cfg.seed + info.rank)
+
+    model = task.model.to(dev)
+    if cfg.freeze:
+        n_frozen, n_all = freeze(model, cfg.freeze)
+        n_values = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+        log(f"froze {n_frozen} of {n_all} parameter tensors ({n_values:,} values) under {list(cfg.freeze)}")
+    ckpt = load_checkpoint(last) if resume and last.is_file() else None
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        if recipe_hash is not None and ckpt.get("recipe_hash") not in (None, recipe_hash):
+            log(f"warning: {last} was written under recipe hash {ckpt['recipe_hash']}, resuming under {recipe_hash}")
+    elif cfg.init:
+        init = Path(cfg.init) if Path(cfg.init).is_absolute() else out_dir.parent / cfg.init
+        report = load_init(model, init)
+        log(f"initialised from {init}: " + "; ".join(f"{len(v)} {k}" + (f" {v[:5]}{'…' if len(v) > 5 else ''}" if v else "")
+                                                     for k, v in report.items()))
+
+    optimizer = build_optimizer(model, cfg, task.param_groups)
+    scheduler = build_lr_scheduler(optimizer, cfg)
+    scaler = torch.amp.GradScaler(dev.type, enabled=amp_dtype == torch.float16)
+    start_iter, saved_iter = 0, None
+    if ckpt is not None:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        if ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        start_iter = saved_iter = int(ckpt["iteration"])
+        rngs = ckpt["rng"]
+        if len(rngs) == info.world_size:
+            _set_rng_state(rngs[info.rank], dev)
+        else:
+            log(f"warning: {last} holds RNG states of {len(rngs)} ranks, now {info.world_size}: RNG reseeded")
+        log(f"resumed from {last} at iteration {start_iter}")
+        del ckpt
+    if info.is_main:
+        if start_iter == 0:
+            metrics_path.unlink(missing_ok=True)
+        else:
+            _truncate_metrics(metrics_path, start_iter)
+    if start_iter > cfg.max_iter:
+        log(f"warning: {last} is at iteration {start_iter}, past max_iter={cfg.max_iter}")
+    if start_iter > 0 and task.after_step is not None:
+        task.after_step(start_iter, model)
+
+    net: nn.Module = model
+    if info.distributed:
+        net = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None,
+                                      find_unused_parameters=cfg.find_unused_parameters)
+    groups = None
+    if task.aspect_ratios is not None:
+        if len(task.aspect_ratios) != len(task.dataset):
+            raise ValueError(f"task.aspect_ratios has {len(task.aspect_ratios)} entries for a dataset of {len(task.dataset)} items")
+        groups = aspect_ratio_groups(task.aspect_ratios)
+    sampler = InfiniteSampler(len(task.dataset), cfg.seed, info.rank, info.world_size)
+    loader = DataLoader(
+        _SeededDataset(task.dataset),
+        batch_sampler=BatchStream(sampler, cfg.batch_size, groups, cfg.seed, start_iter),
+        collate_fn=task.collate_fn or _collate_pairs,
+        num_workers=cfg.num_workers,
+        pin_memory=dev.type == "cuda",
+        generator=torch.Generator().manual_seed(cfg.seed),  # keeps the global RNG out of loader start-up
+    )
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    images_per_iter = cfg.batch_size * info.world_size
+    bar = tqdm(total=cfg.max_iter, initial=min(start_iter, cfg.max_iter), desc=out_dir.name, unit="it", file=sys.stderr,
+               disable=not (progress and info.is_main), mininterval=0, dynamic_ncols=True)
+    window: dict[str, float] = defaultdict(float)
+    window_n, run_t0 = 0, time.perf_counter()
+    net.train()
+    data_iter = iter(loader) if start_iter < cfg.max_iter else None
+    try:
+        for it in range(start_iter, cfg.max_iter):
+            t0 = time.perf_counter()
+            images, targets = _to_device(next(data_iter), dev)
+            t_data = time.perf_counter() - t0
+            with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                loss_dict = net(images, targets)
+            total = sum(loss_dict.values())
+            names = list(loss_dict)
+            values = odist.all_reduce_mean(torch.stack([loss_dict[k].detach().float() for k in names] + [total.detach().float()])).cpu()
+            if not torch.isfinite(values).all():
+                raise TrainingDiverged(it + 1, dict(zip(names, values[:-1].tolist())), last, saved_iter)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(total).backward()
+            if cfg.clip_grad_norm:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad_norm)
+            lr = optimizer.param_groups[0]["lr"]
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            iteration = it + 1
+            if task.after_step is not None:
+                task.after_step(iteration, model)
+
+            for k, v in zip(names + ["total_loss"], values.tolist()):
+                window[k] += v
+            window["time_per_iter"] += time.perf_counter() - t0
+            window["data_time"] += t_data
+            window_n += 1
+            if iteration % cfg.log_period == 0 or iteration == cfg.max_iter:
+                row = {k: v / window_n for k, v in window.items()}
+                row = {"iteration": iteration, **row, "lr": lr, "images_per_s": images_per_iter / row["time_per_iter"],
+                       "max_mem_mb": _max_memory_mb(dev), "eta_s": row["time_per_iter"] * (cfg.max_iter - iteration),
+                       "time": time.time()}
+                if info.is_main:
+                    with open(metrics_path, "a", buffering=1) as f:
+                        f.write(json.dumps(row) + "\n")
+                bar.set_postfix(loss=f"{row['total_loss']:.4f}", lr=f"{lr:.2e}", refresh=False)
+                bar.update(iteration - bar.n)
+                window.clear()
+                window_n = 0
+            if iteration % cfg.checkpoint_period == 0 or iteration == cfg.max_iter:
+                rngs = odist.all_gather_object(_rng_state(dev))
+                if info.is_main:
+                    save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                                 "rng": rngs, "iteration": iteration, "world_size": info.world_size,
+                                 "recipe_hash": recipe_hash, "cfg": dataclasses.asdict(cfg)}, last)
+                saved_iter = iteration
+    finally:
+        bar.close()
+        del data_iter  # stops loader workers
+
+    done = max(start_iter, cfg.max_iter)
+    if info.is_main:
+        save_atomic({"model": model.state_dict(), "iteration": done, "recipe_hash": recipe_hash}, final)
+        log(f"trained {done - start_iter} iterations in {time.perf_counter() - run_t0:.1f} s; wrote {final}")
+    odist.barrier()
+    return TrainResult(final, last, metrics_path, done)
+
+
+# --------------------------------------------------------------------------------------------
+# tasks and the command line
+
+
+def default_task(method: str, stage: str) -> str:
+    """The registered ``module:function`` for a recipe's method and stage."""
+    try:
+        return TASKS[(method, stage)]
+    except KeyError:
+        known = ", ".join(f"{m}/{s}" for m, s in TASKS)
+        raise TaskError(f"no training task registered for method {method!r}, stage {stage!r} (known: {known}); "
+                        "pass --task module:function") from None
+
+
+def load_task_builder(spec: str) -> Callable[[Recipe, Path, str], TrainTask]:
+    """``package.module:function`` or ``path/to/file.py:function`` → the task builder."""
+    module_name, _, fn_name = spec.rpartition(":")
+    if not module_name or not fn_name:
+        raise TaskError(f"--task {spec!r}: expected module:function, e.g. ovis.methods.cpl:teacher_task")
+    try:
+        if module_name.endswith(".py"):
+            path = Path(module_name)
+            if not path.is_file():
+                raise TaskError(f"--task {spec!r}: file {path} not found")
+            mod_spec = importlib.util.spec_from_file_location(f"_ovis_task_{path.stem}", path)
+            module = importlib.util.module_from_spec(mod_spec)
+            mod_spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise TaskError(f"--task {spec!r}: cannot import {module_name!r} ({e}); is the method implemented? "
+                        "pass --task module:function to use another builder") from None
+    fn = getattr(module, fn_name, None)
+    if not callable(fn):
+        raise TaskError(f"--task {spec!r}: {module_name!r} has no function {fn_name!r}")
+    return fn
+
+
+def run_stage(recipe: Recipe, stage: str, run_dir: str | Path, task: str | None = None, device: str = "auto",
+              resume: bool = True, progress: bool = True) -> TrainResult:
+    """Train one stage of a recipe into ``<run_dir>/<stage>/``: save the resolved recipe, build the
+    task (``task`` spec or the method's default from :data:`TASKS`), run :func:`train`."""
+    if stage not in STAGES:
+        raise TaskError(f"unknown training stage {stage!r}; expected one of {list(STAGES)}")
+    run_dir = Path(run_dir)
+    out_dir = run_dir / stage
+    info = odist.init_distributed(device)
+    recipe_hash = recipe.hash()
+    if resume and final_is_current(out_dir, recipe_hash):  # before building the task, which may be costly
+        _ensure_logging()
+        if info.is_main:
+            logger.info(f"{out_dir / FINAL} matches recipe hash {recipe_hash}: nothing to train")
+        it = int(torch.load(out_dir / FINAL, map_location="cpu", weights_only=True, mmap=True).get("iteration", 0))
+        return TrainResult(out_dir / FINAL, out_dir / LAST, out_dir / METRICS, it, skipped=True)
+    spec = task or default_task(recipe.method, stage)
+    builder = load_task_builder(spec)
+    if info.is_main:
+        recipe.save(out_dir)
+    train_task = builder(recipe, run_dir, stage)
+    if not isinstance(train_task, TrainTask):
+        raise TaskError(f"task builder {spec} returned {type(train_task).__name__}, expected ovis.engine.train.TrainTask")
+    return train(train_task, out_dir, device=device, resume=resume, progress=progress, recipe_hash=recipe_hash)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ovis train", description="Train one stage of a recipe (also under torchrun / Slurm).")
+    parser.add_argument("--recipe", required=True, help="packaged recipe name (demo_cpl) or path to a YAML file")
+    parser.add_argument("--stage", required=True, choices=STAGES)
+    parser.add_argument("--run-dir", default=None, help="run folder (default runs/<recipe name>); writes <run-dir>/<stage>/")
+    parser.add_argument("--task", default=None, help="module:function building the TrainTask (default: the method's)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="recipe override, e.g. teacher.max_iter=100 (repeatable)")
+    parser.add_argument("--device", default=None, help="auto | cpu | cuda (default: the recipe's launch.device)")
+    parser.add_argument("--no-resume", action="store_true", help="start over even if last.pth / model_final.pth exist")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    try:
+        recipe = load_recipe(args.recipe, args.overrides)
+        run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / recipe.name
+        run_stage(recipe, args.stage, run_dir, task=args.task, device=args.device or recipe.launch.device,
+                  resume=not args.no_resume, progress=not args.no_progress)
+    except (ValueError, FileNotFoundError) as e:  # recipe, task spec, missing inputs (RecipeError, TaskError)
+        print(f"ovis train: error: {e}", file=sys.stderr)
+        return 2
+    except TrainingDiverged as e:
+        print(f"ovis train: error: {e}", file=sys.stderr)
+        return 1
+    finally:
+        odist.destroy_distributed()
+    return 0
+
+
+if __name__ == "__main__":
+    # run inside the importable module, not __main__, so task builders' `TrainTask` is our class
+    from ovis.engine.train import main as _main
+
+    sys.exit(_main())

@@ -1,0 +1,163 @@
+"""The training loop: schedule, checkpoints, resume, divergence, freezing, metrics (CPU, toy task)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+from toy_task import SquareDataset, SquareNet
+
+from ovis.config import TrainConfig
+from ovis.engine.schedule import build_lr_scheduler, build_optimizer, lr_factor
+from ovis.engine.train import (
+    BatchStream,
+    InfiniteSampler,
+    TaskError,
+    TrainingDiverged,
+    TrainTask,
+    load_task_builder,
+    main,
+    train,
+)
+
+
+def _cfg(**kw) -> TrainConfig:
+    base = dict(max_iter=10, batch_size=2, lr=0.05, warmup_iters=2, steps=[8], checkpoint_period=5,
+                log_period=1, num_workers=0, seed=3)
+    return TrainConfig(**{**base, **kw})
+
+
+def _task(cfg: TrainConfig, **kw) -> TrainTask:
+    torch.manual_seed(0)
+    data = SquareDataset(n=12)
+    return TrainTask(model=SquareNet(), dataset=data, cfg=cfg, aspect_ratios=data.aspect_ratios(), **kw)
+
+
+def _metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_lr_schedule_warms_up_linearly_then_steps():
+    cfg = TrainConfig(lr=0.02, warmup_iters=10, warmup_factor=0.1, steps=[20, 30], gamma=0.1, bias_lr_factor=2.0)
+    assert [round(lr_factor(cfg, i), 6) for i in (0, 5, 10, 19, 20, 29, 30, 100)] == [0.1, 0.55, 1, 1, 0.1, 0.1, 0.01, 0.01]
+    model = torch.nn.Linear(2, 2)
+    opt = build_optimizer(model, cfg)
+    sched = build_lr_scheduler(opt, cfg)
+    seen = {}
+    for it in range(31):
+        seen[it] = [g["lr"] for g in opt.param_groups]  # lr used by the step of 0-based iteration `it`
+        opt.step()
+        sched.step()
+    assert seen[0] == pytest.approx([0.002, 0.004])  # weights, biases (bias_lr_factor 2)
+    assert seen[5] == pytest.approx([0.011, 0.022])
+    assert seen[25] == pytest.approx([0.002, 0.004])
+    assert seen[30] == pytest.approx([0.0002, 0.0004])
+
+
+def test_bias_parameters_get_their_own_weight_decay():
+    cfg = TrainConfig(weight_decay=1e-4, weight_decay_bias=0.0)
+    groups = build_optimizer(torch.nn.Linear(2, 2), cfg).param_groups
+    assert [(len(g["params"]), g["weight_decay"]) for g in groups] == [(1, 1e-4), (1, 0.0)]
+
+
+def test_sampler_shards_like_distributed_sampler_and_batches_one_aspect_group():
+    shards = [list(zip(range(6), InfiniteSampler(10, seed=1, rank=r, world_size=2))) for r in (0, 1)]
+    first_epoch = sorted(i for s in shards for _, i in s[:5])
+    assert first_epoch == list(range(10))  # the two ranks split the first epoch, no overlap
+    groups = [i % 2 for i in range(10)]
+    stream = iter(BatchStream(InfiniteSampler(10, seed=1), 3, groups, seed=1))
+    batches = [next(stream) for _ in range(8)]
+    assert all(len({groups[i] for i, _ in b}) == 1 and len(b) == 3 for b in batches)
+    resumed = iter(BatchStream(InfiniteSampler(10, seed=1), 3, groups, seed=1, start_iter=5))
+    assert [next(resumed) for _ in range(3)] == batches[5:]  # same indices and per-sample seeds
+
+
+def test_checkpoint_final_and_metrics_contents(tmp_path):
+    cfg = _cfg(max_iter=4, checkpoint_period=2, log_period=2)
+    res = train(_task(cfg), tmp_path, progress=False, recipe_hash="abc123")
+    ckpt = torch.load(res.last, weights_only=True)
+    assert {"model", "optimizer", "scheduler", "scaler", "rng", "iteration"} <= set(ckpt)
+    assert ckpt["iteration"] == 4 and ckpt["scheduler"]["last_epoch"] == 4 and len(ckpt["rng"]) == 1
+    assert {"torch", "numpy", "random"} <= set(ckpt["rng"][0])
+    final = torch.load(res.final, weights_only=True)
+    assert final["recipe_hash"] == "abc123" and final["iteration"] == 4
+    assert torch.equal(final["model"]["head.2.weight"], ckpt["model"]["head.2.weight"])
+    rows = _metrics(tmp_path)
+    assert [r["iteration"] for r in rows] == [2, 4]
+    assert {"loss_box", "loss_cls", "total_loss", "lr", "time_per_iter", "images_per_s", "max_mem_mb"} <= set(rows[0])
+    assert rows[0]["total_loss"] == pytest.approx(rows[0]["loss_box"] + rows[0]["loss_cls"])
+    # same recipe hash: nothing is trained again
+    task = _task(cfg)
+    again = train(task, tmp_path, progress=False, recipe_hash="abc123")
+    assert again.skipped and again.iteration == 4 and task.model.calls == 0
+    fresh = train(task, tmp_path, progress=False, resume=False, recipe_hash="abc123")
+    assert not fresh.skipped and task.model.calls == 4
+
+
+def test_resumed_run_matches_an_uninterrupted_run_whatever_the_workers(tmp_path):
+    full = train(_task(_cfg()), tmp_path / "full", progress=False)
+    train(_task(_cfg(max_iter=6)), tmp_path / "split", progress=False)
+    resumed = train(_task(_cfg(num_workers=1)), tmp_path / "split", progress=False)
+    a = torch.load(full.final, weights_only=True)["model"]
+    b = torch.load(resumed.final, weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["iteration"] for r in _metrics(tmp_path / "split")] == list(range(1, 11))
+
+
+def test_crash_keeps_checkpoint_and_rerun_resumes_without_duplicate_metrics(tmp_path):
+    def crash(iteration: int, model: torch.nn.Module) -> None:
+        if iteration == 7:
+            raise RuntimeError("simulated crash")
+
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(_task(_cfg(), after_step=crash), tmp_path, progress=False)
+    assert torch.load(tmp_path / "last.pth", weights_only=True)["iteration"] == 5
+    assert not (tmp_path / "model_final.pth").exists()
+    calls = []
+    res = train(_task(_cfg(), after_step=lambda it, m: calls.append(it)), tmp_path, progress=False)
+    assert res.iteration == 10
+    assert calls == [5, 6, 7, 8, 9, 10]  # once at resume, then after each step
+    assert [r["iteration"] for r in _metrics(tmp_path)] == list(range(1, 11))
+
+
+def test_nan_loss_stops_naming_iteration_and_keeps_last_good_checkpoint(tmp_path):
+    task = _task(_cfg(checkpoint_period=2))
+    task.model.poison_at = 4
+    with pytest.raises(TrainingDiverged, match=r"iteration 4: non-finite loss \(loss_box=nan, loss_cls=") as err:
+        train(task, tmp_path, progress=False)
+    assert err.value.iteration == 4 and "iteration 2) is kept" in str(err.value)
+    assert torch.load(tmp_path / "last.pth", weights_only=True)["iteration"] == 2
+    assert not (tmp_path / "model_final.pth").exists()
+
+
+def test_frozen_prefixes_stay_unchanged(tmp_path, caplog):
+    task = _task(_cfg(max_iter=3, freeze=["backbone"]))
+    before = {k: v.clone() for k, v in task.model.state_dict().items()}
+    with caplog.at_level(logging.INFO, logger="ovis"):
+        res = train(task, tmp_path, progress=False)
+    after = torch.load(res.final, weights_only=True)["model"]
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("backbone."))
+    assert not torch.equal(before["head.2.weight"], after["head.2.weight"])
+    assert "froze 4 of 6 parameter tensors" in caplog.text
+    with pytest.raises(ValueError, match=r"\['backbon'\] match no parameter.*\['backbone', 'head'\]"):
+        train(_task(_cfg(freeze=["backbon"])), tmp_path / "typo", progress=False)
+
+
+def test_init_loads_weights_non_strictly_from_a_checkpoint(tmp_path, caplog):
+    source = SquareNet()
+    torch.save({"model": {**source.state_dict(), "extra.weight": torch.zeros(1)}, "iteration": 9}, tmp_path / "src.pth")
+    with caplog.at_level(logging.INFO, logger="ovis"):
+        res = train(_task(_cfg(max_iter=0, init="src.pth")), tmp_path / "teacher", progress=False)
+    loaded = torch.load(res.final, weights_only=True)["model"]
+    assert all(torch.equal(loaded[k], v) for k, v in source.state_dict().items())
+    assert "1 unexpected ['extra.weight']" in caplog.text
+
+
+def test_task_spec_errors_are_clear(capsys):
+    with pytest.raises(TaskError, match="cannot import 'ovis.methods.nope'"):
+        load_task_builder("ovis.methods.nope:teacher_task")
+    assert main(["--recipe", "demo_cpl", "--stage", "teacher", "--task", "ovis.methods.nope:x", "--run-dir", "/nonexistent"]) == 2
+    assert capsys.readouterr().err.startswith("ovis train: error: --task 'ovis.methods.nope:x': cannot import")
