@@ -1,0 +1,155 @@
+"""Heads: background-weighted CE, RoI sampling, OLN centerness / no proposal NMS / final score."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.image_list import ImageList
+from torchvision.ops import boxes as box_ops
+
+from ovis.config import ModelConfig
+from ovis.models.detector import build_detector
+from ovis.models.heads import (
+    OLNRegionProposalNetwork,
+    OLNRPNHead,
+    background_weighted_ce,
+    centerness_targets,
+    paired_iou,
+)
+
+
+def tiny(**kw) -> ModelConfig:
+    base = dict(backbone="resnet18", min_size=64, max_size=64, fpn_channels=16, representation_size=32,
+                mask_head_channels=8, box_batch_size_per_image=16, c4_pooler_resolution=7)
+    return ModelConfig(**{**base, **kw})
+
+
+def test_background_weighted_ce_is_a_sum_over_rois_divided_by_their_number():
+    logits = torch.tensor([[0.0, 1.0, -1.0], [0.0, 2.0, 0.5], [0.0, -0.3, 0.7]])
+    labels = torch.tensor([0, 1, 2])
+
+    def ce(row, k):
+        return math.log(sum(math.exp(v) for v in row)) - row[k]
+
+    rows = logits.tolist()
+    hand = (0.2 * ce(rows[0], 0) + ce(rows[1], 1) + ce(rows[2], 2)) / 3  # not / (0.2 + 1 + 1)
+    assert math.isclose(float(background_weighted_ce(logits, labels, 0.2)), hand, rel_tol=1e-6)
+    assert math.isclose(float(background_weighted_ce(logits, labels, 1.0)),
+                        float(torch.nn.functional.cross_entropy(logits, labels)), rel_tol=1e-6)
+
+
+def test_roi_heads_box_loss_uses_the_background_weight():
+    model = build_detector(tiny(arch="c4", background_weight=0.2), class_embeddings=torch.randn(2, 8))
+    logits = torch.tensor([[0.0, 1.0, 2.0], [0.0, 0.5, -0.5]])
+    labels = [torch.tensor([0, 2])]
+    zero = [torch.zeros(2, 4)]
+    losses = model.roi_heads.box_losses((logits, torch.zeros(2, 4)), labels, zero, zero, zero)
+    assert math.isclose(float(losses["loss_classifier"]), float(background_weighted_ce(logits, labels[0], 0.2)))
+    assert float(losses["loss_box_reg"]) == 0.0
+
+
+def _sampled_counts(positive_fraction: float) -> tuple[int, int]:
+    model = build_detector(tiny(arch="fpn", classifier="agnostic", aspect_ratios=[1.0],
+                                box_positive_fraction=positive_fraction))
+    gt = torch.tensor([[10.0, 10.0, 50.0, 50.0]])
+    near = gt + torch.linspace(-3, 3, 10)[:, None]  # 10 proposals with IoU > 0.5
+    far = torch.tensor([[0.0, 55.0, 8.0, 63.0]]).repeat(20, 1) + torch.rand(20, 1)  # 20 background
+    torch.manual_seed(0)
+    _, _, labels, _ = model.roi_heads.select_training_samples(
+        [torch.cat([near, far])], [{"boxes": gt, "labels": torch.tensor([1]), "masks": torch.zeros(1, 64, 64)}]
+    )
+    return int((labels[0] > 0).sum()), int((labels[0] == 0).sum())
+
+
+def test_positive_fraction_one_keeps_all_positives():
+    assert _sampled_counts(1.0) == (11, 5)  # 10 near + the GT box itself, negatives fill 16
+    assert _sampled_counts(0.25) == (4, 12)
+
+
+def test_centerness_target_hand_example():
+    anchors = torch.tensor([[4.0, 4.0, 6.0, 6.0], [4.0, 4.0, 6.0, 6.0], [4.0, 4.0, 6.0, 6.0]])
+    gt = torch.tensor([[0.0, 0.0, 10.0, 20.0], [2.0, 0.0, 10.0, 10.0], [6.0, 0.0, 10.0, 10.0]])
+    # centre (5, 5): (l, r, t, b) = (5, 5, 5, 15), (3, 5, 5, 5), outside
+    expected = torch.tensor([math.sqrt(1 / 3), math.sqrt(3 / 5), 0.0])
+    assert torch.allclose(centerness_targets(anchors, gt), expected)
+
+
+def test_paired_iou():
+    a = torch.tensor([[0.0, 0.0, 2.0, 2.0], [0.0, 0.0, 1.0, 1.0]])
+    b = torch.tensor([[1.0, 0.0, 3.0, 2.0], [2.0, 2.0, 3.0, 3.0]])
+    assert torch.allclose(paired_iou(a, b), torch.tensor([2 / 6, 0.0]))
+
+
+def _oln_rpn(post: int) -> OLNRegionProposalNetwork:
+    anchors = AnchorGenerator(((32,),), ((1.0,),))
+    torch.manual_seed(0)
+    return OLNRegionProposalNetwork(
+        anchors, OLNRPNHead(8, 1), dict(training=1000, testing=1000), dict(training=post, testing=post)
+    )
+
+
+def test_oln_rpn_keeps_overlapping_proposals_without_nms():
+    rpn = _oln_rpn(post=500).eval()
+    images = ImageList(torch.zeros(1, 3, 64, 64), [(64, 64)])
+    features = {"0": torch.randn(1, 8, 16, 16)}  # stride 4: 32-px anchors overlap heavily
+    with torch.no_grad():
+        proposals, losses = rpn(images, features)
+    (p,) = proposals
+    assert losses == {} and p.shape == (256, 5)  # every anchor survives (16 x 16 < 500)
+    kept_by_nms = box_ops.nms(p[:, :4], p[:, 4], 0.7)
+    assert len(p) > len(kept_by_nms)
+    assert torch.all(p[:-1, 4] >= p[1:, 4])  # sorted by objectness = sigmoid(logit)
+    assert float(p[:, 4].min()) > 0 and float(p[:, 4].max()) < 1
+
+
+def test_oln_rpn_losses_use_centerness_and_iou():
+    rpn = _oln_rpn(post=100).train()
+    images = ImageList(torch.zeros(1, 3, 64, 64), [(64, 64)])
+    features = {"0": torch.randn(1, 8, 16, 16, requires_grad=True)}
+    gt = torch.tensor([[8.0, 8.0, 40.0, 40.0]])
+    proposals, losses = rpn(images, features, [{"boxes": gt, "labels": torch.tensor([1])}])
+    assert set(losses) == {"loss_objectness", "loss_rpn_box_reg"}
+    assert proposals[0].shape == (100, 5)
+    # 256 anchors, 256 samples with positive fraction 1.0: every anchor with IoU >= 0.3 (target =
+    # centerness) or < 0.1 (target 0) is sampled; L1 on the sigmoid, averaged over them
+    anchors = rpn.anchor_generator(images, [features["0"]])[0]
+    logits = rpn.head([features["0"]])[0][0][0].permute(1, 2, 0).reshape(-1)  # [A=1, H, W] -> H*W
+    iou = box_ops.box_iou(anchors, gt)[:, 0]
+    used = (iou >= 0.3) | (iou < 0.1)
+    target = torch.where(iou >= 0.3, centerness_targets(anchors, gt.expand(len(anchors), 4)), torch.zeros_like(iou))
+    expected = (logits.sigmoid() - target)[used].abs().mean()
+    assert (iou >= 0.3).sum() > 0 and torch.isclose(losses["loss_objectness"], expected)
+    # near-zero deltas decode to the anchors: IoU loss x 10, averaged over sampled anchors, in (0, 10)
+    assert 0 < losses["loss_rpn_box_reg"].item() < 10
+    sum(losses.values()).backward()
+    assert features["0"].grad.abs().sum() > 0
+
+
+def test_oln_rpn_features_are_l2_normalised():
+    head = OLNRPNHead(8, 1)
+    x = [torch.randn(2, 8, 5, 5) * 50]
+    t = torch.nn.functional.normalize(head.conv(x[0]), dim=1)
+    logits, deltas = head(x)
+    assert torch.allclose(logits[0], head.cls_logits(t)) and torch.allclose(deltas[0], head.bbox_pred(t))
+
+
+def test_oln_final_score_is_sqrt_of_objectness_times_iou_score():
+    model = build_detector(tiny(arch="fpn", classifier="agnostic", heads="oln", aspect_ratios=[1.0],
+                                box_nms_thresh=0.7, box_score_thresh=0.0))
+    proposals = [torch.tensor([[0.0, 0.0, 10.0, 10.0], [20.0, 20.0, 40.0, 40.0], [45.0, 5.0, 60.0, 30.0]])]
+    objectness = [torch.tensor([0.9, 0.2, 0.5])]
+    iou_logits = torch.tensor([0.0, 2.0, -1.0])
+    boxes, scores, labels = model.roi_heads.score_boxes(iou_logits, torch.zeros(3, 4), proposals, objectness, [(64, 64)])
+    expected = (objectness[0] * iou_logits.sigmoid()).sqrt()
+    order = expected.argsort(descending=True)
+    assert torch.allclose(scores[0], expected[order])
+    assert torch.allclose(boxes[0], proposals[0][order])
+    assert labels[0].tolist() == [1, 1, 1]
+    # a near-duplicate box is suppressed at NMS 0.7
+    dup = [torch.cat([proposals[0], proposals[0][:1] + 0.1])]
+    _, scores, _ = model.roi_heads.score_boxes(
+        torch.cat([iou_logits, torch.tensor([-3.0])]), torch.zeros(4, 4), dup, [torch.cat([objectness[0], torch.tensor([0.9])])], [(64, 64)]
+    )
+    assert len(scores[0]) == 3
