@@ -105,7 +105,7 @@ def test_net_errors_name_the_problem():
         net([torch.rand(3, 64, 64)], [{"masks": torch.zeros(1, 16, 16, dtype=torch.uint8)}])
     with pytest.raises(ValueError, match=r"\[3, H, W\]"):
         net([torch.rand(1, 64, 64)], [_target(64, 64)])
-    with pytest.raises(ValueError, match="resnet18, resnet34 or resnet50"):
+    with pytest.raises(ValueError, match="model.backbone='vgg16' is not supported; use one of resnet18, resnet34, resnet50"):
         AffinityNet("vgg16")
 
 

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import shutil
-import sys
-from pathlib import Path
 
 import nbformat
 import pytest

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from lemminflect import getAllLemmas, getLemma
 
-from ovis.data.coco import CocoFormatError
+from ovis.data.coco import CocoFormatError, read_json
 
 __all__ = [
     "COCO_EXTRA_SYNONYMS",
@@ -295,13 +295,7 @@ def parse_caption_file(path: str | Path) -> dict[int, list[str]]:
     :class:`~ovis.data.coco.CocoFormatError` naming the file (and annotation) on bad input.
     """
     name = os.fspath(path)
-    try:
-        with open(path, "rb") as f:
-            data = json.load(f)
-    except OSError as e:
-        raise CocoFormatError(f"{name}: cannot read file: {e.strerror or e}") from e
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CocoFormatError(f"{name}: not valid JSON ({e}); re-download or re-create the file") from e
+    data = read_json(path)
     if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
         raise CocoFormatError(f"{name}: no 'annotations' list (is this a COCO captions file?)")
     out: dict[int, list[str]] = {}

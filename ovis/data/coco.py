@@ -46,6 +46,38 @@ class CocoFormatError(ValueError):
 # reading and validation
 
 
+def read_json(path: str | Path) -> Any:
+    """Parse a JSON file; unreadable, truncated or non-UTF-8 files raise CocoFormatError naming it."""
+    name = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            return json.load(f)
+    except OSError as e:
+        raise CocoFormatError(f"{name}: cannot read file: {e.strerror or e}") from e
+    except json.JSONDecodeError as e:
+        raise CocoFormatError(
+            f"{name}: not valid JSON (truncated or corrupt?): {e.msg} at line {e.lineno} "
+            f"column {e.colno}; re-download or re-create the file"
+        ) from e
+    except UnicodeDecodeError as e:
+        raise CocoFormatError(f"{name}: not a UTF-8 JSON file ({e.reason})") from e
+
+
+def load_rgb(path: Path, size: tuple[int, int], where: str) -> torch.Tensor:
+    """RGB image float32 [3, H, W] in 0..1; ``size`` = the (width, height) its JSON entry states."""
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+    except FileNotFoundError as e:
+        raise CocoFormatError(f"{where}: file {path} not found; check image_root") from e
+    except (UnidentifiedImageError, OSError) as e:
+        raise CocoFormatError(f"{where}: cannot read image {path}: {e}") from e
+    if im.size != tuple(size):
+        raise CocoFormatError(f"{where}: {path} is {im.size[0]}x{im.size[1]} but the JSON says {size[0]}x{size[1]}")
+    chw = np.ascontiguousarray(np.asarray(im).transpose(2, 0, 1))
+    return torch.from_numpy(chw).float().div_(255)
+
+
 def load_coco(
     path: str | Path, image_root: str | Path | None = None, check_images: bool = False
 ) -> dict:
@@ -56,18 +88,7 @@ def load_coco(
     Raises CocoFormatError naming the file and the offending image/annotation/category id.
     """
     name = os.fspath(path)
-    try:
-        with open(path, "rb") as f:
-            data = json.load(f)
-    except OSError as e:
-        raise CocoFormatError(f"{name}: cannot read file: {e.strerror or e}") from e
-    except json.JSONDecodeError as e:
-        raise CocoFormatError(
-            f"{name}: not valid JSON (truncated or corrupt?): {e.msg} at line {e.lineno} "
-            f"column {e.colno}; re-download or re-create the file"
-        ) from e
-    except UnicodeDecodeError as e:
-        raise CocoFormatError(f"{name}: not a UTF-8 JSON file ({e.reason})") from e
+    data = read_json(path)
     validate_coco(data, name)
     if check_images:
         if image_root is None:
@@ -436,22 +457,8 @@ class CocoDetection(Dataset):
     def load_image(self, image_id: int) -> torch.Tensor:
         """RGB image float32 [3, H, W] in 0..1; checks the file against the JSON's size."""
         info = self._images[image_id]
-        path = self.image_root / info["file_name"]
-        where = f"{os.fspath(self.ann_file)}: image {image_id}"
-        try:
-            with Image.open(path) as im:
-                im = im.convert("RGB")
-        except FileNotFoundError as e:
-            raise CocoFormatError(f"{where}: file {path} not found; check image_root") from e
-        except (UnidentifiedImageError, OSError) as e:
-            raise CocoFormatError(f"{where}: cannot read image {path}: {e}") from e
-        if im.size != (info["width"], info["height"]):
-            raise CocoFormatError(
-                f"{where}: {path} is {im.size[0]}x{im.size[1]} but the JSON says "
-                f"{info['width']}x{info['height']}"
-            )
-        chw = np.ascontiguousarray(np.asarray(im).transpose(2, 0, 1))
-        return torch.from_numpy(chw).float().div_(255)
+        return load_rgb(self.image_root / info["file_name"], (info["width"], info["height"]),
+                        f"{os.fspath(self.ann_file)}: image {image_id}")
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
         image_id = self.ids[index]

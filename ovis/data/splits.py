@@ -19,6 +19,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ovis.data.captions import parse_caption_file
 from ovis.data.coco import CocoFormatError, load_coco, write_json_atomic
 
 if TYPE_CHECKING:
@@ -154,29 +155,8 @@ def build_splits(
     files["partition.json"] = partition
     if captions is not None:
         train_ids = [im["id"] for im in files["train_base.json"]["images"]]
-        files["captions.json"] = {str(i): captions[i] for i in train_ids if i in captions}
+        files["captions.json"] = {str(i): captions[i] for i in train_ids if captions.get(i)}
     return files
-
-
-def read_captions(path: Path) -> dict[int, list[str]]:
-    """COCO captions JSON → image id → captions (in file order)."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except OSError as e:
-        raise CocoFormatError(f"{path}: cannot read captions file ({e.strerror})") from None
-    except json.JSONDecodeError as e:
-        raise CocoFormatError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}): {e.msg}") from None
-    if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
-        raise CocoFormatError(f"{path}: not a COCO captions file (no 'annotations' list)")
-    image_ids = {im["id"] for im in data.get("images", [])}
-    out: dict[int, list[str]] = {}
-    for a in data["annotations"]:
-        if "caption" not in a or "image_id" not in a:
-            raise CocoFormatError(f"{path}: caption annotation {a.get('id')} lacks 'image_id' or 'caption'")
-        if image_ids and a["image_id"] not in image_ids:
-            raise CocoFormatError(f"{path}: caption {a.get('id')} points at unknown image {a['image_id']}")
-        out.setdefault(a["image_id"], []).append(a["caption"].strip())
-    return out
 
 
 def counts(files: dict[str, Any]) -> dict[str, dict[str, int]]:
@@ -211,7 +191,7 @@ def write_splits(
     train_path, val_path = Path(train_instances), Path(val_instances)
     train = load_coco(train_path)
     val = train if val_path == train_path else load_coco(val_path)
-    captions = read_captions(Path(train_captions)) if train_captions else None
+    captions = parse_caption_file(train_captions) if train_captions else None
     files = build_splits(protocol, train, val, captions, train_path=train_path, val_path=val_path)
     out = Path(out_dir)
     for name, obj in files.items():

@@ -12,10 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.models import resnet
-from torchvision.ops.misc import FrozenBatchNorm2d
 
-from ovis.models.backbones import load_backbone_weights
+from ovis.models.backbones import build_resnet
 
 __all__ = ["AffinityNet", "affinity_loss", "affinity_target", "palette_from_masks"]
 
@@ -139,14 +137,7 @@ class AffinityNet(nn.Module):
     def __init__(self, backbone: str = "resnet50", weights: str | None = None, channels: int = 256,
                  pool_channels: int = 512, pos_weight: float = 0.05, size_divisible: int = 32) -> None:
         super().__init__()
-        if backbone not in ("resnet18", "resnet34", "resnet50"):
-            raise ValueError(f"AffinityNet: backbone={backbone!r} is not supported; use resnet18, resnet34 or resnet50")
-        net = getattr(resnet, backbone)(weights=None)
-        if weights:
-            # The shared loader checks keys against a frozen-BN ResNet; copy its tensors into ours.
-            src = getattr(resnet, backbone)(weights=None, norm_layer=FrozenBatchNorm2d)
-            load_backbone_weights(src, weights)
-            net.load_state_dict(src.state_dict(), strict=False)
+        net = build_resnet(backbone, weights, trainable_layers=5, norm_layer=nn.BatchNorm2d)
         self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
         self.stages = nn.ModuleList([net.layer1, net.layer2, net.layer3, net.layer4])
         widths = [64, 128, 256, 512] if backbone in ("resnet18", "resnet34") else [256, 512, 1024, 2048]

@@ -23,19 +23,21 @@ _STAGES = ("layer4", "layer3", "layer2", "layer1", "conv1")
 
 
 def build_resnet(
-    name: str, weights: str | None = None, trainable_layers: int = 3, stride_in_1x1: bool = False
+    name: str, weights: str | None = None, trainable_layers: int = 3, stride_in_1x1: bool = False,
+    norm_layer: type[nn.Module] = FrozenBatchNorm2d,
 ) -> resnet.ResNet:
-    """A torchvision ResNet with FrozenBatchNorm2d, optional weights, stem/early stages frozen.
+    """A torchvision ResNet (FrozenBatchNorm2d by default), optional weights, early stages frozen.
 
     ``trainable_layers`` follows torchvision (0..5: how many of layer4, layer3, layer2, layer1, stem
     train). ``stride_in_1x1`` moves each bottleneck's stride onto its first 1×1 conv (MSRA/caffe
-    layout used by maskrcnn-benchmark checkpoints).
+    layout used by maskrcnn-benchmark checkpoints). ``norm_layer=nn.BatchNorm2d`` for networks that
+    train their BN (affinity network, caption grounding).
     """
     if name not in RESNETS:
         raise ValueError(f"model.backbone={name!r} is not supported; use one of {', '.join(RESNETS)}")
     if not 0 <= trainable_layers <= 5:
         raise ValueError(f"model.trainable_layers={trainable_layers} must be in 0..5 (as torchvision)")
-    net = getattr(resnet, name)(weights=None, norm_layer=FrozenBatchNorm2d)
+    net = getattr(resnet, name)(weights=None, norm_layer=norm_layer)
     if weights:
         load_backbone_weights(net, weights)
     if stride_in_1x1:
@@ -44,7 +46,7 @@ def build_resnet(
         for layer in (net.layer2, net.layer3, net.layer4):
             block = layer[0]
             block.conv1.stride, block.conv2.stride = block.conv2.stride, (1, 1)
-    train = _STAGES[:trainable_layers]
+    train = _STAGES[:trainable_layers] + (("bn1",) if trainable_layers == 5 else ())
     for pname, p in net.named_parameters():
         p.requires_grad_(pname.startswith(train))
     return net
@@ -85,7 +87,8 @@ def load_backbone_weights(net: resnet.ResNet, weights: str) -> None:
         for k, v in state.items()
         if not k.removeprefix("module.").startswith("fc.") and not k.endswith("num_batches_tracked")
     }
-    expected = {k: v.shape for k, v in net.state_dict().items() if not k.startswith("fc.")}
+    expected = {k: v.shape for k, v in net.state_dict().items()
+                if not k.startswith("fc.") and not k.endswith("num_batches_tracked")}
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     wrong = sorted(k for k in set(expected) & set(state) if tuple(state[k].shape) != tuple(expected[k]))

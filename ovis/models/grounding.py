@@ -34,22 +34,20 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 from torchvision.models import resnet
 
-from ovis.data.coco import CocoFormatError, load_coco
-from ovis.models.backbones import RESNETS, load_backbone_weights, stage_channels
+from ovis.data.coco import load_coco, load_rgb
+from ovis.models.backbones import RESNETS, build_resnet, stage_channels
+from ovis.engine.train import save_atomic
 from ovis.models.text import StaticTokenEmbedding, build_text_encoder
 
 if TYPE_CHECKING:
@@ -129,19 +127,8 @@ class CaptionImages(Dataset):
     def load_image(self, image_id: int) -> Tensor:
         """RGB float32 [3, H, W] in 0..1 at file resolution; checks the size against the JSON."""
         info = self._images[image_id]
-        path = self.image_root / info["file_name"]
-        where = f"{self.ann_file}: image {image_id}"
-        try:
-            with Image.open(path) as im:
-                im = im.convert("RGB")
-        except FileNotFoundError:
-            raise CocoFormatError(f"{where}: file {path} not found; check the image root") from None
-        except (UnidentifiedImageError, OSError) as e:
-            raise CocoFormatError(f"{where}: cannot read image {path}: {e}") from None
-        if im.size != (info["width"], info["height"]):
-            raise CocoFormatError(f"{where}: {path} is {im.size[0]}x{im.size[1]} but the JSON says "
-                                  f"{info['width']}x{info['height']}")
-        return torch.from_numpy(np.ascontiguousarray(np.asarray(im).transpose(2, 0, 1))).float().div_(255)
+        return load_rgb(self.image_root / info["file_name"], (info["width"], info["height"]),
+                        f"{self.ann_file}: image {image_id}")
 
     def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Any]]:
         image_id = self.ids[index]
@@ -256,15 +243,7 @@ class GroundingModel(nn.Module):
         if not isinstance(text_encoder, StaticTokenEmbedding):
             raise TypeError(f"grounding needs static token embeddings (StaticTokenEmbedding, e.g. text encoder "
                             f"'minilm' or 'bert-base-uncased'), got {type(text_encoder).__name__}")
-        net = getattr(resnet, backbone)(weights=None)
-        if weights:
-            load_backbone_weights(net, weights)
-        if stride_in_1x1:
-            if not isinstance(net.layer2[0], resnet.Bottleneck):
-                raise ValueError(f"model.stride_in_1x1 needs a bottleneck ResNet (resnet50), not {backbone}")
-            for layer in (net.layer2, net.layer3, net.layer4):
-                block = layer[0]
-                block.conv1.stride, block.conv2.stride = block.conv2.stride, (1, 1)
+        net = build_resnet(backbone, weights, trainable_layers=5, stride_in_1x1=stride_in_1x1, norm_layer=nn.BatchNorm2d)
         self.backbone = _resnet_trunk(net)
         self.backbone_name = backbone
         self.out_channels = stage_channels(net.layer4)
@@ -393,14 +372,7 @@ def save_grounding_checkpoint(model: nn.Module, path: str | Path) -> Path:
     blob = {"model": state, "backbone": inner.backbone_name, "embedding_dim": inner.embedding_dim,
             "temperature": inner.temperature}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(blob, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return save_atomic(blob, path)
 
 
 # --------------------------------------------------------------------------------------------
