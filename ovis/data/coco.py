@@ -22,6 +22,8 @@ from PIL import Image, UnidentifiedImageError
 from pycocotools import mask as mask_utils
 from torch.utils.data import Dataset
 
+from ovis.data.masks import ann_to_mask, ann_to_rle, mask_to_rle, masks_to_rles
+
 __all__ = [
     "CocoDetection",
     "CocoFormatError",
@@ -312,52 +314,6 @@ def save_coco(dataset: dict, path: str | Path) -> Path:
     """Validate a COCO instances dict (as ``load_coco`` does) and write it atomically."""
     validate_coco(dataset, os.fspath(path))
     return write_json_atomic(dataset, path)
-
-
-# --------------------------------------------------------------------------------------------
-# masks
-
-
-def ann_to_rle(ann: dict, height: int, width: int) -> dict:
-    """Compressed RLE ``{"size": [h, w], "counts": bytes}`` of an annotation, as pycocotools'
-    ``COCO.annToRLE``: polygon parts are merged; uncompressed RLE is compressed."""
-    segm = ann["segmentation"]
-    if isinstance(segm, list):
-        return mask_utils.merge(mask_utils.frPyObjects(segm, height, width))
-    if isinstance(segm["counts"], list):
-        return mask_utils.frPyObjects(segm, height, width)
-    counts = segm["counts"]
-    if isinstance(counts, str):
-        counts = counts.encode("ascii")
-    return {"size": list(segm["size"]), "counts": counts}
-
-
-def ann_to_mask(ann: dict, height: int, width: int) -> np.ndarray:
-    """Binary mask bool[H, W] of a polygon / uncompressed RLE / compressed RLE annotation."""
-    return mask_utils.decode(ann_to_rle(ann, height, width)).astype(bool)
-
-
-def mask_to_rle(mask: np.ndarray) -> dict:
-    """JSON-serialisable compressed RLE ``{"size": [h, w], "counts": str}`` of a mask [H, W]."""
-    mask = np.asarray(mask)
-    if mask.ndim != 2:
-        raise ValueError(f"mask_to_rle expects one mask [H, W], got shape {mask.shape}")
-    return masks_to_rles(mask[None])[0]
-
-
-def masks_to_rles(masks: np.ndarray) -> list[dict]:
-    """JSON-serialisable compressed RLEs of a mask stack [N, H, W] (bool/uint8, nonzero = on)."""
-    masks = np.asarray(masks)
-    if masks.ndim != 3:
-        raise ValueError(f"masks_to_rles expects masks [N, H, W], got shape {masks.shape}")
-    if masks.shape[0] == 0:
-        return []
-    # pycocotools wants uint8 [H, W, N] in Fortran order
-    stack = np.asfortranarray((masks != 0).transpose(1, 2, 0), dtype=np.uint8)
-    rles = mask_utils.encode(stack)
-    for rle in rles:
-        rle["counts"] = rle["counts"].decode("ascii")
-    return rles
 
 
 # --------------------------------------------------------------------------------------------

@@ -28,6 +28,8 @@ from matplotlib.patches import Rectangle
 from PIL import Image, ImageDraw, ImageFont
 from pycocotools import mask as mask_utils
 
+from ovis.data.masks import segmentation_to_rle
+
 __all__ = [
     "PALETTE",
     "decode_segmentations",
@@ -82,26 +84,6 @@ def instance_colors(n: int, labels: Sequence[str] | None = None) -> np.ndarray:
 # decoding
 
 
-def _to_rle(segm: Any, height: int, width: int, where: str) -> dict:
-    """Compressed RLE of a polygon list, uncompressed RLE (counts list) or compressed RLE."""
-    if isinstance(segm, list):
-        return mask_utils.merge(mask_utils.frPyObjects(segm, height, width))
-    if not isinstance(segm, dict) or "counts" not in segm or "size" not in segm:
-        raise ValueError(
-            f"{where}: segmentation must be a polygon list or an RLE dict with 'size' and 'counts', "
-            f"got {type(segm).__name__}"
-        )
-    if tuple(segm["size"]) != (height, width):
-        raise ValueError(
-            f"{where}: RLE size {list(segm['size'])} does not match the image size "
-            f"[{height}, {width}]; the annotation belongs to another image or a resized copy"
-        )
-    counts = segm["counts"]
-    if isinstance(counts, list):  # uncompressed RLE (COCO crowd regions)
-        return mask_utils.frPyObjects(segm, height, width)
-    return {"size": [height, width], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
-
-
 def decode_segmentations(
     segms: Sequence[Any], height: int, width: int, where: Sequence[str] | None = None
 ) -> np.ndarray:
@@ -115,7 +97,7 @@ def decode_segmentations(
     for i, segm in enumerate(segms):
         if segm is not None and segm != []:
             idx.append(i)
-            rles.append(_to_rle(segm, height, width, where[i] if where else f"segmentation {i}"))
+            rles.append(segmentation_to_rle(segm, height, width, where[i] if where else f"segmentation {i}"))
     if rles:
         # one pycocotools call decodes the whole stack as uint8[H, W, N]
         out[idx] = mask_utils.decode(rles).transpose(2, 0, 1).astype(bool)
