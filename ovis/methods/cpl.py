@@ -1,0 +1,427 @@
+"""CPL / XPM (METHODS §2): the stage functions the notebooks and ``ovis train`` call.
+
+- grounding → :func:`grounding_task` (``ovis.models.grounding``; caption pretraining, §2.1);
+- teacher → :func:`teacher_task`, :func:`run_teacher`, :func:`teacher_figures` (§2.2): R-C4
+  embedding Mask R-CNN on base-class masks, initialised from the grounding checkpoint
+  (:func:`grounding_to_detector` maps its keys), projection frozen;
+- pseudo → :func:`run_pseudo`, :func:`pseudo_figures`, :func:`pseudo_browser` (§2.3,
+  ``ovis.pseudo.cross_modal``);
+- student → :func:`student_task`, :func:`run_student`, :func:`student_figures` (§2.4,
+  ``ovis.models.student``), initialised from ``teacher/model_final.pth``;
+- eval → :func:`load_model`, :func:`run_eval` (§2.5, §4.1): generalized, constrained-novel and
+  constrained-base runs per model, each with its own vocabulary.
+
+Class embeddings: the teacher uses the text encoder's static token embeddings of class names
+unnormalised; the student and pseudo-labelling L2-normalise them (METHODS §6.1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+
+from ovis.config import Recipe
+from ovis.data.coco import CocoDetection, collate_fn, write_json_atomic
+from ovis.data.transforms import RandomHorizontalFlip
+from ovis.models.detector import build_detector, set_class_embeddings
+from ovis.models.grounding import grounding_task
+from ovis.models.student import RobustStudent, StudentDataset, StudentHook
+from ovis.models.text import TextEncoder, build_text_encoder
+from ovis.pseudo.cross_modal import (
+    PseudoLabeler,
+    pseudo_browser,
+    pseudo_figures,
+    pseudo_vocabulary,
+    run_pseudo,
+)
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from ovis.engine.train import TrainTask
+
+__all__ = [
+    "EVAL_SETTINGS",
+    "PseudoLabeler",
+    "class_embeddings",
+    "grounding_task",
+    "grounding_to_detector",
+    "load_model",
+    "pseudo_browser",
+    "pseudo_figures",
+    "run_eval",
+    "run_pseudo",
+    "run_student",
+    "run_teacher",
+    "student_figures",
+    "student_task",
+    "teacher_figures",
+    "teacher_task",
+]
+
+# setting name → split file (METHODS §4.1); "constrained" in the name marks constrained runs
+EVAL_SETTINGS = {"generalized": "val.json", "constrained_novel": "val_novel.json", "constrained_base": "val_base.json"}
+GROUNDING_CHECKPOINT = "grounding/model_final.pth"
+TEACHER_CHECKPOINT = "teacher/model_final.pth"
+# grounding (torchvision ResNet under backbone., projection.) → R-C4 embedding detector
+GROUNDING_PREFIXES = (
+    ("backbone.conv1.", "backbone.body.conv1."),
+    ("backbone.bn1.", "backbone.body.bn1."),
+    ("backbone.layer1.", "backbone.body.layer1."),
+    ("backbone.layer2.", "backbone.body.layer2."),
+    ("backbone.layer3.", "backbone.body.layer3."),
+    ("backbone.layer4.", "roi_heads.res5."),
+    ("projection.", "roi_heads.box_predictor.projection."),
+)
+
+
+# --------------------------------------------------------------------------------------------
+# shared helpers
+
+
+@lru_cache(maxsize=4)
+def _encoder(name: str) -> TextEncoder:
+    return build_text_encoder(name)
+
+
+def text_encoder(recipe: Recipe) -> TextEncoder:
+    """The recipe's text encoder (``model.text_encoder``), one instance per process."""
+    return _encoder(recipe.model.text_encoder)
+
+
+def class_embeddings(recipe: Recipe, names: Sequence[str], normalize: bool) -> Tensor:
+    """Text embeddings ``[K, d]`` of class names (teacher: ``normalize=False``; student: True)."""
+    return text_encoder(recipe).encode(list(names), normalize=normalize)
+
+
+def _partition(run_dir: Path) -> dict:
+    path = run_dir / "splits" / "partition.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found; run the splits stage first")
+    return json.loads(path.read_text())
+
+
+def _need(path: Path, what: str) -> Path:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found; {what}")
+    return path
+
+
+def grounding_to_detector(state: dict[str, Tensor], detector: nn.Module) -> dict[str, Tensor]:
+    """Grounding checkpoint keys → the C4 detector's: stem + layer1–3 → ``backbone.body.*``,
+    layer4 → ``roi_heads.res5.*`` (the res5 RoI head, as maskrcnn-benchmark's suffix matching
+    does), ``projection.*`` → ``roi_heads.box_predictor.projection.*``. BatchNorm
+    ``num_batches_tracked`` is dropped (the detector's BN is frozen). Every detector tensor under
+    those prefixes must be filled with the same shape; otherwise a ValueError says which."""
+    ours = detector.state_dict()
+    out: dict[str, Tensor] = {}
+    for key, value in state.items():
+        if key.endswith("num_batches_tracked"):
+            continue
+        for src, dst in GROUNDING_PREFIXES:
+            if key.startswith(src):
+                new = dst + key[len(src):]
+                if new not in ours:
+                    raise ValueError(f"grounding key {key} → {new}: no such detector tensor (is model.arch c4?)")
+                if ours[new].shape != value.shape:
+                    raise ValueError(f"grounding key {key} {list(value.shape)} does not fit {new} {list(ours[new].shape)}; "
+                                     "model.backbone / text encoder must match the grounding run")
+                out[new] = value
+                break
+    targets = [k for k in ours if any(k.startswith(d) for _, d in GROUNDING_PREFIXES)]
+    missing = [k for k in targets if k not in out]
+    if missing:
+        raise ValueError(f"the grounding checkpoint lacks {len(missing)} detector tensors, e.g. {missing[:4]}")
+    return out
+
+
+def _train_dataset(recipe: Recipe, ann_file: Path, category_ids: Sequence[int] | None, flip_prob: float) -> CocoDetection:
+    return CocoDetection(ann_file, recipe.data.path(recipe.data.train_images), category_ids=category_ids,
+                         transforms=RandomHorizontalFlip(flip_prob) if flip_prob > 0 else None, skip_empty=True)
+
+
+def _ratios(ds: CocoDetection) -> list[float]:
+    return [ds._images[i]["width"] / ds._images[i]["height"] for i in ds.ids]
+
+
+def _launch_stage(recipe: Recipe, stage: str, run_dir: Path, force: bool, stream: Callable[[str], None],
+                  **kw: Any) -> dict:
+    from ovis.engine.launch import launch
+
+    if force:
+        (run_dir / stage / "model_final.pth").unlink(missing_ok=True)
+    t0 = time.perf_counter()
+    res = launch(recipe, stage, run_dir, stream=stream, resume=not force, **kw)
+    if hasattr(res, "result"):  # a submitit Job (slurm): wait for it
+        stream(f"{stage}: waiting for Slurm job {res.job_id}")
+        res = res.result()
+    return {"final": str(res.final), "iteration": res.iteration, "skipped": res.skipped,
+            "seconds": round(time.perf_counter() - t0, 1)}
+
+
+# --------------------------------------------------------------------------------------------
+# teacher
+
+
+def build_teacher(recipe: Recipe, run_dir: str | Path) -> nn.Module:
+    """The R-C4 embedding detector with the base classes' unnormalised name embeddings."""
+    base = _partition(Path(run_dir))["base"]
+    return build_detector(recipe.model, class_embeddings=class_embeddings(recipe, [c["name"] for c in base], False))
+
+
+def teacher_task(recipe: Recipe, run_dir: str | Path, stage: str = "teacher") -> TrainTask:
+    """Teacher training (METHODS §2.2): ``splits/train_base.json`` base masks (labels 1..K in the
+    partition's base order), flip ``teacher.flip_prob``; backbone, res5 and projection from
+    ``grounding/model_final.pth``; ``teacher.freeze`` (the projection) kept frozen by the loop."""
+    from ovis.engine.train import TrainTask, load_checkpoint
+
+    run_dir = Path(run_dir)
+    cfg = recipe.teacher
+    base_ids = [c["id"] for c in _partition(run_dir)["base"]]
+    ds = _train_dataset(recipe, _need(run_dir / "splits" / "train_base.json", "run the splits stage first"),
+                        base_ids, cfg.flip_prob)
+    model = build_teacher(recipe, run_dir)
+    if cfg.init is None:
+        ckpt = load_checkpoint(_need(run_dir / GROUNDING_CHECKPOINT, "run the grounding stage first (run_teacher does)"))
+        model.load_state_dict(grounding_to_detector(ckpt["model"], model), strict=False)
+    return TrainTask(model, ds, cfg, collate_fn=collate_fn, aspect_ratios=_ratios(ds))
+
+
+def run_teacher(recipe: Recipe, run_dir: str | Path, launcher: str | None = None, nproc: int | None = None,
+                nodes: int | None = None, partition: str | None = None, stream: Callable[[str], None] = print,
+                force: bool = False) -> dict:
+    """Stage 01 (CPL): caption grounding (``<run_dir>/grounding/``) then the teacher
+    (``<run_dir>/teacher/``) through :func:`ovis.engine.launch.launch`; marks stage "teacher" done.
+    Returns ``{"grounding": {...}, "teacher": {...}}`` (checkpoint, iterations, seconds)."""
+    from ovis.runs import mark_stage_done, stage_done
+
+    run_dir = Path(run_dir)
+    if not force and stage_done(run_dir, "teacher", recipe):
+        return json.loads((run_dir / "teacher" / "stage.json").read_text())["results"]
+    kw = dict(launcher=launcher, nproc=nproc, nodes=nodes, partition=partition)
+    results = {stage: _launch_stage(recipe, stage, run_dir, force, stream, **kw) for stage in ("grounding", "teacher")}
+    mark_stage_done(run_dir, "teacher", recipe, ["model_final.pth", "metrics.jsonl"], results=results)
+    return results
+
+
+def _val_images(run_dir: Path, n: int) -> tuple[dict, list[int]]:
+    val = json.loads(_need(run_dir / "splits" / "val.json", "run the splits stage first").read_text())
+    novel = {c["id"] for c in _partition(run_dir)["novel"]}
+    with_novel = list(dict.fromkeys(a["image_id"] for a in val["annotations"] if a["category_id"] in novel))
+    rest = [im["id"] for im in val["images"] if im["id"] not in set(with_novel)]
+    return val, (with_novel + rest)[:n]
+
+
+def _predict(model: nn.Module, recipe: Recipe, val: dict, ids: Sequence[int], label_to_cat: dict[int, int]) -> list[dict]:
+    from ovis.engine.infer import to_results
+    from ovis.viz.draw import load_image
+
+    infos = {im["id"]: im for im in val["images"]}
+    out = []
+    model.eval()
+    with torch.no_grad():
+        for i in ids:
+            img = load_image(recipe.data.path(recipe.data.val_images), infos[i])
+            out += to_results(model([torch.from_numpy(img.transpose(2, 0, 1).copy()).float().div_(255)])[0], i, label_to_cat)
+    return out
+
+
+def _vocab_figure(recipe: Recipe, run_dir: str | Path, which: str, n: int, normalize: bool) -> Figure:
+    from ovis.viz.draw import image_grid
+
+    run_dir = Path(run_dir)
+    model = load_model(recipe, run_dir, which)
+    part = _partition(run_dir)
+    val, ids = _val_images(run_dir, n)
+    panels = {}
+    for split in ("base", "novel"):
+        cats = part[split]
+        set_class_embeddings(model, class_embeddings(recipe, [c["name"] for c in cats], normalize))
+        dets = _predict(model, recipe, val, ids, {k + 1: c["id"] for k, c in enumerate(cats)})
+        panels[f"{which} · {split} names"] = [d for d in dets if d["score"] >= 0.3]
+    return image_grid(val, recipe.data.path(recipe.data.val_images), ids, cols=3, extra=panels)
+
+
+def teacher_figures(recipe: Recipe, run_dir: str | Path, n: int = 4) -> list[Figure]:
+    """Teacher predictions (score ≥ 0.3) on ``n`` val images (novel objects first), once with the
+    base class names and once with the novel names swapped in, beside the GT."""
+    return [_vocab_figure(recipe, run_dir, "teacher", n, normalize=False)]
+
+
+# --------------------------------------------------------------------------------------------
+# student
+
+
+def build_student(recipe: Recipe, run_dir: str | Path, pseudo_names: Sequence[str] | None = None) -> RobustStudent:
+    """The robust student: teacher layout, base embeddings L2-normalised for the GT branch and,
+    when given, the pseudo vocabulary's names (L2-normalised) for the pseudo branch."""
+    s = recipe.student
+    detector = build_teacher(recipe, run_dir)
+    base = _partition(Path(run_dir))["base"]
+    set_class_embeddings(detector, class_embeddings(recipe, [c["name"] for c in base], True))
+    model = RobustStudent.from_detector(detector, s.uncertainty, s.pseudo_box_loss, s.lambda_pseudo)
+    if pseudo_names is not None:
+        model.roi_heads.set_pseudo_class_embeddings(class_embeddings(recipe, list(pseudo_names), True))
+    return model
+
+
+def student_task(recipe: Recipe, run_dir: str | Path, stage: str = "student") -> TrainTask:
+    """Student training (METHODS §2.4): init from ``teacher/model_final.pth`` (``student.init``
+    overrides), ``student.freeze`` (backbone, rpn) frozen; offline pseudo masks from
+    ``pseudo/train_pseudo.json``, or (``student.online_pseudo``) the frozen teacher labels every
+    batch from the captions of ``splits/train_base.json``. The σ-head freezes after
+    ``student.uncertainty_train_iter`` iterations; σ/λ are logged to ``student/robust.jsonl``.
+    DDP runs with ``find_unused_parameters`` (the σ-head freezes mid-run, caption-less images skip
+    the pseudo branch)."""
+    from ovis.engine.dist import is_main_process
+    from ovis.engine.train import TrainTask
+
+    run_dir = Path(run_dir)
+    s = recipe.student
+    cfg = dataclasses.replace(s, init=s.init or TEACHER_CHECKPOINT, find_unused_parameters=True)
+    _need(run_dir / cfg.init if not Path(cfg.init).is_absolute() else Path(cfg.init), "train the teacher first")
+    base_ids = [c["id"] for c in _partition(run_dir)["base"]]
+    pv = pseudo_vocabulary(recipe, run_dir)
+    pseudo_ids = [c["id"] for c in pv.categories]
+    if s.online_pseudo:
+        ds = _train_dataset(recipe, _need(run_dir / "splits" / "train_base.json", "run the splits stage first"),
+                            base_ids, cfg.flip_prob)
+        caps = {int(k): v for k, v in json.loads((run_dir / "splits" / "captions.json").read_text()).items()}
+        data = StudentDataset(ds, base_ids, pseudo_ids, captions=caps)
+    else:
+        path = _need(run_dir / "pseudo" / "train_pseudo.json", "run the pseudo stage first (run_pseudo)")
+        ds = _train_dataset(recipe, path, None, cfg.flip_prob)
+        data = StudentDataset(ds, base_ids, pseudo_ids)
+    model = build_student(recipe, run_dir, pv.names)
+    if s.online_pseudo:
+        from ovis.pseudo.cross_modal import build_labeler
+
+        label = {cid: k + 1 for k, cid in enumerate(pseudo_ids)}
+        model.set_online_labeler(build_labeler(recipe, run_dir), {c: label[pv.file_id(c)] for c in pv.vocab.category_names})
+    hook = StudentHook(s.uncertainty_train_iter, run_dir / stage / "robust.jsonl", s.log_period, is_main_process)
+    return TrainTask(model, data, cfg, collate_fn=collate_fn, aspect_ratios=data.aspect_ratios(), after_step=hook)
+
+
+def run_student(recipe: Recipe, run_dir: str | Path, launcher: str | None = None, nproc: int | None = None,
+                nodes: int | None = None, partition: str | None = None, stream: Callable[[str], None] = print,
+                force: bool = False) -> dict:
+    """Stage 03 (CPL): train the robust student into ``<run_dir>/student/``; marks it done."""
+    from ovis.runs import mark_stage_done, stage_done
+
+    run_dir = Path(run_dir)
+    if not force and stage_done(run_dir, "student", recipe):
+        return json.loads((run_dir / "student" / "stage.json").read_text())["results"]
+    res = _launch_stage(recipe, "student", run_dir, force, stream, launcher=launcher, nproc=nproc, nodes=nodes,
+                        partition=partition)
+    mark_stage_done(run_dir, "student", recipe, ["model_final.pth", "metrics.jsonl"], results=res)
+    return res
+
+
+def student_figures(recipe: Recipe, run_dir: str | Path, n: int = 4) -> list[Figure]:
+    """[student predictions with base / novel names beside the GT; σ and λ over iterations]."""
+    from matplotlib.figure import Figure
+
+    run_dir = Path(run_dir)
+    figs = [_vocab_figure(recipe, run_dir, "student", n, normalize=True)]
+    log = run_dir / "student" / "robust.jsonl"
+    rows = [json.loads(line) for line in log.read_text().splitlines()] if log.is_file() else []
+    fig = Figure(figsize=(9, 3), layout="constrained")
+    ax1, ax2 = fig.subplots(1, 2)
+    if rows:
+        it = [r["iteration"] for r in rows]
+        ax1.plot(it, [r.get("sigma_mean") for r in rows])
+        ax2.plot(it, [r.get("lambda_pl") for r in rows], color="tab:orange")
+        ax1.axvline(recipe.student.uncertainty_train_iter, color="gray", ls="--", lw=0.8)
+    ax1.set(title="mean σ of pseudo masks (σ-head frozen at dashed line)", xlabel="iteration")
+    ax2.set(title="λ = 0.01 / mean σ (pseudo cls/box weight)", xlabel="iteration")
+    figs.append(fig)
+    return figs
+
+
+# --------------------------------------------------------------------------------------------
+# inference and evaluation
+
+
+def load_model(recipe: Recipe, run_dir: str | Path, which: str = "student") -> nn.Module:
+    """The trained ``teacher`` or ``student`` of a run (eval mode, CPU), weights from
+    ``<run_dir>/<which>/model_final.pth``. Its vocabulary is the base classes until
+    :func:`ovis.models.detector.set_class_embeddings` swaps it."""
+    from ovis.engine.train import load_checkpoint
+
+    run_dir = Path(run_dir)
+    if which not in ("teacher", "student"):
+        raise ValueError(f"load_model: which={which!r}; use 'teacher' or 'student'")
+    path = _need(run_dir / which / "model_final.pth", f"train the {which} first (run_{which})")
+    model = build_teacher(recipe, run_dir) if which == "teacher" else build_student(recipe, run_dir)
+    model.load_state_dict(load_checkpoint(path)["model"])
+    return model.eval()
+
+
+def _subset_gt(gt: dict, ids: Sequence[int]) -> dict:
+    keep = set(ids)
+    return {**gt, "images": [im for im in gt["images"] if im["id"] in keep],
+            "annotations": [a for a in gt["annotations"] if a["image_id"] in keep]}
+
+
+def run_eval(recipe: Recipe, run_dir: str | Path, force: bool = False, stream: Callable[[str], None] = print,
+             device: str | None = None) -> list[dict]:
+    """Stage 04 (CPL): for teacher and student, the generalized (val.json, base + novel names),
+    constrained-novel (val_novel.json) and constrained-base (val_base.json) runs, each with the
+    classifier swapped to its file's class names (unnormalised for the teacher, L2-normalised
+    for the student). Writes ``eval/<which>/<setting>/detections.json`` and
+    ``eval/<which>/<setting>/<iou_type>/metrics.{json,md}``; ``eval/detections.json`` and
+    ``eval/metrics.{json,md}`` are the student's generalized run (segm); ``eval/summary.json``
+    holds the returned rows ``{model, setting, iou_type, AP50_base, AP50_novel, AP50_all, AP}``.
+    ``eval.max_images`` evaluates the first N images of each file (GT restricted to them)."""
+    from ovis.engine.dist import resolve_device
+    from ovis.engine.infer import run_inference
+    from ovis.eval import evaluate
+    from ovis.eval.report import write_metrics
+    from ovis.runs import mark_stage_done, stage_dir, stage_done
+
+    run_dir = Path(run_dir)
+    out = stage_dir(run_dir, "eval")
+    if not force and stage_done(run_dir, "eval", recipe):
+        return json.loads((out / "summary.json").read_text())
+    dev = resolve_device(device or recipe.launch.device)
+    partition = run_dir / "splits" / "partition.json"
+    rows: list[dict] = []
+    for which in ("teacher", "student"):
+        model = load_model(recipe, run_dir, which).to(dev)
+        model.roi_heads.detections_per_img = recipe.eval.detections_per_img
+        for setting, fname in EVAL_SETTINGS.items():
+            gt_path = _need(run_dir / "splits" / fname, "run the splits stage first")
+            ds = CocoDetection(gt_path, recipe.data.path(recipe.data.val_images), with_masks=False, drop_crowd=False)
+            names = [c["name"] for c in ds.coco["categories"] if c["id"] in ds.category_ids]
+            set_class_embeddings(model, class_embeddings(recipe, names, normalize=which == "student"))
+            t0 = time.perf_counter()
+            folder = out / which / setting
+            dets_path = run_inference(model, ds, folder / "detections.json", ds.label_to_cat_id, dev,
+                                      max_images=recipe.eval.max_images)
+            gt = _subset_gt(ds.coco, ds.ids[: recipe.eval.max_images or None])
+            for iou in recipe.eval.iou_types:
+                res = evaluate(recipe.eval.protocol, gt, dets_path, iou, partition=partition)
+                res["setting"] = "constrained" if setting.startswith("constrained") else "generalized"
+                res["model"] = which
+                write_metrics(res, folder / iou)
+                m = res["metrics"]
+                rows.append({"model": which, "setting": setting, "iou_type": iou, "AP50_base": m.get("AP50_base"),
+                             "AP50_novel": m.get("AP50_novel"), "AP50_all": m.get("AP50_all"), "AP": m["stats"][0]})
+                if which == "student" and setting == "generalized" and iou == recipe.eval.iou_types[0]:
+                    write_metrics(res, out)
+            stream(f"eval: {which} {setting}: {len(gt['images'])} images in {time.perf_counter() - t0:.1f} s")
+    shutil.copyfile(out / "student" / "generalized" / "detections.json", out / ".detections.json.tmp")
+    (out / ".detections.json.tmp").replace(out / "detections.json")
+    write_json_atomic(rows, out / "summary.json")
+    recipe.save(out)
+    mark_stage_done(run_dir, "eval", recipe, ["detections.json", "metrics.json", "metrics.md", "summary.json"])
+    return rows
