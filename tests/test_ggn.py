@@ -1,0 +1,302 @@
+"""GGN/OLN stages end to end on tiny synthetic data: teacher → pseudo → baseline + student → eval."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from matplotlib.figure import Figure
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+
+from ovis.config import load_recipe
+from ovis.data.coco import CocoDetection, ann_to_mask, load_coco
+from ovis.data.splits import run_splits_stage
+from ovis.engine.train import STAGES, default_task
+from ovis.methods import ggn
+
+TINY = {
+    "data.demo_num_train": 6, "data.demo_num_val": 4, "data.demo_image_size": 64,
+    "model.decoder_channels": 16, "model.fpn_channels": 16, "model.representation_size": 32,
+    "model.mask_head_channels": 16, "model.min_size": 64, "model.max_size": 64,
+    "model.box_batch_size_per_image": 32, "model.box_detections_per_img": 50,
+    "model.rpn_pre_nms_top_n_train": 100, "model.rpn_post_nms_top_n_train": 50,
+    "model.rpn_pre_nms_top_n_test": 100, "model.rpn_post_nms_top_n_test": 50,
+    "teacher.max_iter": 2, "teacher.batch_size": 1, "teacher.checkpoint_period": 2, "teacher.log_period": 1,
+    "student.max_iter": 2, "student.batch_size": 1, "student.checkpoint_period": 2, "student.log_period": 1,
+    "pseudo.max_images": 4, "pseudo.workers": 0, "pseudo.top_k": 2, "eval.max_images": 2,
+}
+
+
+def _recipe(root: Path, **extra):
+    return load_recipe("demo_ggn", {**TINY, "data.root": str(root / "demo_data"), **extra})
+
+
+def _quiet(_line: str) -> None:
+    pass
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny models gain nothing from threads, and on a busy 2-core machine OpenMP spinning slows them several-fold."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> tuple[Path, object]:
+    """One tiny GGN run through every stage (shared by the tests below)."""
+    root = tmp_path_factory.mktemp("ggn")
+    recipe = _recipe(root)
+    run_dir = root / "run"
+    run_splits_stage(recipe, run_dir)
+    ggn.run_teacher(recipe, run_dir, stream=_quiet)
+    ggn.run_pseudo(recipe, run_dir, stream=_quiet)
+    ggn.run_student(recipe, run_dir, stream=_quiet)
+    ggn.run_eval(recipe, run_dir, stream=_quiet)
+    return run_dir, recipe
+
+
+def _copy_until_teacher(run_dir: Path, dst: Path) -> Path:
+    for stage in ("splits", "teacher"):
+        shutil.copytree(run_dir / stage, dst / stage)
+    return dst
+
+
+def _pseudo_anns(path: Path) -> list[dict]:
+    return [a for a in load_coco(path)["annotations"] if a.get("pseudo")]
+
+
+def test_every_stage_writes_its_contract_files(run):
+    run_dir, recipe = run
+    expected = [
+        "teacher/model_final.pth", "teacher/last.pth", "teacher/metrics.jsonl", "teacher/recipe.yaml",
+        "pseudo/train_pseudo.json", "pseudo/stats.json", "pseudo/shards/candidates.0-of-1.json",
+        "baseline/model_final.pth", "baseline/metrics.jsonl", "student/model_final.pth", "student/last.pth",
+        "eval/detections.json", "eval/baseline/detections.json", "eval/student/detections.json",
+    ]
+    for stage in ("teacher", "pseudo", "student", "eval"):
+        expected.append(f"{stage}/stage.json")
+    for iou in recipe.eval.iou_types:
+        expected += [f"eval/{m}/{iou}/metrics.json" for m in ("baseline", "student")]
+    missing = [p for p in expected if not (run_dir / p).is_file()]
+    assert not missing
+    assert not list((run_dir / "pseudo" / "shards").glob("*.partial.jsonl"))  # progress file gone once complete
+    assert (run_dir / "eval/detections.json").read_bytes() == (run_dir / "eval/student/detections.json").read_bytes()
+
+
+def test_finished_stages_are_skipped(run):
+    run_dir, recipe = run
+    assert ggn.run_teacher(recipe, run_dir, stream=_quiet)["skipped"]
+    assert all(r["skipped"] for r in ggn.run_student(recipe, run_dir, stream=_quiet).values())
+    assert ggn.run_pseudo(recipe, run_dir, stream=_quiet) == json.loads((run_dir / "pseudo/stats.json").read_text())
+
+
+def test_pseudo_gt_is_coco_with_ranked_class_agnostic_masks_that_never_duplicate_seen_gt(run):
+    run_dir, recipe = run
+    path = run_dir / "pseudo" / "train_pseudo.json"
+    coco = COCO(str(path))  # pycocotools loads it
+    base = load_coco(run_dir / "splits" / "train_base.json")
+    merged = load_coco(path)
+    assert merged["annotations"][: len(base["annotations"])] == base["annotations"]  # base GT first, unchanged
+    pseudo = [a for a in merged["annotations"] if a.get("pseudo")]
+    assert pseudo and len(merged["annotations"]) == len(base["annotations"]) + len(pseudo)
+    assert len({a["id"] for a in merged["annotations"]}) == len(merged["annotations"])
+    seen_min = min(c["id"] for c in base["categories"])
+    per_image: dict[int, list[dict]] = {}
+    for a in pseudo:
+        assert {"pseudo", "score", "rank", "gt_iou", "segmentation", "bbox", "area"} <= set(a)
+        assert a["pseudo"] is True and a["category_id"] == seen_min and a["gt_iou"] < recipe.pseudo.gt_iou_thresh
+        per_image.setdefault(a["image_id"], []).append(a)
+    assert max(len(v) for v in per_image.values()) <= recipe.pseudo.top_k
+    for image_id, anns in per_image.items():
+        ranks = [a["rank"] for a in anns]
+        assert ranks == sorted(ranks)
+        info = coco.imgs[image_id]
+        gts = [ann_to_mask(g, info["height"], info["width"]) for g in base["annotations"] if g["image_id"] == image_id]
+        for a in anns:  # the stored gt_iou is the mask IoU with the image's seen GT
+            m = coco.annToMask(a).astype(bool)
+            iou = max((m & g).sum() / (m | g).sum() for g in gts)
+            assert iou == pytest.approx(a["gt_iou"], abs=1e-5)
+            assert a["area"] == m.sum()
+
+
+def test_pseudo_stats_report_counts_and_unseen_recall(run):
+    run_dir, recipe = run
+    stats = json.loads((run_dir / "pseudo" / "stats.json").read_text())
+    pseudo = _pseudo_anns(run_dir / "pseudo" / "train_pseudo.json")
+    assert stats["images"] == recipe.pseudo.max_images
+    assert stats["kept"] == len(pseudo) and stats["kept_per_image"] == pytest.approx(len(pseudo) / stats["images"])
+    assert stats["candidates"] >= stats["kept"] and stats["seconds_per_image"] > 0
+    # unseen GT of the processed images, straight from the original training file
+    orig = load_coco(Path(recipe.data.root) / recipe.data.train_instances)
+    unseen_ids = {c["id"] for c in json.loads((run_dir / "splits/partition.json").read_text())["novel"]}
+    ids = set(CocoDetection(run_dir / "splits/train_base.json", Path(recipe.data.root) / "train",
+                            class_agnostic=True, skip_empty=True, min_size=32).ids[: recipe.pseudo.max_images])
+    unseen = [a for a in orig["annotations"] if a["image_id"] in ids and a["category_id"] in unseen_ids
+              and not a["iscrowd"]]
+    assert stats["unseen_gt"] == len(unseen) > 0
+    hits = 0
+    for g in unseen:
+        info = next(im for im in orig["images"] if im["id"] == g["image_id"])
+        gm = ann_to_mask(g, info["height"], info["width"])
+        masks = [ann_to_mask(a, info["height"], info["width"]) for a in pseudo if a["image_id"] == g["image_id"]]
+        ious = [(gm & m).sum() / (gm | m).sum() for m in masks]
+        hits += max(ious, default=0.0) >= 0.5
+    assert stats["unseen_recall@0.5"] == pytest.approx(hits / len(unseen))
+    assert 0.0 <= stats["unseen_recall@0.5"] <= stats["unseen_recall@0.5_candidates"] <= 1.0
+
+
+def test_two_shards_run_separately_merge_to_the_unsharded_result(run, tmp_path):
+    run_dir, recipe = run
+    other = _copy_until_teacher(run_dir, tmp_path / "run")
+    # the second shard groups in a worker process: the pool path gives the same candidates
+    first = ggn.run_pseudo(recipe, other, shard=1, num_shards=2, stream=_quiet)
+    assert first == {"merged": False, "num_shards": 2, "missing_shards": [0]}
+    assert not (other / "pseudo" / "train_pseudo.json").exists()
+    pooled = _recipe(Path(recipe.data.root).parent, **{"pseudo.workers": 1})
+    stats = ggn.run_pseudo(pooled, other, shard=0, num_shards=2, stream=_quiet)
+    assert stats["shards"] == 2
+    assert load_coco(other / "pseudo/train_pseudo.json") == load_coco(run_dir / "pseudo/train_pseudo.json")
+    # merging again is idempotent
+    before = (other / "pseudo/train_pseudo.json").read_bytes()
+    ggn.merge_pseudo(recipe, other, 2)
+    assert (other / "pseudo/train_pseudo.json").read_bytes() == before
+
+
+def test_interrupted_extraction_resumes_and_finished_images_are_skipped(run, tmp_path, monkeypatch):
+    run_dir, recipe = run
+    other = _copy_until_teacher(run_dir, tmp_path / "run")
+    recipe1 = _recipe(Path(recipe.data.root).parent, **{"pseudo.save_every": 1})
+    real = ggn.group_affinity
+    calls: list[int] = []
+
+    def crash_on_third(affinity, params):
+        if len(calls) == 2:
+            raise KeyboardInterrupt("simulated crash")
+        calls.append(1)
+        return real(affinity, params)
+
+    monkeypatch.setattr(ggn, "group_affinity", crash_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        ggn.run_pseudo(recipe1, other, stream=_quiet)
+    partial = other / "pseudo/shards/candidates.0-of-1.partial.jsonl"
+    lines = partial.read_text().splitlines()
+    assert len(lines) == 1 + 2  # header + the two finished images
+    with open(partial, "a") as f:
+        f.write('{"image_id": 99, "cand')  # a line torn by the crash is ignored
+
+    def count(affinity, params):
+        calls.append(1)
+        return real(affinity, params)
+
+    monkeypatch.setattr(ggn, "group_affinity", count)
+    calls.clear()
+    ggn.run_pseudo(recipe1, other, stream=_quiet)
+    assert len(calls) == recipe.pseudo.max_images - 2
+    assert _pseudo_anns(other / "pseudo/train_pseudo.json") == _pseudo_anns(run_dir / "pseudo/train_pseudo.json")
+    # a finished shard is reused even when the merged output is gone
+    (other / "pseudo/train_pseudo.json").unlink()
+    calls.clear()
+    messages: list[str] = []
+    ggn.run_pseudo(recipe1, other, stream=messages.append)
+    assert calls == [] and any("reused" in m for m in messages)
+    assert (other / "pseudo/train_pseudo.json").is_file()
+
+
+def test_baseline_sees_base_gt_only_and_student_sees_pseudo_gt_too(run):
+    run_dir, recipe = run
+    base = ggn.baseline_task(recipe, run_dir, "baseline")
+    student = ggn.student_task(recipe, run_dir, "student")
+    assert not any(a.get("pseudo") for a in base.dataset.coco["annotations"])
+    assert any(a.get("pseudo") for a in student.dataset.coco["annotations"])
+    assert base.dataset.ids == student.dataset.ids and base.cfg is recipe.student
+    _, target = student.dataset[0]
+    assert set(target["labels"].tolist()) == {1}  # one foreground class
+    assert default_task("ggn", "baseline") == default_task("oln", "baseline") == "ovis.methods.ggn:baseline_task"
+    assert "baseline" in STAGES
+
+
+def test_student_needs_pseudo_gt_and_pseudo_needs_a_teacher(run, tmp_path):
+    run_dir, recipe = run
+    other = tmp_path / "run"
+    shutil.copytree(run_dir / "splits", other / "splits")
+    with pytest.raises(FileNotFoundError, match="run the teacher stage first"):
+        ggn.run_pseudo(recipe, other, stream=_quiet)
+    with pytest.raises(FileNotFoundError, match="run the pseudo stage first"):
+        ggn.student_task(recipe, other, "student")
+
+
+def test_eval_reports_baseline_and_student_ar_at_k(run):
+    run_dir, recipe = run
+    for which in ("baseline", "student"):
+        for iou in recipe.eval.iou_types:
+            result = json.loads((run_dir / "eval" / which / iou / "metrics.json").read_text())
+            assert result["protocol"] == "demo_open_world" and result["model"] == which
+            assert {"AR@10", "AR@100", "AR@1000", "AUC"} <= set(result["metrics"])
+            assert result["num_images"] == recipe.eval.max_images
+        dets = json.loads((run_dir / "eval" / which / "detections.json").read_text())
+        assert dets and len({d["image_id"] for d in dets}) <= recipe.eval.max_images
+        val_cat = load_coco(run_dir / "splits/val.json")["categories"][0]["id"]
+        assert {d["category_id"] for d in dets} == {val_cat}
+        per_image = np.bincount([d["image_id"] for d in dets])
+        assert per_image.max() <= recipe.model.box_detections_per_img
+        assert mask_utils.decode(dets[0]["segmentation"] | {"counts": dets[0]["segmentation"]["counts"].encode()}).any()
+    assert len(ggn.run_eval(recipe, run_dir, stream=_quiet)) == 2 * len(recipe.eval.iou_types)  # skipped: read back
+
+
+def test_models_load_in_eval_mode(run):
+    run_dir, recipe = run
+    for which in ("teacher", "baseline", "student"):
+        assert not ggn.load_model(recipe, run_dir, which).training
+    with pytest.raises(ValueError, match="use one of"):
+        ggn.load_model(recipe, run_dir, "grounding")
+
+
+def test_figures_and_browser(run):
+    run_dir, recipe = run
+    figs = ggn.teacher_figures(recipe, run_dir, n=1) + ggn.pseudo_figures(recipe, run_dir, n=1)
+    figs += ggn.student_figures(recipe, run_dir, n=1)
+    assert len(figs) == 4 and all(isinstance(f, Figure) for f in figs)
+    browser = ggn.pseudo_browser(recipe, run_dir)
+    assert browser.panel_names == ["pseudo (top-k)", "unseen GT (held out)"]
+    assert len(browser.images) == recipe.pseudo.max_images
+
+
+def test_shards_come_from_arguments_torchrun_or_a_slurm_array(monkeypatch):
+    for var in ("RANK", "WORLD_SIZE", "SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT", "SLURM_ARRAY_TASK_MIN"):
+        monkeypatch.delenv(var, raising=False)
+    assert ggn.resolve_shards(None, None) == [(0, 1)]
+    assert ggn.resolve_shards(None, None, default_shards=3) == [(0, 3), (1, 3), (2, 3)]
+    assert ggn.resolve_shards(2, 4) == [(2, 4)]
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "6")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_MIN", "5")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "3")
+    assert ggn.resolve_shards(None, None) == [(1, 3)]
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    assert ggn.resolve_shards(None, None) == [(3, 8)]
+    with pytest.raises(ValueError, match="both shard and num_shards"):
+        ggn.resolve_shards(1, None)
+    with pytest.raises(ValueError, match="0 ≤ shard < num_shards"):
+        ggn.resolve_shards(2, 2)
+
+
+def test_oln_recipe_trains_oln_heads_with_and_without_pseudo_gt(run):
+    from ovis.models.heads import OLNRegionProposalNetwork
+
+    run_dir, recipe = run
+    oln = _recipe(Path(recipe.data.root).parent, method="oln", **{"model.heads": "oln", "model.mask": False})
+    for build in (ggn.baseline_task, ggn.student_task):
+        task = build(oln, run_dir, "baseline")
+        assert isinstance(task.model.rpn, OLNRegionProposalNetwork) and not task.dataset.with_masks
+        images, targets = zip(*(task.dataset[i] for i in range(2)))
+        losses = task.model.train()(list(images), list(targets))
+        assert all(torch.isfinite(v) for v in losses.values())
+    assert any(task.dataset[i][1]["pseudo"].any() for i in range(len(task.dataset)))  # the student's has pseudo boxes
