@@ -190,9 +190,12 @@ class Recipe:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def hash(self) -> str:
-        """Short content hash of the resolved recipe (stages skip work whose outputs match it)."""
-        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+    def hash(self, sections: tuple[str, ...] | None = None) -> str:
+        """Short content hash of the resolved recipe, or of only the named top-level ``sections``."""
+        data = self.to_dict()
+        if sections is not None:
+            data = {k: data[k] for k in sections}
+        blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
     def save(self, run_dir: str | Path) -> Path:

@@ -123,18 +123,24 @@ def reproduce(recipe_ref: str, stages: list[str] | None = None, run_dir: str | P
     return results
 
 
+HEADLINE = {"ovr": ("AP50_base", "AP50_novel", "AP50_all"), "open_world": ("AR@10", "AR@100", "AR@300", "AUC")}
+
+
 def summary(recipes: list[str], runs_root: Path = Path("runs")) -> str:
-    """Markdown table of the headline metrics of finished runs (teacher vs student, baseline vs method)."""
-    rows = ["| recipe | model | protocol | metric | value |", "|---|---|---|---|---|"]
+    """Markdown table of the headline metrics of finished runs: teacher vs student (CPL), baseline vs
+    GGN (GGN/OLN), one row per evaluated model, setting and IoU type; then the report paths."""
+    from ovis.viz.curves import find_eval_results, protocol_kind
+
+    rows = ["| recipe | model / setting | protocol | metrics (%) |", "|---|---|---|---|"]
     for name in recipes:
-        for path in sorted((runs_root / name / "eval").glob("**/metrics.json")):
-            data = json.loads(path.read_text())
-            model = path.parent.name if path.parent.name != "eval" else "student"
-            for key, value in data.get("metrics", {}).items():
-                if key in ("AP50_base", "AP50_novel", "AP50_all", "AR@10", "AR@100", "AUC"):
-                    rows.append(f"| {name} | {model} | {data.get('protocol')} {data.get('iou_type')} | {key} | {100 * value:.1f} |")
-    report = [str(p) for name in recipes for p in [runs_root / name / "curves" / "report.md"] if p.exists()]
-    return "\n".join(rows + ([""] + [f"report: {r}" for r in report] if report else []))
+        for res in find_eval_results(runs_root / name):
+            if res["label"] == "eval":  # the copy of the main model's result
+                continue
+            keys = HEADLINE.get(protocol_kind(res["protocol"]), ())
+            values = ", ".join(f"{k} {100 * res['metrics'][k]:.1f}" for k in keys if res["metrics"].get(k, -1) >= 0)
+            rows.append(f"| {name} | {res['label']} | {res['protocol']} | {values} |")
+    reports = [runs_root / name / "curves" / "report.md" for name in recipes]
+    return "\n".join(rows + [""] + [f"report: {p}" for p in reports if p.exists()])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,8 @@
-"""Run directories: ``runs/<recipe>/<stage>/`` and the marker that says a stage finished for a recipe hash."""
+"""Run directories: ``runs/<recipe>/<stage>/`` and the marker that says a stage finished for a recipe.
+
+A stage counts as finished when its marker holds the hash of the recipe sections the stage depends on
+and its outputs still exist.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,33 @@ from ovis.data.coco import write_json_atomic
 
 STAGES = ("splits", "teacher", "pseudo", "student", "eval", "curves")
 MARKER = "stage.json"
+
+# The recipe sections each stage's outputs depend on (its own and every earlier stage's), so that
+# changing, say, eval.max_images re-runs evaluation but does not retrain the teacher. The launch
+# section is left out: where a run trains does not change what it computes.
+_OWN_SECTIONS = {
+    "splits": ("method", "data", "splits"),
+    "teacher": ("model", "grounding", "teacher"),
+    "pseudo": ("pseudo",),
+    "student": ("student",),
+    "eval": ("eval",),
+    "curves": ("name", "description"),
+}
+# training stages of the engine → the pipeline stage they belong to
+TRAINING_STAGES = {"grounding": "teacher", "teacher": "teacher", "student": "student", "baseline": "student"}
+
+
+def stage_sections(stage: str) -> tuple[str, ...]:
+    """The recipe sections ``stage`` depends on, in stage order."""
+    stage = TRAINING_STAGES.get(stage, stage)
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
+    return tuple(s for st in STAGES[: STAGES.index(stage) + 1] for s in _OWN_SECTIONS[st])
+
+
+def stage_hash(recipe: Recipe, stage: str) -> str:
+    """Hash of the part of the recipe that ``stage`` (or an engine training stage) depends on."""
+    return recipe.hash(stage_sections(stage))
 
 
 def default_run_dir(recipe: Recipe) -> Path:
@@ -31,11 +62,11 @@ def stage_done(run_dir: str | Path, stage: str, recipe: Recipe) -> bool:
         return False
     info = json.loads(marker.read_text())
     outputs = [stage_dir(run_dir, stage) / o for o in info.get("outputs", [])]
-    return info.get("recipe_hash") == recipe.hash() and all(p.exists() for p in outputs)
+    return info.get("recipe_hash") == stage_hash(recipe, stage) and all(p.exists() for p in outputs)
 
 
 def mark_stage_done(run_dir: str | Path, stage: str, recipe: Recipe, outputs: list[str], **extra: Any) -> Path:
     """Record that ``stage`` wrote ``outputs`` (paths relative to the stage folder) for this recipe."""
-    info = {"stage": stage, "recipe": recipe.name, "recipe_hash": recipe.hash(), "outputs": outputs,
+    info = {"stage": stage, "recipe": recipe.name, "recipe_hash": stage_hash(recipe, stage), "outputs": outputs,
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **extra}
     return write_json_atomic(info, stage_dir(run_dir, stage) / MARKER)

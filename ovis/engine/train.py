@@ -55,10 +55,11 @@ from tqdm import tqdm
 from ovis.config import Recipe, TrainConfig, load_recipe
 from ovis.engine import dist as odist
 from ovis.engine.schedule import build_lr_scheduler, build_optimizer
+from ovis.runs import TRAINING_STAGES, stage_hash
 
 logger = logging.getLogger(__name__)
 
-STAGES = ("grounding", "teacher", "student", "baseline")
+STAGES = tuple(TRAINING_STAGES)  # what `ovis train --stage` accepts
 
 # (method, stage) -> "module:function" building the TrainTask; methods register here.
 TASKS: dict[tuple[str, str], str] = {
@@ -582,7 +583,7 @@ def run_stage(recipe: Recipe, stage: str, run_dir: str | Path, task: str | None 
     run_dir = Path(run_dir)
     out_dir = run_dir / stage
     info = odist.init_distributed(device)
-    recipe_hash = recipe.hash()
+    recipe_hash = stage_hash(recipe, stage)
     if resume and final_is_current(out_dir, recipe_hash):  # before building the task, which may be costly
         _ensure_logging()
         if info.is_main:

@@ -46,6 +46,7 @@ from torch import Tensor, nn
 from ovis.data.captions import Vocabulary, find_words, load_lvis_categories, lvis_matches
 from ovis.data.coco import ann_to_rle, masks_to_rles, write_json_atomic
 from ovis.models.text import TextEncoder
+from ovis.runs import stage_hash
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -300,10 +301,10 @@ def run_pseudo(recipe: Recipe, run_dir: str | Path, shard: int | None = None, nu
     ids, captions = pseudo_image_ids(recipe, run_dir)
     mine = ids[shard::num_shards]
     path = _shard_path(out, shard, num_shards)
-    state = {"recipe_hash": recipe.hash(), "shard": shard, "num_shards": num_shards, "complete": False, "images": {}}
+    state = {"recipe_hash": stage_hash(recipe, "pseudo"), "shard": shard, "num_shards": num_shards, "complete": False, "images": {}}
     if path.is_file() and not force:
         old = json.loads(path.read_text())
-        if old.get("recipe_hash") == recipe.hash():
+        if old.get("recipe_hash") == stage_hash(recipe, "pseudo"):
             state = old
         else:
             stream(f"pseudo: {path} was written under another recipe (hash {old.get('recipe_hash')}): starting over")
@@ -336,7 +337,7 @@ def run_pseudo(recipe: Recipe, run_dir: str | Path, shard: int | None = None, nu
     for s in range(num_shards):
         p = _shard_path(out, s, num_shards)
         info = json.loads(p.read_text()) if p.is_file() else {}
-        if info.get("complete") and info.get("recipe_hash") == recipe.hash():
+        if info.get("complete") and info.get("recipe_hash") == stage_hash(recipe, "pseudo"):
             complete.append(p)
     if len(complete) < num_shards:
         stream(f"pseudo: {len(complete)}/{num_shards} shards complete; the last one to finish merges")
@@ -363,7 +364,7 @@ def merge_pseudo(recipe: Recipe, run_dir: str | Path, num_shards: int) -> dict:
         if not path.is_file():
             raise FileNotFoundError(f"pseudo merge: {path} missing; run shard {s} of {num_shards} first")
         data = json.loads(path.read_text())
-        if data.get("recipe_hash") != recipe.hash() or not data.get("complete"):
+        if data.get("recipe_hash") != stage_hash(recipe, "pseudo") or not data.get("complete"):
             raise ValueError(f"pseudo merge: {path} is incomplete or from another recipe; re-run that shard")
         images.update(data["images"])
     ids, captions = pseudo_image_ids(recipe, run_dir)

@@ -1,0 +1,30 @@
+"""Stage markers: a stage is redone only when a recipe section it depends on changes."""
+
+from __future__ import annotations
+
+from ovis.config import load_recipe
+from ovis.runs import STAGES, mark_stage_done, stage_done, stage_hash
+
+
+def test_changing_eval_does_not_retrain_and_changing_the_teacher_redoes_everything_after_it():
+    base = load_recipe("demo_ggn")
+    ev = load_recipe("demo_ggn", ["eval.max_images=5"])
+    assert [stage_hash(base, s) == stage_hash(ev, s) for s in STAGES] == [True, True, True, True, False, False]
+    te = load_recipe("demo_ggn", ["teacher.max_iter=7"])
+    assert [stage_hash(base, s) == stage_hash(te, s) for s in STAGES] == [True, False, False, False, False, False]
+    la = load_recipe("demo_ggn", ["launch.launcher=torchrun", "launch.nproc=2"])
+    assert all(stage_hash(base, s) == stage_hash(la, s) for s in STAGES)  # where it runs changes nothing
+    assert stage_hash(base, "baseline") == stage_hash(base, "student")  # engine stages map onto pipeline stages
+
+
+def test_marker_needs_matching_hash_and_existing_outputs(tmp_path):
+    r = load_recipe("demo_ggn")
+    (tmp_path / "teacher").mkdir()
+    (tmp_path / "teacher" / "model_final.pth").write_bytes(b"x")
+    assert not stage_done(tmp_path, "teacher", r)
+    mark_stage_done(tmp_path, "teacher", r, ["model_final.pth"])
+    assert stage_done(tmp_path, "teacher", r)
+    assert stage_done(tmp_path, "teacher", load_recipe("demo_ggn", ["student.max_iter=3"]))
+    assert not stage_done(tmp_path, "teacher", load_recipe("demo_ggn", ["model.fpn_channels=8"]))
+    (tmp_path / "teacher" / "model_final.pth").unlink()
+    assert not stage_done(tmp_path, "teacher", r)
