@@ -9,7 +9,13 @@ import torch
 from pycocotools import mask as mask_utils
 
 from ovis.models.affinity import affinity_target, palette_from_masks
-from ovis.pseudo.grouping import Candidate, GroupingParams, group_affinity, gt_iou, select_pseudo
+from ovis.pseudo.grouping import (
+    Candidate,
+    GroupingParams,
+    group_affinity,
+    gt_iou,
+    select_pseudo,
+)
 
 VAL_JSON = Path(__file__).parent / "data/real/coco_mini/annotations/instances_val2017.json"
 RECTS = [(10, 30, 12, 40), (50, 80, 60, 110), (15, 45, 80, 120)]  # y0, y1, x0, x1
@@ -128,3 +134,39 @@ def test_oracle_affinity_on_real_coco_images_recovers_gt_instances(image_id, flo
     cands = group_affinity(_oracle(masks))
     best = gt_iou(masks[large], np.stack([c.mask for c in cands]))
     assert (best >= 0.5).mean() >= floor and best.mean() >= 0.9, best
+
+
+@pytest.mark.parametrize("join_thresh", [1.0, 0.4])  # 0.4: a forest, several trees stay unmerged
+def test_subtree_stats_equal_rasterised_candidates(join_thresh):
+    from scipy import ndimage as ndi
+
+    from ovis.pseudo import grouping as g
+
+    rng = np.random.default_rng(3)
+    a = np.clip(ndi.gaussian_filter(rng.random((40, 56)), 2.0) * 4 - 1.5, 0, 1)
+    params = GroupingParams(globalization=0.0, seed_footprint=5)
+    labels = g.superpixels(a, params)
+    pairs, weights = g._rag_boundary(labels, g.final_boundary(a, labels, params))
+    tree = g._merge_tree(int(labels.max()), pairs, weights, join_thresh)
+    stats = g._candidate_stats(labels, a, tree)
+    assert labels.max() >= 10 and len(tree.order) == len(tree.lo) - 1
+    for node in tree.order.tolist():
+        mask = np.isin(labels, tree.leaves[tree.lo[node]:tree.hi[node]])
+        p = np.pad(mask, 1, mode="edge")
+        closed = np.stack([mask, p[:-2, 1:-1], p[2:, 1:-1], p[1:-1, :-2], p[1:-1, 2:]])
+        band = closed.any(0) & ~closed.all(0)
+        frame = np.concatenate([mask[0], mask[-1], mask[:, 0], mask[:, -1]]).sum()
+        expect = {"area": mask.sum(), "mask_sum": a[mask].sum(), "band_count": band.sum(), "band_sum": a[band].sum(),
+                  "inner_count": (band & mask).sum(), "inner_sum": a[band & mask].sum(), "frame_count": frame}
+        for key, value in expect.items():
+            assert stats[key][node] == pytest.approx(value, abs=1e-9), (node, key)
+
+
+def test_coarse_spectral_solve_keeps_the_candidates_of_the_full_grid():
+    aff = _oracle(_rect_masks())
+    full = group_affinity(aff, GroupingParams(spectral_downsample=1))
+    coarse = group_affinity(aff, GroupingParams(spectral_downsample=2))
+    best = gt_iou(np.stack([c.mask for c in full]), np.stack([c.mask for c in coarse]))
+    assert len(coarse) == len(full) and (best > 0.95).all(), best
+    with pytest.raises(ValueError, match="spectral_downsample=0 must be ≥ 1"):
+        GroupingParams(spectral_downsample=0)
