@@ -29,7 +29,7 @@ _OWN_SECTIONS = {
     "curves": ("name", "description"),
 }
 # training stages of the engine → the pipeline stage they belong to
-TRAINING_STAGES = {"grounding": "teacher", "teacher": "teacher", "student": "student", "baseline": "student"}
+TRAINING_STAGES = {"grounding": "teacher", "teacher": "teacher", "student": "student", "baseline": "student", "oln": "student"}
 
 
 def stage_sections(stage: str) -> tuple[str, ...]:

@@ -1,4 +1,4 @@
-"""GGN/OLN stages end to end on tiny synthetic data: teacher → pseudo → baseline + student → eval."""
+"""GGN/OLN stages end to end on tiny synthetic data: teacher → pseudo → baseline + student + OLN → eval."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tiny
 import torch
 from matplotlib.figure import Figure
 from pycocotools import mask as mask_utils
@@ -19,17 +20,7 @@ from ovis.data.splits import run_splits_stage
 from ovis.engine.train import STAGES, default_task
 from ovis.methods import ggn
 
-TINY = {
-    "data.demo_num_train": 6, "data.demo_num_val": 4, "data.demo_image_size": 64,
-    "model.decoder_channels": 16, "model.fpn_channels": 16, "model.representation_size": 32,
-    "model.mask_head_channels": 16, "model.min_size": 64, "model.max_size": 64,
-    "model.box_batch_size_per_image": 32, "model.box_detections_per_img": 50,
-    "model.rpn_pre_nms_top_n_train": 100, "model.rpn_post_nms_top_n_train": 50,
-    "model.rpn_pre_nms_top_n_test": 100, "model.rpn_post_nms_top_n_test": 50,
-    "teacher.max_iter": 2, "teacher.batch_size": 1, "teacher.checkpoint_period": 2, "teacher.log_period": 1,
-    "student.max_iter": 2, "student.batch_size": 1, "student.checkpoint_period": 2, "student.log_period": 1,
-    "pseudo.max_images": 4, "pseudo.workers": 0, "pseudo.top_k": 2, "eval.max_images": 2,
-}
+TINY = tiny.GGN
 
 
 def _recipe(root: Path, **extra):
@@ -79,12 +70,13 @@ def test_every_stage_writes_its_contract_files(run):
         "teacher/model_final.pth", "teacher/last.pth", "teacher/metrics.jsonl", "teacher/recipe.yaml",
         "pseudo/train_pseudo.json", "pseudo/stats.json", "pseudo/shards/candidates.0-of-1.json",
         "baseline/model_final.pth", "baseline/metrics.jsonl", "student/model_final.pth", "student/last.pth",
-        "eval/detections.json", "eval/baseline/detections.json", "eval/student/detections.json",
+        "oln/model_final.pth", "oln/metrics.jsonl", "eval/detections.json", "eval/metrics.json",
+        "eval/baseline/detections.json", "eval/student/detections.json", "eval/oln/detections.json",
     ]
     for stage in ("teacher", "pseudo", "student", "eval"):
         expected.append(f"{stage}/stage.json")
     for iou in recipe.eval.iou_types:
-        expected += [f"eval/{m}/{iou}/metrics.json" for m in ("baseline", "student")]
+        expected += [f"eval/{m}/{iou}/metrics.json" for m in ("baseline", "student", "oln")]
     missing = [p for p in expected if not (run_dir / p).is_file()]
     assert not missing
     assert not list((run_dir / "pseudo" / "shards").glob("*.partial.jsonl"))  # progress file gone once complete
@@ -220,7 +212,8 @@ def test_baseline_sees_base_gt_only_and_student_sees_pseudo_gt_too(run):
     _, target = student.dataset[0]
     assert set(target["labels"].tolist()) == {1}  # one foreground class
     assert default_task("ggn", "baseline") == default_task("oln", "baseline") == "ovis.methods.ggn:baseline_task"
-    assert "baseline" in STAGES
+    assert default_task("ggn", "oln") == default_task("oln", "oln") == "ovis.methods.ggn:oln_task"
+    assert "baseline" in STAGES and "oln" in STAGES
 
 
 def test_student_needs_pseudo_gt_and_pseudo_needs_a_teacher(run, tmp_path):
@@ -233,9 +226,9 @@ def test_student_needs_pseudo_gt_and_pseudo_needs_a_teacher(run, tmp_path):
         ggn.student_task(recipe, other, "student")
 
 
-def test_eval_reports_baseline_and_student_ar_at_k(run):
+def test_eval_reports_baseline_student_and_oln_ar_at_k(run):
     run_dir, recipe = run
-    for which in ("baseline", "student"):
+    for which in ("baseline", "student", "oln"):
         for iou in recipe.eval.iou_types:
             result = json.loads((run_dir / "eval" / which / iou / "metrics.json").read_text())
             assert result["protocol"] == "demo_open_world" and result["model"] == which
@@ -248,13 +241,35 @@ def test_eval_reports_baseline_and_student_ar_at_k(run):
         per_image = np.bincount([d["image_id"] for d in dets])
         assert per_image.max() <= recipe.model.box_detections_per_img
         assert mask_utils.decode(dets[0]["segmentation"] | {"counts": dets[0]["segmentation"]["counts"].encode()}).any()
-    assert len(ggn.run_eval(recipe, run_dir, stream=_quiet)) == 2 * len(recipe.eval.iou_types)  # skipped: read back
+    assert len(ggn.run_eval(recipe, run_dir, stream=_quiet)) == 3 * len(recipe.eval.iou_types)  # skipped: read back
+
+
+def test_eval_writes_baseline_ggn_and_oln_side_by_side(run):
+    from ovis.viz.curves import find_eval_results
+
+    run_dir, recipe = run
+    summary = json.loads((run_dir / "eval/metrics.json").read_text())
+    assert set(summary) == {"protocol", "baseline", "ggn", "oln"} and summary["protocol"] == "demo_open_world"
+    assert recipe.model.mask and set(recipe.eval.iou_types) == {"segm", "bbox"}
+    for key, which in (("baseline", "baseline"), ("ggn", "student"), ("oln", "oln")):
+        assert set(summary[key]) == {"segm", "bbox"}
+        for iou in ("segm", "bbox"):
+            per_model = json.loads((run_dir / "eval" / which / iou / "metrics.json").read_text())
+            assert summary[key][iou] == per_model["metrics"]
+    labels = {r["label"] for r in find_eval_results(run_dir)}  # the summary is skipped, not an error
+    assert labels == {f"{m}/{iou}" for m in ("baseline", "student", "oln") for iou in ("segm", "bbox")}
+    table = ggn.comparison_table(ggn.run_eval(recipe, run_dir, stream=_quiet), recipe)
+    assert "| OLN (bbox) |" in table and "| GGN (segm) |" in table
 
 
 def test_models_load_in_eval_mode(run):
     run_dir, recipe = run
-    for which in ("teacher", "baseline", "student"):
+    from ovis.models.heads import OLNRegionProposalNetwork
+
+    for which in ("teacher", "baseline", "student", "oln"):
         assert not ggn.load_model(recipe, run_dir, which).training
+    assert isinstance(ggn.load_model(recipe, run_dir, "oln").rpn, OLNRegionProposalNetwork)
+    assert not isinstance(ggn.load_model(recipe, run_dir, "student").rpn, OLNRegionProposalNetwork)
     with pytest.raises(ValueError, match="use one of"):
         ggn.load_model(recipe, run_dir, "grounding")
 
@@ -300,3 +315,8 @@ def test_oln_recipe_trains_oln_heads_with_and_without_pseudo_gt(run):
         losses = task.model.train()(list(images), list(targets))
         assert all(torch.isfinite(v) for v in losses.values())
     assert any(task.dataset[i][1]["pseudo"].any() for i in range(len(task.dataset)))  # the student's has pseudo boxes
+    assert not ggn.trains_oln_variant(oln) and ggn.trains_oln_variant(recipe)  # an OLN student needs no OLN variant
+    variant = ggn.oln_task(recipe, run_dir, "oln")  # the GGN run's OLN variant keeps the recipe's masks
+    assert isinstance(variant.model.rpn, OLNRegionProposalNetwork) and variant.dataset.with_masks
+    student = ggn.student_task(recipe, run_dir, "student")
+    assert variant.dataset.coco["annotations"] == student.dataset.coco["annotations"]

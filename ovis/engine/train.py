@@ -72,6 +72,7 @@ TASKS: dict[tuple[str, str], str] = {
     ("oln", "student"): "ovis.methods.ggn:student_task",
     ("ggn", "baseline"): "ovis.methods.ggn:baseline_task",
     ("oln", "baseline"): "ovis.methods.ggn:baseline_task",
+    ("ggn", "oln"): "ovis.methods.ggn:oln_task", ("oln", "oln"): "ovis.methods.ggn:oln_task",
 }
 
 LAST, FINAL, METRICS = "last.pth", "model_final.pth", "metrics.jsonl"

@@ -5,10 +5,11 @@
    (``pseudo/shards/candidates.<s>-of-<n>.json``, resumable), then merged into
    ``pseudo/train_pseudo.json`` = base GT + top-k pseudo masks (gt_iou < thresh) and ``stats.json``.
 3. student: a class-agnostic Mask R-CNN (``model.heads: standard``) or OLN (``heads: oln``) on base
-   GT + pseudo GT, and ``baseline``: the same recipe on base GT only (``<run_dir>/baseline/``), so
-   every run reports baseline vs GGN side by side.
-4. eval: both models on ``splits/val.json`` under the recipe's open-world protocol
-   (``eval/<baseline|student>/<iou_type>/metrics.json``).
+   GT + pseudo GT, ``baseline``: the same recipe on base GT only (``<run_dir>/baseline/``), and for a
+   Mask R-CNN student its OLN variant (``<run_dir>/oln/``: ``heads: oln``, base + pseudo GT), so every
+   run reports baseline vs GGN vs OLN side by side.
+4. eval: every model on ``splits/val.json`` under the recipe's open-world protocol
+   (``eval/<baseline|student|oln>/<iou_type>/metrics.json``, side by side in ``eval/metrics.json``).
 
 Pseudo annotations get ``category_id`` = the smallest seen category id of ``train_base.json``
 (COCO VOC split: 1, "person", as upstream, METHODS §6.19); the student is class-agnostic, so every
@@ -52,7 +53,13 @@ from ovis.engine.dist import resolve_device
 from ovis.engine.train import FINAL, LAST, METRICS, TrainResult, TrainTask
 from ovis.models.affinity import AffinityNet, affinity_target, palette_from_masks
 from ovis.models.detector import build_detector
-from ovis.pseudo.grouping import Candidate, GroupingParams, group_affinity, gt_iou, select_pseudo
+from ovis.pseudo.grouping import (
+    Candidate,
+    GroupingParams,
+    group_affinity,
+    gt_iou,
+    select_pseudo,
+)
 from ovis.runs import mark_stage_done, stage_dir, stage_done
 
 __all__ = [
@@ -76,7 +83,7 @@ __all__ = [
 ]
 
 MIN_TRAIN_SIDE = 32  # GGN/OLN drop training images whose shorter side is below this (METHODS §1.3)
-MODELS = ("teacher", "baseline", "student")
+MODELS = ("teacher", "baseline", "student", "oln")
 _THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
@@ -147,23 +154,39 @@ def baseline_task(recipe: Recipe, run_dir: str | Path, stage: str) -> TrainTask:
     return _detector_task(recipe, _splits(run_dir, "train_base.json"))
 
 
+def oln_recipe(recipe: Recipe) -> Recipe:
+    """The recipe of the OLN variant: ``recipe`` with ``model.heads: oln`` (masks as the recipe says)."""
+    return dataclasses.replace(recipe, model=dataclasses.replace(recipe.model, heads="oln"))
+
+
+def trains_oln_variant(recipe: Recipe) -> bool:
+    """Whether ``run_student`` also trains the OLN variant (stage ``oln``): yes unless the student already is OLN."""
+    return recipe.model.heads != "oln"
+
+
+def oln_task(recipe: Recipe, run_dir: str | Path, stage: str) -> TrainTask:
+    """The OLN variant (``oln_recipe``) on base GT + pseudo GT, trained with ``recipe.student``."""
+    return student_task(oln_recipe(recipe), run_dir, stage)
+
+
 # --------------------------------------------------------------------------------------------
 # models
 
 
 def load_model(recipe: Recipe, run_dir: str | Path, which: str) -> nn.Module:
-    """The trained ``which`` ("teacher" = PA network, "baseline", "student") from
-    ``<run_dir>/<which>/model_final.pth``, in eval mode on CPU."""
+    """The trained ``which`` ("teacher" = PA network, "baseline", "student", "oln" = the OLN variant)
+    from ``<run_dir>/<which>/model_final.pth``, in eval mode on CPU."""
     if which not in MODELS:
         raise ValueError(f"load_model: which={which!r}; use one of {MODELS}")
     path = Path(run_dir) / which / FINAL
     if not path.is_file():
-        stage = "student" if which == "baseline" else which
+        stage = "student" if which in ("baseline", "oln") else which
         raise FileNotFoundError(f"{path} not found; run the {stage} stage first")
     if which == "teacher":
         model: nn.Module = AffinityNet(recipe.model.backbone, weights=None, channels=recipe.model.decoder_channels)
     else:  # the checkpoint holds every weight: skip the backbone's pretrained initialisation
-        model = build_detector(dataclasses.replace(recipe.model, backbone_weights=None), num_classes=1)
+        cfg = oln_recipe(recipe).model if which == "oln" else recipe.model
+        model = build_detector(dataclasses.replace(cfg, backbone_weights=None), num_classes=1)
     state = torch.load(path, map_location="cpu", weights_only=True)
     try:
         model.load_state_dict(state["model"])
@@ -210,9 +233,11 @@ def run_teacher(recipe: Recipe, run_dir: str | Path, launcher: str | None = None
 def run_student(recipe: Recipe, run_dir: str | Path, launcher: str | None = None, nproc: int | None = None,
                 nodes: int | None = None, partition: str | None = None, stream: Callable[[str], None] = print,
                 force: bool = False) -> dict:
-    """Train the base-only ``baseline`` and then the ``student`` (base + pseudo GT) with ``recipe.student``.
+    """Train the base-only ``baseline``, the ``student`` (base + pseudo GT) and, for a Mask R-CNN
+    student, its OLN variant ``oln`` (same data, ``model.heads: oln``), all with ``recipe.student``.
 
-    Each resumes from its own last.pth if interrupted. Returns ``{"baseline": {...}, "student": {...}}``.
+    Each resumes from its own last.pth if interrupted. Returns ``{"baseline": {...}, "student": {...}
+    [, "oln": {...}]}``.
     """
     run_dir = Path(run_dir)
     if not force and stage_done(run_dir, "student", recipe):
@@ -220,9 +245,11 @@ def run_student(recipe: Recipe, run_dir: str | Path, launcher: str | None = None
         return {k: {**v, "skipped": True} for k, v in info.get("result", {}).items()}
     if not (_pseudo_dir(run_dir) / "train_pseudo.json").is_file():
         raise FileNotFoundError(f"{_pseudo_dir(run_dir) / 'train_pseudo.json'} not found; run the pseudo stage first")
+    stages = _detectors(recipe)
     result = {stage: _launch_stage(recipe, stage, run_dir, launcher, nproc, nodes, partition, stream, force)
-              for stage in ("baseline", "student")}
-    mark_stage_done(run_dir, "student", recipe, [FINAL, METRICS, f"../baseline/{FINAL}"], result=result)
+              for stage in stages}
+    outputs = [FINAL, METRICS] + [f"../{st}/{FINAL}" for st in stages if st != "student"]
+    mark_stage_done(run_dir, "student", recipe, outputs, result=result)
     return result
 
 
@@ -613,13 +640,31 @@ def run_pseudo(recipe: Recipe, run_dir: str | Path, shard: int | None = None, nu
 # evaluation
 
 
+def _detectors(recipe: Recipe) -> tuple[str, ...]:
+    """The detector stages a run trains and evaluates, in order."""
+    return ("baseline", "student") + (("oln",) if trains_oln_variant(recipe) else ())
+
+
+def side_by_side(results: list[dict], recipe: Recipe) -> dict:
+    """``{"protocol", "baseline": {iou: metrics}, <method>: {...}[, "oln": {...}]}`` from ``run_eval`` results;
+    the student's key is ``recipe.method`` ("ggn" or "oln"), metrics as ``ovis.eval.evaluate`` gives them."""
+    out: dict = {"protocol": recipe.eval.protocol}
+    for r in results:
+        key = recipe.method if r["model"] == "student" else r["model"]
+        out.setdefault(key, {})[r["iou_type"]] = r["metrics"]
+    return out
+
+
 def run_eval(recipe: Recipe, run_dir: str | Path, force: bool = False,
              stream: Callable[[str], None] = print) -> list[dict]:
-    """Baseline and student on ``splits/val.json`` under ``recipe.eval.protocol`` (METHODS §4.2).
+    """Baseline, student and (for a Mask R-CNN student) the OLN variant on ``splits/val.json`` under
+    ``recipe.eval.protocol`` (METHODS §4.2).
 
-    Writes ``eval/<which>/detections.json`` and ``eval/<which>/<iou_type>/metrics.{json,md}``, and
-    ``eval/detections.json`` (the student's). ``eval.max_images`` evaluates the first N val images
-    (GT restricted to them). Returns one result dict per (model, iou type), with ``model`` added.
+    Writes ``eval/<which>/detections.json``, ``eval/<which>/<iou_type>/metrics.{json,md}``,
+    ``eval/detections.json`` (the student's) and ``eval/metrics.json`` (:func:`side_by_side`).
+    ``eval.max_images`` evaluates the first N val images (GT restricted to them). Returns one result
+    dict per (model, iou type), with ``model`` added. The OLN variant has no ``segm`` entry when
+    ``model.mask`` is false.
     """
     from ovis.engine.infer import run_inference
     from ovis.eval import evaluate
@@ -630,7 +675,7 @@ def run_eval(recipe: Recipe, run_dir: str | Path, force: bool = False,
     iou_types = [t for t in recipe.eval.iou_types if t == "bbox" or recipe.model.mask]
     if not force and stage_done(run_dir, "eval", recipe):
         return [json.loads((out / w / t / "metrics.json").read_text())
-                for w in ("baseline", "student") for t in iou_types]
+                for w in _detectors(recipe) for t in iou_types]
     if len(iou_types) < len(recipe.eval.iou_types):
         stream("eval: model.mask is false (boxes only): segm skipped")
     val_path = _splits(run_dir, "val.json")
@@ -646,7 +691,7 @@ def run_eval(recipe: Recipe, run_dir: str | Path, force: bool = False,
         "annotations": [a for a in val["annotations"] if a["image_id"] in ids]}
     device = resolve_device(recipe.launch.device)
     results, outputs = [], []
-    for which in ("baseline", "student"):
+    for which in _detectors(recipe):
         model = load_model(recipe, run_dir, which)
         t0 = time.perf_counter()
         det_path = run_inference(model, ds, out / which / "detections.json", cat_id, device,
@@ -661,18 +706,21 @@ def run_eval(recipe: Recipe, run_dir: str | Path, force: bool = False,
             results.append(res)
     shutil.copyfile(out / "student" / "detections.json", out / ".detections.json.tmp")
     os.replace(out / ".detections.json.tmp", out / "detections.json")
-    mark_stage_done(run_dir, "eval", recipe, outputs + ["detections.json"])
+    write_json_atomic(side_by_side(results, recipe), out / "metrics.json")
+    mark_stage_done(run_dir, "eval", recipe, outputs + ["detections.json", "metrics.json"])
     stream(comparison_table(results, recipe))
     return results
 
 
 def comparison_table(results: list[dict], recipe: Recipe) -> str:
-    """Markdown table of ``run_eval`` results: metric rows, baseline / GGN (or OLN) columns per IoU type, in %."""
+    """Markdown table of ``run_eval`` results: metric rows, baseline / GGN (or OLN) / OLN-variant columns
+    per IoU type, in %."""
     name = {"ggn": "GGN", "oln": "OLN"}.get(recipe.method, recipe.method)
+    label = {"baseline": "baseline", "student": name, "oln": "OLN"}
     by = {(r["model"], r["iou_type"]): r["metrics"] for r in results}
     iou_types = list(dict.fromkeys(r["iou_type"] for r in results))
-    cols = [(m, t) for t in iou_types for m in ("baseline", "student") if (m, t) in by]
-    header = "| metric | " + " | ".join(f"{'baseline' if m == 'baseline' else name} ({t})" for m, t in cols) + " |"
+    cols = [(m, t) for t in iou_types for m in ("baseline", "student", "oln") if (m, t) in by]
+    header = "| metric | " + " | ".join(f"{label[m]} ({t})" for m, t in cols) + " |"
     keys = [k for k in by[cols[0]] if k != "stats"] if cols else []
     def pct(v: float | None) -> str:  # pycocotools' -1: no GT in that area range
         return "n/a" if v is None or v < 0 else f"{100 * v:.1f}"
