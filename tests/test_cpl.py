@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import tiny
 import torch
 from pycocotools.coco import COCO
 
@@ -13,16 +14,7 @@ from ovis.data.splits import run_splits_stage
 from ovis.methods import cpl
 from ovis.models.grounding import GroundingModel, teacher_init_state
 
-TINY = {
-    "data.demo_num_train": 6, "data.demo_num_val": 4, "data.demo_image_size": 64,
-    "model.min_size": 64, "model.max_size": 64, "model.mask_head_channels": 8, "model.c4_pooler_resolution": 4,
-    "model.rpn_pre_nms_top_n_train": 100, "model.rpn_post_nms_top_n_train": 30,
-    "model.rpn_pre_nms_top_n_test": 50, "model.rpn_post_nms_top_n_test": 10, "model.box_batch_size_per_image": 16,
-    "grounding.max_iter": 2, "grounding.batch_size": 2, "grounding.num_workers": 0,
-    "teacher.max_iter": 2, "teacher.batch_size": 2,
-    "student.max_iter": 2, "student.uncertainty_train_iter": 1, "student.log_period": 1,
-    "eval.max_images": 2, "eval.detections_per_img": 10,
-}
+TINY = tiny.CPL
 
 
 def test_grounding_keys_land_in_the_c4_detector(tmp_path):
@@ -119,6 +111,34 @@ def test_student_and_eval_stage_files(pipeline):
     for f in ("detections.json", "metrics.json", "metrics.md", "summary.json", "stage.json"):
         assert (run_dir / "eval" / f).is_file(), f
     assert (run_dir / "eval/detections.json").read_bytes() == (run_dir / "eval/student/generalized/detections.json").read_bytes()
+
+
+def test_eval_metrics_json_holds_teacher_and_student_side_by_side(pipeline):
+    from ovis.viz.curves import find_eval_results
+
+    recipe, run_dir, _ = pipeline
+    side = json.loads((run_dir / "eval/metrics.json").read_text())
+    assert list(side) == ["protocol", "teacher", "student", "constrained"] and side["protocol"] == "demo_ovr"
+    assert list(side["constrained"]) == ["novel", "base"]
+    ious = list(recipe.eval.iou_types)
+    assert ious == ["segm", "bbox"]
+    for kind, block in [("generalized", side), *side["constrained"].items()]:
+        setting = "generalized" if kind == "generalized" else f"constrained_{kind}"
+        for which in ("teacher", "student"):
+            assert list(block[which]) == ious
+            for iou in ious:
+                full = json.loads((run_dir / "eval" / which / setting / iou / "metrics.json").read_text())
+                assert block[which][iou] == full["metrics"], (which, setting, iou)
+    assert side["constrained"]["novel"]["student"]["segm"]["AP50_base"] == -1  # no base GT in val_novel.json
+    md = (run_dir / "eval/metrics.md").read_text().splitlines()
+    assert md[0] == "# demo_ovr: teacher vs student (AP50, %)"
+    assert "| model | segm AP50 base | segm AP50 novel | segm AP50 all | bbox AP50 base | bbox AP50 novel | bbox AP50 all |" in md
+    assert [line.split(" | ")[0] for line in md if line.startswith("| teacher") or line.startswith("| student")] == \
+        ["| teacher", "| student"] * 3
+    assert md.index("## generalized (val.json, base + novel names)") < md.index(
+        "## constrained novel-only (val_novel.json, novel names)") < md.index("## constrained base-only (val_base.json, base names)")
+    labels = [r["label"] for r in find_eval_results(run_dir)]  # the side-by-side file is skipped, not an error
+    assert labels == sorted(f"{w}/{s}/{i}" for w in ("student", "teacher") for s in cpl.EVAL_SETTINGS for i in ious)
 
 
 def test_figures_and_browser(pipeline):

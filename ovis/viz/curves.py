@@ -137,7 +137,7 @@ def plot_ap50_splits(
 
 TOTAL_LOSS_KEYS = ("loss", "total_loss")  # the brief's name, and the one ovis.engine.train writes
 MEMORY_KEYS = ("memory_mb", "max_mem_mb")
-STAGE_ORDER = ("grounding", "teacher", "student", "baseline")
+STAGE_ORDER = ("grounding", "teacher", "baseline", "student", "oln")
 SPEED_LINES = 5  # final losses and speed: mean over this many last logged lines
 
 
@@ -313,7 +313,7 @@ IOU_NAMES = {"segm": "mask", "bbox": "box"}
 def find_eval_results(run_dir: str | Path) -> list[dict]:
     """Every `<run_dir>/eval/**/metrics.json` (as `ovis.eval.report.write_metrics` writes it), with
     `label` (its folder relative to eval/, e.g. "student/segm"; "eval" for eval/metrics.json) and
-    `path` added; sorted by path."""
+    `path` added; sorted by path. Files with a protocol but no iou_type (side-by-side summaries) are skipped."""
     root = Path(run_dir) / "eval"
     out = []
     for path in sorted(root.glob("**/metrics.json")):
@@ -321,6 +321,8 @@ def find_eval_results(run_dir: str | Path) -> list[dict]:
             result = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}: not valid JSON ({e}); re-run the eval stage that wrote it") from None
+        if isinstance(result, dict) and "protocol" in result and "iou_type" not in result:
+            continue  # a side-by-side summary of the per-model files (e.g. CPL's eval/metrics.json)
         if not isinstance(result, dict) or not {"protocol", "iou_type", "metrics"} <= set(result):
             raise ValueError(f"{path}: expected the keys protocol, iou_type, metrics of ovis.eval.report.write_metrics")
         rel = path.parent.relative_to(root).as_posix()
