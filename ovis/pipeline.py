@@ -9,7 +9,6 @@ names the stage and the failing cell, keeps what earlier stages wrote, and exits
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -90,7 +89,8 @@ def run_stage(stage: str, recipe: Recipe, recipe_ref: str, run_dir: Path, overri
         return StageResult(stage, "skipped", 0.0, None)
     out = run_dir / "notebooks" / NOTEBOOKS[stage]
     out.parent.mkdir(parents=True, exist_ok=True)
-    params = {"recipe": recipe_ref, "run_dir": str(run_dir), "overrides": list(overrides), "force": force}
+    params = {"recipe": recipe_ref, "run_dir": str(run_dir), "overrides": list(overrides), "force": force,
+              "live_widgets": False}  # nobody watches a headless run, and widget traffic can hang nbclient
     accepted = notebook_parameters(stage)
     params = {k: v for k, v in params.items() if k in accepted}
     start = time.perf_counter()

@@ -6,7 +6,12 @@ import pytest
 import torch
 from torchvision.models import resnet18
 
-from ovis.models.affinity import AffinityNet, affinity_loss, affinity_target, palette_from_masks
+from ovis.models.affinity import (
+    AffinityNet,
+    affinity_loss,
+    affinity_target,
+    palette_from_masks,
+)
 
 
 def _square_palette() -> torch.Tensor:

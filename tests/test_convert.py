@@ -6,7 +6,11 @@ import pytest
 import torch
 
 from ovis.config import ModelConfig
-from ovis.models.convert import FROZEN_BN_EPS, convert_maskrcnn_benchmark, load_maskrcnn_benchmark
+from ovis.models.convert import (
+    FROZEN_BN_EPS,
+    convert_maskrcnn_benchmark,
+    load_maskrcnn_benchmark,
+)
 from ovis.models.detector import build_detector
 
 DIM = 32

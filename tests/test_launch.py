@@ -12,8 +12,15 @@ import pytest
 import torch
 
 from ovis.config import LaunchConfig, Recipe, TrainConfig
-from ovis.engine import dist, launch as launch_mod
-from ovis.engine.launch import LaunchError, StageJob, launch, slurm_parameters, stream_process
+from ovis.engine import dist
+from ovis.engine import launch as launch_mod
+from ovis.engine.launch import (
+    LaunchError,
+    StageJob,
+    launch,
+    slurm_parameters,
+    stream_process,
+)
 
 TOY = f"{Path(__file__).with_name('toy_task.py')}:toy_task"
 

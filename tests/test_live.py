@@ -26,3 +26,9 @@ def test_live_curves_redraw_while_training_and_once_at_the_end(tmp_path):
     (out,) = live.output.outputs
     assert out["data"]["image/png"].startswith("iVBOR")  # base64 PNG
     assert live._thread is not None and not live._thread.is_alive()
+
+
+def test_disabled_live_curves_display_nothing(tmp_path):
+    with LiveCurves(tmp_path, ["teacher"], interval=0.01, enabled=False) as live:
+        pass
+    assert live.draws == 0 and live._thread is None and live.output.outputs == ()

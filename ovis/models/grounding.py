@@ -46,8 +46,8 @@ from torch.utils.data import Dataset
 from torchvision.models import resnet
 
 from ovis.data.coco import load_coco, load_rgb
-from ovis.models.backbones import RESNETS, build_resnet, stage_channels
 from ovis.engine.train import save_atomic
+from ovis.models.backbones import RESNETS, build_resnet, stage_channels
 from ovis.models.text import StaticTokenEmbedding, build_text_encoder
 
 if TYPE_CHECKING:

@@ -20,7 +20,11 @@ from torch import Tensor, nn
 from torchvision.models.detection import _utils as det_utils
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.roi_heads import RoIHeads, maskrcnn_loss
-from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead, concat_box_prediction_layers
+from torchvision.models.detection.rpn import (
+    RegionProposalNetwork,
+    RPNHead,
+    concat_box_prediction_layers,
+)
 from torchvision.ops import boxes as box_ops
 
 OLN_RPN_IOU_LOSS_WEIGHT = 10.0  # oln_box.py: IoULoss(linear=True, loss_weight=10)

@@ -41,10 +41,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.data import Dataset
 from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
 from torchvision.models.detection.roi_heads import project_masks_on_boxes
-from torch.utils.data import Dataset
 
 from ovis.data.coco import CocoDetection
 from ovis.models.heads import ClassAgnosticRoIHeads, EmbeddingRoIHeads

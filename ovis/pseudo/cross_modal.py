@@ -43,7 +43,12 @@ import torch
 from pycocotools import mask as mask_utils
 from torch import Tensor, nn
 
-from ovis.data.captions import Vocabulary, find_words, load_lvis_categories, lvis_matches
+from ovis.data.captions import (
+    Vocabulary,
+    find_words,
+    load_lvis_categories,
+    lvis_matches,
+)
 from ovis.data.coco import ann_to_rle, masks_to_rles, write_json_atomic
 from ovis.models.text import TextEncoder
 from ovis.runs import stage_hash

@@ -21,7 +21,9 @@ class LiveCurves:
     appends line by line), so it works for in-process, torchrun and Slurm training alike.
     """
 
-    def __init__(self, run_dir: str | Path, stages: Sequence[str], interval: float = 10.0, smooth_window: int = 20):
+    def __init__(self, run_dir: str | Path, stages: Sequence[str], interval: float = 10.0, smooth_window: int = 20,
+                 enabled: bool = True):
+        self.enabled = enabled  # False: a no-op (headless runs, where widget traffic can hang nbclient)
         self.run_dir, self.stages = Path(run_dir), list(stages)
         self.interval, self.smooth_window = interval, smooth_window
         self.output = widgets.Output()
@@ -48,12 +50,16 @@ class LiveCurves:
                 continue
 
     def __enter__(self) -> LiveCurves:
+        if not self.enabled:
+            return self
         display(self.output)
         self._thread = threading.Thread(target=self._loop, name="ovis-live-curves", daemon=True)
         self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
+        if not self.enabled:
+            return
         self._stop.set()
         if self._thread is not None:
             self._thread.join()

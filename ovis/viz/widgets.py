@@ -339,8 +339,13 @@ class MaskBrowser:
             ])
         return self._widget
 
-    def show(self, n_static: int = 4) -> None:
-        """Display a static grid of the first ``n_static`` filtered images, then the live widget."""
+    def show(self, n_static: int = 4, live: bool = True) -> None:
+        """Display a static grid of the first ``n_static`` filtered images, then the live widget.
+
+        ``live=False`` shows the grid alone: headless executors (papermill/nbclient) can hang on
+        widget traffic (nbclient issue #312), and nobody is there to move the sliders anyway.
+        """
         if n_static > 0 and self.image.options:
             display(Image(data=figure_png(self.static_grid(n_static))))
-        display(self.widget)
+        if live:
+            display(self.widget)
