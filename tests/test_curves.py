@@ -207,14 +207,6 @@ def test_cli(ggn_run, capsys):
     assert "ovis curves: error:" in capsys.readouterr().err
 
 
-def test_notebook_is_committed_clean_with_a_parameters_cell():
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    code = [c for c in nb.cells if c.cell_type == "code"]
-    assert "parameters" in code[0].metadata.get("tags", [])
-    assert all(not c.outputs and c.execution_count is None for c in code)
-    assert 'recipe: str = "demo_ggn"' in code[0].source
-
-
 def test_notebook_shows_curves_and_report(ggn_run, tmp_path):
     out = tmp_path / "out.ipynb"
     pm.execute_notebook(str(NOTEBOOK), str(out), kernel_name="python3", progress_bar=False,
