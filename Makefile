@@ -32,8 +32,7 @@ test-slow: setup
 	$(VENV)/bin/pytest -m slow $(PYTEST_ARGS)
 
 bench: setup
-	$(VENV)/bin/python benchmarks/eval_speed.py
-	$(VENV)/bin/python benchmarks/grouping_oracle.py
+	for script in benchmarks/*.py; do $(VENV)/bin/python $$script || exit 1; done
 
 lab: setup
 	$(OVIS) lab
