@@ -83,9 +83,7 @@ def run_stage(stage: str, recipe: Recipe, recipe_ref: str, run_dir: Path, overri
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
-    # curves also depends on files that change under one recipe hash (resumed training); its
-    # notebook checks those itself and is cheap, so it always runs
-    if not force and stage != "curves" and stage_done(run_dir, stage, recipe):
+    if not force and stage_done(run_dir, stage, recipe):
         return StageResult(stage, "skipped", 0.0, None)
     out = run_dir / "notebooks" / NOTEBOOKS[stage]
     out.parent.mkdir(parents=True, exist_ok=True)

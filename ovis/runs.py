@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 from ovis.config import Recipe
@@ -55,18 +56,34 @@ def stage_dir(run_dir: str | Path, stage: str) -> Path:
     return Path(run_dir) / stage
 
 
+def file_signature(run_dir: str | Path, paths: Sequence[str | Path]) -> list[list]:
+    """``[path relative to run_dir, size, mtime_ns]`` of each of ``paths`` (size and mtime ``None``
+    for a missing file, so that its later appearance also counts as a change)."""
+    run = Path(run_dir)
+    out = []
+    for rel in sorted({Path(p).as_posix() for p in paths}):
+        p = run / rel
+        out.append([rel, p.stat().st_size, p.stat().st_mtime_ns] if p.is_file() else [rel, None, None])
+    return out
+
+
 def stage_done(run_dir: str | Path, stage: str, recipe: Recipe) -> bool:
-    """True when ``stage`` finished for this exact resolved recipe and its outputs still exist."""
+    """True when ``stage`` finished for this recipe's sections, its outputs still exist and the input
+    files it recorded (if any) are unchanged (e.g. training logs that a resumed run extended)."""
     marker = stage_dir(run_dir, stage) / MARKER
     if not marker.is_file():
         return False
     info = json.loads(marker.read_text())
     outputs = [stage_dir(run_dir, stage) / o for o in info.get("outputs", [])]
-    return info.get("recipe_hash") == stage_hash(recipe, stage) and all(p.exists() for p in outputs)
+    inputs = info.get("inputs", [])
+    return (info.get("recipe_hash") == stage_hash(recipe, stage) and all(p.exists() for p in outputs)
+            and file_signature(run_dir, [i[0] for i in inputs]) == inputs)
 
 
-def mark_stage_done(run_dir: str | Path, stage: str, recipe: Recipe, outputs: list[str], **extra: Any) -> Path:
-    """Record that ``stage`` wrote ``outputs`` (paths relative to the stage folder) for this recipe."""
+def mark_stage_done(run_dir: str | Path, stage: str, recipe: Recipe, outputs: list[str],
+                    inputs: Sequence[str | Path] = (), **extra: Any) -> Path:
+    """Record that ``stage`` wrote ``outputs`` (relative to the stage folder) for this recipe, having
+    read ``inputs`` (relative to the run dir; their size and mtime are recorded)."""
     info = {"stage": stage, "recipe": recipe.name, "recipe_hash": stage_hash(recipe, stage), "outputs": outputs,
-            "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **extra}
+            "inputs": file_signature(run_dir, inputs), "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **extra}
     return write_json_atomic(info, stage_dir(run_dir, stage) / MARKER)

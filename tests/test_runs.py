@@ -28,3 +28,22 @@ def test_marker_needs_matching_hash_and_existing_outputs(tmp_path):
     assert not stage_done(tmp_path, "teacher", load_recipe("demo_ggn", ["model.fpn_channels=8"]))
     (tmp_path / "teacher" / "model_final.pth").unlink()
     assert not stage_done(tmp_path, "teacher", r)
+
+
+def test_recorded_inputs_that_change_or_appear_make_a_stage_stale(tmp_path):
+    r = load_recipe("demo_ggn")
+    (tmp_path / "curves").mkdir()
+    (tmp_path / "curves" / "report.md").write_text("x")
+    (tmp_path / "teacher").mkdir()
+    log = tmp_path / "teacher" / "metrics.jsonl"
+    log.write_text('{"iteration": 1}\n')
+    mark_stage_done(tmp_path, "curves", r, ["report.md"], inputs=["teacher/metrics.jsonl", "eval/stage.json"])
+    assert stage_done(tmp_path, "curves", r)
+    with open(log, "a") as f:  # a resumed run appends to its log
+        f.write('{"iteration": 2}\n')
+    assert not stage_done(tmp_path, "curves", r)
+    mark_stage_done(tmp_path, "curves", r, ["report.md"], inputs=["teacher/metrics.jsonl", "eval/stage.json"])
+    assert stage_done(tmp_path, "curves", r)
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "stage.json").write_text("{}")  # a stage that finishes later
+    assert not stage_done(tmp_path, "curves", r)

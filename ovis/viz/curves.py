@@ -29,7 +29,7 @@ from ovis.config import Recipe, RecipeError, load_recipe
 from ovis.data.coco import write_text_atomic
 from ovis.eval.protocols import PROTOCOLS
 from ovis.eval.reference import PAPER_AP50, PAPER_AR_CURVES, PAPER_AUC, SOURCES
-from ovis.runs import MARKER, default_run_dir, mark_stage_done, stage_dir, stage_done
+from ovis.runs import MARKER, STAGES, default_run_dir, mark_stage_done, stage_dir, stage_done
 
 BASE_COLOR = "tab:blue"
 NOVEL_COLOR = "tab:orange"
@@ -486,13 +486,13 @@ def _save_png_atomic(fig: Figure, path: Path, dpi: int = 110) -> Path:
     return path
 
 
-def _inputs_signature(run_dir: Path) -> list[list]:
-    """[relative path, size, mtime_ns] of every file the report reads: a changed log or metrics
-    file makes a finished curves stage stale."""
+def _report_inputs(run_dir: Path) -> list[Path]:
+    """Every file the report reads, plus the other stages' markers (a stage finishing later, e.g.
+    eval, makes the report stale); paths relative to the run dir."""
     files = [*run_dir.glob("*/metrics.jsonl"), *(run_dir / "eval").glob("**/metrics.json"),
              run_dir / "splits" / "partition.json"]
-    return sorted([p.relative_to(run_dir).as_posix(), p.stat().st_size, p.stat().st_mtime_ns]
-                  for p in files if p.is_file())
+    markers = [Path(s) / MARKER for s in STAGES if s != "curves"]
+    return [p.relative_to(run_dir) for p in files if p.is_file()] + markers
 
 
 def _fmt(value: float | int | None, spec: str) -> str:
@@ -520,7 +520,7 @@ def write_report(run_dir: str | Path, recipe: Recipe, smooth_window: int = 20) -
         raise FileNotFoundError(f"run dir {run} does not exist; run the earlier stages first or pass the right run_dir")
     out = stage_dir(run, "curves")
     out.mkdir(parents=True, exist_ok=True)
-    signature = _inputs_signature(run)
+    inputs = _report_inputs(run)
     logs = find_training_logs(run)
     results = find_eval_results(run)
     pngs: list[str] = []
@@ -554,7 +554,7 @@ def write_report(run_dir: str | Path, recipe: Recipe, smooth_window: int = 20) -
     lines += [f"- [{name}]({name})" for name in pngs] or ["No figures: nothing logged or evaluated yet."]
     report = write_text_atomic("\n".join(lines) + "\n", out / "report.md")
     recipe.save(out)
-    mark_stage_done(run, "curves", recipe, ["report.md", *pngs], inputs=signature)
+    mark_stage_done(run, "curves", recipe, ["report.md", *pngs], inputs=inputs)
     return report
 
 
@@ -563,10 +563,8 @@ def run_curves_stage(recipe: Recipe, run_dir: str | Path, force: bool = False, s
     when the stage finished for this recipe hash and no training log or metrics file changed since
     (unless `force`)."""
     run = Path(run_dir)
-    marker = stage_dir(run, "curves") / MARKER
     if not force and stage_done(run, "curves", recipe):
-        if json.loads(marker.read_text()).get("inputs") == _inputs_signature(run):
-            return stage_dir(run, "curves") / "report.md"
+        return stage_dir(run, "curves") / "report.md"
     return write_report(run, recipe, smooth_window)
 
 
