@@ -10,7 +10,7 @@ import pytest
 import torch
 from toy_task import SquareDataset, SquareNet
 
-from ovis.config import TrainConfig
+from ovis.config import Recipe, TrainConfig
 from ovis.engine.schedule import build_lr_scheduler, build_optimizer, lr_factor
 from ovis.engine.train import (
     BatchStream,
@@ -20,6 +20,7 @@ from ovis.engine.train import (
     TrainTask,
     load_task_builder,
     main,
+    run_stage,
     train,
 )
 
@@ -161,3 +162,15 @@ def test_task_spec_errors_are_clear(capsys):
         load_task_builder("ovis.methods.nope:teacher_task")
     assert main(["--recipe", "demo_cpl", "--stage", "teacher", "--task", "ovis.methods.nope:x", "--run-dir", "/nonexistent"]) == 2
     assert capsys.readouterr().err.startswith("ovis train: error: --task 'ovis.methods.nope:x': cannot import")
+
+
+def test_stage_seeds_the_initial_weights_whatever_ran_before(tmp_path):
+    recipe = Recipe(name="toy", teacher=_cfg(max_iter=2, seed=5))
+    spec = f"{Path(__file__).with_name('toy_task.py')}:unseeded_task"
+    finals = []
+    for run, noise in (("a", 1), ("b", 2)):
+        torch.manual_seed(noise)  # a notebook or library touched the global RNG before the stage
+        res = run_stage(recipe, "teacher", tmp_path / run, task=spec, device="cpu", progress=False)
+        finals.append(torch.load(res.final, weights_only=True)["model"])
+    assert finals[0].keys() == finals[1].keys()
+    assert all(torch.equal(finals[0][k], finals[1][k]) for k in finals[0])

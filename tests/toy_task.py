@@ -78,3 +78,9 @@ def toy_task(recipe: Recipe, run_dir: Path, stage: str) -> TrainTask:
     torch.manual_seed(cfg.seed)
     dataset = SquareDataset()
     return TrainTask(model=SquareNet(), dataset=dataset, cfg=cfg, aspect_ratios=dataset.aspect_ratios())
+
+
+def unseeded_task(recipe: Recipe, run_dir: Path, stage: str) -> TrainTask:
+    """Like :func:`toy_task` but draws the initial weights from whatever the global RNG holds."""
+    dataset = SquareDataset()
+    return TrainTask(model=SquareNet(), dataset=dataset, cfg=getattr(recipe, stage), aspect_ratios=dataset.aspect_ratios())
