@@ -59,6 +59,7 @@ class ModelConfig:
     backbone: str = "resnet50"  # resnet18 | resnet34 | resnet50
     backbone_weights: str | None = None  # local .pth file or torchvision enum, e.g. ResNet50_Weights.IMAGENET1K_V1
     trainable_layers: int = 3
+    norm: str = "frozen_bn"  # frozen_bn (pretrained weights) | gn (GroupNorm trained from scratch)
     classifier: str = "embedding"  # embedding (open vocabulary) | agnostic (one foreground class)
     heads: str = "standard"  # standard | oln
     text_encoder: str = "minilm"

@@ -226,11 +226,24 @@ def test_weights_enum_offline_says_to_download_elsewhere(monkeypatch):
         (dict(arch="c4", heads="oln", classifier="agnostic"), "needs model.arch=fpn"),
         (dict(arch="fpn", classifier="agnostic", anchor_sizes=[32, 64]), "one size per level"),
         (dict(arch="fpn", heads="oln", classifier="agnostic"), "one anchor per location"),
+        (dict(norm="bn"), "model.norm='bn'"),
+        (dict(norm="gn", backbone_weights="r18.pth"), "use model.norm=frozen_bn with them"),
     ],
 )
 def test_config_errors(kw, match):
     with pytest.raises(ValueError, match=match):
         build_detector(tiny_cfg(**kw))
+
+
+def test_group_norm_backbone_trains_its_norm_layers():
+    model = build_detector(tiny_cfg(arch="fpn", classifier="agnostic", aspect_ratios=[1.0], trainable_layers=5, norm="gn"))
+    norms = [m for m in model.backbone.body.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert len(norms) == 1 + 4 * 2 * 2 + 3  # stem, two per basic block (two blocks × four stages), three downsamples
+    assert all(m.num_groups == 32 and m.weight.requires_grad for m in norms)
+    model.train()
+    images, targets = synthetic()
+    sum(model(images, targets).values()).backward()
+    assert model.backbone.body.layer1[0].bn1.weight.grad.abs().sum() > 0
 
 
 def test_embedding_classifier_needs_a_dimension():

@@ -125,7 +125,7 @@ def grounding_to_detector(state: dict[str, Tensor], detector: nn.Module) -> dict
     """Grounding checkpoint keys → the C4 detector's: stem + layer1–3 → ``backbone.body.*``,
     layer4 → ``roi_heads.res5.*`` (the res5 RoI head, as maskrcnn-benchmark's suffix matching
     does), ``projection.*`` → ``roi_heads.box_predictor.projection.*``. BatchNorm
-    ``num_batches_tracked`` is dropped (the detector's BN is frozen). Every detector tensor under
+    ``num_batches_tracked`` is dropped (the detector's BN is frozen; GroupNorm has no statistics). Every detector tensor under
     those prefixes must be filled with the same shape; otherwise a ValueError says which."""
     ours = detector.state_dict()
     out: dict[str, Tensor] = {}
@@ -136,7 +136,8 @@ def grounding_to_detector(state: dict[str, Tensor], detector: nn.Module) -> dict
             if key.startswith(src):
                 new = dst + key[len(src):]
                 if new not in ours:
-                    raise ValueError(f"grounding key {key} → {new}: no such detector tensor (is model.arch c4?)")
+                    raise ValueError(f"grounding key {key} → {new}: no such detector tensor "
+                                     "(model.arch must be c4 and model.norm the grounding run's)")
                 if ours[new].shape != value.shape:
                     raise ValueError(f"grounding key {key} {list(value.shape)} does not fit {new} {list(ours[new].shape)}; "
                                      "model.backbone / text encoder must match the grounding run")

@@ -7,6 +7,7 @@ name such as ``ResNet50_Weights.IMAGENET1K_V1`` (needs the download cache or int
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -18,20 +19,36 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 RESNETS = ("resnet18", "resnet34", "resnet50")
+NORMS = ("frozen_bn", "gn")
+GN_GROUPS = 32
+
+
+def group_norm(channels: int) -> nn.GroupNorm:
+    """GroupNorm with 32 groups: the normalisation that trains a detector backbone from scratch at a
+    few images per batch (He et al., "Rethinking ImageNet Pre-training", 2019)."""
+    return nn.GroupNorm(GN_GROUPS, channels)
+
+
+def norm_layer(name: str) -> type[nn.Module] | Callable[[int], nn.Module]:
+    """``model.norm`` → the ResNet's norm layer: ``frozen_bn`` (fixed statistics of pretrained
+    weights, as the papers) or ``gn`` (trained GroupNorm, for backbones trained from scratch)."""
+    if name not in NORMS:
+        raise ValueError(f"model.norm={name!r}: use one of {', '.join(NORMS)}")
+    return FrozenBatchNorm2d if name == "frozen_bn" else group_norm
 # torchvision's order: trainable_layers=k trains the first k of these
 _STAGES = ("layer4", "layer3", "layer2", "layer1", "conv1")
 
 
 def build_resnet(
     name: str, weights: str | None = None, trainable_layers: int = 3, stride_in_1x1: bool = False,
-    norm_layer: type[nn.Module] = FrozenBatchNorm2d,
+    norm_layer: type[nn.Module] | Callable[[int], nn.Module] = FrozenBatchNorm2d,
 ) -> resnet.ResNet:
     """A torchvision ResNet (FrozenBatchNorm2d by default), optional weights, early stages frozen.
 
     ``trainable_layers`` follows torchvision (0..5: how many of layer4, layer3, layer2, layer1, stem
     train). ``stride_in_1x1`` moves each bottleneck's stride onto its first 1×1 conv (MSRA/caffe
     layout used by maskrcnn-benchmark checkpoints). ``norm_layer=nn.BatchNorm2d`` for networks that
-    train their BN (affinity network, caption grounding).
+    train their BN (affinity network, caption grounding); :func:`group_norm` for from-scratch detectors.
     """
     if name not in RESNETS:
         raise ValueError(f"model.backbone={name!r} is not supported; use one of {', '.join(RESNETS)}")

@@ -28,7 +28,7 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign
 
 from ovis.config import ModelConfig
-from ovis.models.backbones import build_c4, build_fpn, build_resnet, stage_channels
+from ovis.models.backbones import build_c4, build_fpn, build_resnet, NORMS, norm_layer, stage_channels
 from ovis.models.heads import (
     AgnosticClassifier,
     ClassAgnosticRoIHeads,
@@ -55,7 +55,7 @@ class BGR255Transform(GeneralizedRCNNTransform):
 
 def _check(cfg: ModelConfig) -> None:
     choices = {"arch": ("c4", "fpn"), "classifier": ("embedding", "agnostic"), "heads": ("standard", "oln"),
-               "input_format": ("rgb", "bgr255")}
+               "input_format": ("rgb", "bgr255"), "norm": NORMS}
     for key, allowed in choices.items():
         if getattr(cfg, key) not in allowed:
             raise ValueError(f"model.{key}={getattr(cfg, key)!r}: use one of {', '.join(allowed)}")
@@ -63,6 +63,9 @@ def _check(cfg: ModelConfig) -> None:
         raise ValueError("model.heads=oln needs model.arch=fpn (OLN is defined on R-FPN)")
     if cfg.heads == "oln" and cfg.classifier != "agnostic":
         raise ValueError("model.heads=oln is class-agnostic: set model.classifier=agnostic")
+    if cfg.norm == "gn" and cfg.backbone_weights:
+        raise ValueError("model.norm=gn trains GroupNorm from scratch; pretrained model.backbone_weights carry "
+                         "BatchNorm statistics: use model.norm=frozen_bn with them")
     if cfg.arch == "fpn" and len(cfg.anchor_sizes) != len(FPN_LEVELS) + 1:
         raise ValueError(f"model.anchor_sizes: FPN needs one size per level (5: P2..P6), got {cfg.anchor_sizes}")
     if cfg.heads == "oln" and len(cfg.aspect_ratios) != 1:
@@ -79,7 +82,8 @@ def build_detector(
     ``num_classes``, when given, is checked: K for the embedding classifier, 1 for agnostic/OLN.
     """
     _check(cfg)
-    net = build_resnet(cfg.backbone, cfg.backbone_weights, cfg.trainable_layers, cfg.stride_in_1x1)
+    net = build_resnet(cfg.backbone, cfg.backbone_weights, cfg.trainable_layers, cfg.stride_in_1x1,
+                       norm_layer(cfg.norm))
     sizes, ratios = tuple(cfg.anchor_sizes), tuple(cfg.aspect_ratios)
     if cfg.arch == "c4":
         backbone, res5 = build_c4(net)

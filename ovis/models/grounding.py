@@ -47,7 +47,7 @@ from torchvision.models import resnet
 
 from ovis.data.coco import load_coco, load_rgb
 from ovis.engine.train import save_atomic
-from ovis.models.backbones import RESNETS, build_resnet, stage_channels
+from ovis.models.backbones import NORMS, RESNETS, build_resnet, group_norm, stage_channels
 from ovis.models.text import StaticTokenEmbedding, build_text_encoder
 
 if TYPE_CHECKING:
@@ -211,9 +211,11 @@ class GroundingModel(nn.Module):
     table is frozen and kept out of the state dict. ``input_format``: ``rgb`` (ImageNet mean/std)
     or ``bgr255`` (caffe); ``stride_in_1x1`` as ``model.stride_in_1x1``.
 
-    BatchNorm: with ``train_bn=False`` (default) every BN layer stays in eval mode with fixed
-    affine parameters (FrozenBN semantics, as maskrcnn-benchmark); ``train_bn=True`` trains BN
-    normally (for random initialisation, where there are no statistics to freeze).
+    Normalisation (``norm`` as ``model.norm``): ``frozen_bn`` builds BatchNorm; with
+    ``train_bn=False`` (default) every BN layer stays in eval mode with fixed affine parameters
+    (FrozenBN semantics, as maskrcnn-benchmark), ``train_bn=True`` trains BN normally (for random
+    initialisation, where there are no statistics to freeze). ``gn`` builds trained GroupNorm, the
+    layers a ``model.norm=gn`` detector expects from this checkpoint.
 
     ``forward(images, targets)``: ``images`` list of float [3, H, W] in 0..1, ``targets`` list of
     dicts with ``"caption"``. Train mode → dict of the four losses (``LOSS_NAMES``); eval mode →
@@ -231,6 +233,7 @@ class GroundingModel(nn.Module):
         input_format: str = "rgb",
         stride_in_1x1: bool = False,
         train_bn: bool = False,
+        norm: str = "frozen_bn",
     ) -> None:
         super().__init__()
         if backbone not in RESNETS:
@@ -243,7 +246,10 @@ class GroundingModel(nn.Module):
         if not isinstance(text_encoder, StaticTokenEmbedding):
             raise TypeError(f"grounding needs static token embeddings (StaticTokenEmbedding, e.g. text encoder "
                             f"'minilm' or 'bert-base-uncased'), got {type(text_encoder).__name__}")
-        net = build_resnet(backbone, weights, trainable_layers=5, stride_in_1x1=stride_in_1x1, norm_layer=nn.BatchNorm2d)
+        if norm not in NORMS:
+            raise ValueError(f"model.norm={norm!r}: use one of {', '.join(NORMS)}")
+        net = build_resnet(backbone, weights, trainable_layers=5, stride_in_1x1=stride_in_1x1,
+                           norm_layer=group_norm if norm == "gn" else nn.BatchNorm2d)
         self.backbone = _resnet_trunk(net)
         self.backbone_name = backbone
         self.out_channels = stage_channels(net.layer4)
@@ -405,7 +411,7 @@ def grounding_task(recipe: Recipe, run_dir: str | Path, stage: str = "grounding"
         raise ValueError(f"model.text_encoder={m.text_encoder!r}: grounding needs static token embeddings; "
                          "use 'minilm' or 'bert-base-uncased'")
     model = GroundingModel(m.backbone, encoder, weights=m.backbone_weights, input_format=m.input_format,
-                           stride_in_1x1=m.stride_in_1x1, train_bn=not m.backbone_weights)
+                           stride_in_1x1=m.stride_in_1x1, train_bn=not m.backbone_weights, norm=m.norm)
     if m.embedding_dim is not None and m.embedding_dim != model.embedding_dim:
         raise ValueError(f"model.embedding_dim={m.embedding_dim} but text encoder {m.text_encoder!r} gives "
                          f"{model.embedding_dim}-d token embeddings; set model.embedding_dim: null")
