@@ -595,8 +595,8 @@ def run_stage(recipe: Recipe, stage: str, run_dir: str | Path, task: str | None 
     builder = load_task_builder(spec)
     if info.is_main:
         recipe.save(out_dir)
-    # the same initial weights in every process (baseline and oln train with recipe.student)
-    _seed_all(getattr(recipe, stage, None).seed if stage in ("grounding", "teacher", "student") else recipe.student.seed)
+    # the same initial weights in every process; baseline and oln have no section: they train with recipe.student
+    _seed_all((getattr(recipe, stage, None) or recipe.student).seed)
     train_task = builder(recipe, run_dir, stage)
     if not isinstance(train_task, TrainTask):
         raise TaskError(f"task builder {spec} returned {type(train_task).__name__}, expected ovis.engine.train.TrainTask")

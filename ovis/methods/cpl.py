@@ -125,8 +125,9 @@ def grounding_to_detector(state: dict[str, Tensor], detector: nn.Module) -> dict
     """Grounding checkpoint keys → the C4 detector's: stem + layer1–3 → ``backbone.body.*``,
     layer4 → ``roi_heads.res5.*`` (the res5 RoI head, as maskrcnn-benchmark's suffix matching
     does), ``projection.*`` → ``roi_heads.box_predictor.projection.*``. BatchNorm
-    ``num_batches_tracked`` is dropped (the detector's BN is frozen; GroupNorm has no statistics). Every detector tensor under
-    those prefixes must be filled with the same shape; otherwise a ValueError says which."""
+    ``num_batches_tracked`` is dropped (the detector's BN is frozen; GroupNorm has no statistics).
+    Every detector tensor under those prefixes must be filled with the same shape; otherwise a
+    ValueError says which."""
     ours = detector.state_dict()
     out: dict[str, Tensor] = {}
     for key, value in state.items():

@@ -28,7 +28,7 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign
 
 from ovis.config import ModelConfig
-from ovis.models.backbones import build_c4, build_fpn, build_resnet, NORMS, norm_layer, stage_channels
+from ovis.models.backbones import NORMS, build_c4, build_fpn, build_resnet, norm_layer, stage_channels
 from ovis.models.heads import (
     AgnosticClassifier,
     ClassAgnosticRoIHeads,
