@@ -1,0 +1,85 @@
+"""Are CPL's novel pseudo masks above chance? (CPL acceptance diagnostic, METHODS §2.3.)
+
+For every novel caption word of a finished CPL run's pseudo-labelled images, the teacher's proposals
+(RPN, test-time settings) each get a mask from the teacher's mask head. A pick is correct when its
+mask hits a held-out GT object of the word's class at mask IoU ≥ 0.5 (as ``pseudo/stats.json``).
+
+- ``matched``: precision of the word-matched proposal (what ``ovis pseudo`` keeps);
+- ``chance``: expected precision of a proposal drawn uniformly at random (mean hit share);
+- ``ceiling``: share of novel words for which some proposal hits (best possible pick).
+
+    python benchmarks/cpl_pseudo_chance.py --run-dir runs/demo_cpl [--recipe demo_cpl] [--set KEY=VALUE ...]
+
+Last line: ``novel_words=… matched_precision=… chance_precision=… ceiling=…``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from pycocotools import mask as mask_utils
+
+from ovis.config import load_recipe
+from ovis.data.captions import find_words
+from ovis.data.masks import ann_to_rle
+from ovis.pseudo.cross_modal import MASK_THRESHOLD, _novel_map, build_labeler, pseudo_image_ids, pseudo_vocabulary
+from ovis.viz.draw import load_image
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="cpl_pseudo_chance", description=__doc__.splitlines()[0])
+    ap.add_argument("--run-dir", type=Path, required=True, help="a CPL run with teacher and pseudo stages done")
+    ap.add_argument("--recipe", default="demo_cpl")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="the overrides the run was made with")
+    args = ap.parse_args(argv)
+    recipe = load_recipe(args.recipe, args.overrides)
+    labeler = build_labeler(recipe, args.run_dir)
+    teacher = labeler.teacher
+    pv = pseudo_vocabulary(recipe, args.run_dir)
+    novel_of = _novel_map(recipe, args.run_dir, pv)
+    ids, captions = pseudo_image_ids(recipe, args.run_dir)
+    gt = json.loads(Path(recipe.data.path(recipe.data.train_instances)).read_text())
+    infos = {im["id"]: im for im in gt["images"]}
+    gt_by: dict[tuple[int, int], list[dict]] = {}
+    for a in gt["annotations"]:
+        if not a.get("iscrowd", 0):
+            gt_by.setdefault((a["image_id"], a["category_id"]), []).append(a)
+    image_root = recipe.data.path(recipe.data.train_images)
+    chance, matched, ceiling = [], [], []
+    with torch.no_grad():
+        for image_id in ids:
+            words = [m for m in find_words(list(captions[image_id]), labeler.vocab) if pv.file_id(m.category_id) in novel_of]
+            if not words:
+                continue
+            image = torch.from_numpy(load_image(image_root, infos[image_id]).transpose(2, 0, 1).copy()).float().div_(255)
+            il, _ = teacher.transform([image])
+            feats = teacher.backbone(il.tensors)
+            proposals, _ = teacher.rpn(il, feats)
+            regions, boxes = teacher.roi_heads.region_embeddings_and_boxes(feats, proposals, il.image_sizes)
+            probs = teacher.roi_heads.predict_masks(feats, boxes, il.image_sizes)
+            h, w = image.shape[-2:]
+            pasted = teacher.transform.postprocess([{"boxes": boxes[0], "masks": probs[0]}], il.image_sizes, [(h, w)])[0]
+            masks = (pasted["masks"][:, 0] > MASK_THRESHOLD).numpy()
+            rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
+            scores = regions @ labeler.word_embeddings([m.word for m in words]).to(regions).T  # [R, W]
+            for k, word in enumerate(words):
+                targets = gt_by.get((image_id, novel_of[pv.file_id(word.category_id)]), [])
+                hit = np.zeros(len(rles), bool)
+                if targets:
+                    iou = mask_utils.iou(rles, [ann_to_rle(a, h, w) for a in targets], [0] * len(targets))
+                    hit = (np.asarray(iou).reshape(len(rles), len(targets)) >= 0.5).any(1)
+                chance.append(hit.mean())
+                ceiling.append(hit.any())
+                matched.append(hit[int(scores[:, k].argmax())])
+    print(f"novel_words={len(chance)} matched_precision={np.mean(matched):.4f} "
+          f"chance_precision={np.mean(chance):.4f} ceiling={np.mean(ceiling):.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
