@@ -98,6 +98,23 @@ def test_checkpoint_final_and_metrics_contents(tmp_path):
     assert not fresh.skipped and task.model.calls == 4
 
 
+def test_a_checkpoint_of_another_recipe_is_not_resumed(tmp_path, caplog):
+    # e.g. the pseudo masks changed: the student must train again, not "resume" a finished last.pth
+    cfg = _cfg(max_iter=4, checkpoint_period=2)
+    old = train(_task(cfg), tmp_path, progress=False, recipe_hash="old")
+    old_weights = torch.load(old.final, weights_only=True)["model"]["head.2.weight"]
+    task = _task(cfg)
+    with caplog.at_level(logging.INFO, logger="ovis.engine.train"):
+        new = train(task, tmp_path, progress=False, recipe_hash="new")
+    assert not new.skipped and task.model.calls == 4 and new.iteration == 4
+    assert "was written under recipe hash old" in caplog.text and "starting over" in caplog.text
+    ckpt = torch.load(new.last, weights_only=True)
+    assert ckpt["recipe_hash"] == "new" and torch.load(new.final, weights_only=True)["recipe_hash"] == "new"
+    assert [r["iteration"] for r in _metrics(tmp_path)] == [1, 2, 3, 4]
+    # the same data and seed as the old run: training again reproduces its weights
+    assert torch.equal(torch.load(new.final, weights_only=True)["model"]["head.2.weight"], old_weights)
+
+
 def test_resumed_run_matches_an_uninterrupted_run_whatever_the_workers(tmp_path):
     full = train(_task(_cfg()), tmp_path / "full", progress=False)
     train(_task(_cfg(max_iter=6)), tmp_path / "split", progress=False)

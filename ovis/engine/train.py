@@ -382,7 +382,8 @@ def train(task: TrainTask, out_dir: str | Path, device: str = "auto", resume: bo
     """Train ``task.model`` for ``task.cfg.max_iter`` iterations, writing into ``out_dir``.
 
     With ``resume``, returns at once if ``model_final.pth`` was already trained from a recipe with
-    ``recipe_hash``, else continues from ``out_dir/last.pth`` if present; without, starts over. Relative
+    ``recipe_hash``, else continues from ``out_dir/last.pth`` if present and written under the same
+    ``recipe_hash`` (or none); without, or under another hash, starts over. Relative
     ``cfg.init`` paths resolve against ``out_dir.parent`` (the run dir). Every rank calls this;
     only rank 0 writes files, logs and shows the progress bar (stderr).
     """
@@ -412,10 +413,12 @@ def train(task: TrainTask, out_dir: str | Path, device: str = "auto", resume: bo
         n_values = sum(p.numel() for p in model.parameters() if not p.requires_grad)
         log(f"froze {n_frozen} of {n_all} parameter tensors ({n_values:,} values) under {list(cfg.freeze)}")
     ckpt = load_checkpoint(last) if resume and last.is_file() else None
+    if ckpt is not None and recipe_hash is not None and ckpt.get("recipe_hash") not in (None, recipe_hash):
+        # what it trained on (data, pseudo masks, schedule) may differ: resuming would keep stale weights
+        log(f"{last} was written under recipe hash {ckpt['recipe_hash']}, not {recipe_hash}: starting over")
+        ckpt = None
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
-        if recipe_hash is not None and ckpt.get("recipe_hash") not in (None, recipe_hash):
-            log(f"warning: {last} was written under recipe hash {ckpt['recipe_hash']}, resuming under {recipe_hash}")
     elif cfg.init:
         init = Path(cfg.init) if Path(cfg.init).is_absolute() else out_dir.parent / cfg.init
         report = load_init(model, init)
