@@ -26,7 +26,13 @@ from pycocotools import mask as mask_utils
 from ovis.config import load_recipe
 from ovis.data.captions import find_words
 from ovis.data.masks import ann_to_rle
-from ovis.pseudo.cross_modal import MASK_THRESHOLD, _novel_map, build_labeler, pseudo_image_ids, pseudo_vocabulary
+from ovis.pseudo.cross_modal import (
+    MASK_THRESHOLD,
+    build_labeler,
+    novel_category_map,
+    pseudo_image_ids,
+    pseudo_vocabulary,
+)
 from ovis.viz.draw import load_image
 
 
@@ -41,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     labeler = build_labeler(recipe, args.run_dir)
     teacher = labeler.teacher
     pv = pseudo_vocabulary(recipe, args.run_dir)
-    novel_of = _novel_map(recipe, args.run_dir, pv)
+    novel_of = novel_category_map(recipe, args.run_dir, pv)
     ids, captions = pseudo_image_ids(recipe, args.run_dir)
     gt = json.loads(Path(recipe.data.path(recipe.data.train_instances)).read_text())
     infos = {im["id"]: im for im in gt["images"]}

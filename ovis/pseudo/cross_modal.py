@@ -65,6 +65,7 @@ __all__ = [
     "PseudoVocabulary",
     "mask_uncertainty",
     "merge_pseudo",
+    "novel_category_map",
     "pseudo_browser",
     "pseudo_figures",
     "pseudo_image_ids",
@@ -401,7 +402,7 @@ def merge_pseudo(recipe: Recipe, run_dir: str | Path, num_shards: int) -> dict:
     return stats
 
 
-def _novel_map(recipe: Recipe, run_dir: Path, pv: PseudoVocabulary) -> dict[int, int]:
+def novel_category_map(recipe: Recipe, run_dir: Path, pv: PseudoVocabulary) -> dict[int, int]:
     """File category id of the pseudo vocabulary → the novel dataset category it names."""
     partition = json.loads((run_dir / "splits" / "partition.json").read_text())
     novel = partition["novel"]
@@ -419,7 +420,7 @@ def pseudo_stats(recipe: Recipe, run_dir: str | Path, pseudo: list[dict], words:
     """Counts, score/uncertainty summaries and the precision of pseudo masks of novel words
     against the held-out novel GT of the original training file (mask IoU ≥ 0.5, same class)."""
     run_dir = Path(run_dir)
-    novel_of = _novel_map(recipe, run_dir, pv)
+    novel_of = novel_category_map(recipe, run_dir, pv)
     gt_path = recipe.data.path(recipe.data.train_instances)
     with open(gt_path) as f:
         gt = json.load(f)
