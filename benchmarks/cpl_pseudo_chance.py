@@ -32,6 +32,7 @@ from ovis.pseudo.cross_modal import (
     novel_category_map,
     pseudo_image_ids,
     pseudo_vocabulary,
+    select_proposals,
 )
 from ovis.viz.draw import load_image
 
@@ -45,7 +46,6 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     recipe = load_recipe(args.recipe, args.overrides)
     labeler = build_labeler(recipe, args.run_dir)
-    teacher = labeler.teacher
     pv = pseudo_vocabulary(recipe, args.run_dir)
     novel_of = novel_category_map(recipe, args.run_dir, pv)
     ids, captions = pseudo_image_ids(recipe, args.run_dir)
@@ -57,31 +57,26 @@ def main(argv: list[str] | None = None) -> int:
             gt_by.setdefault((a["image_id"], a["category_id"]), []).append(a)
     image_root = recipe.data.path(recipe.data.train_images)
     chance, matched, ceiling = [], [], []
-    with torch.no_grad():
-        for image_id in ids:
-            words = [m for m in find_words(list(captions[image_id]), labeler.vocab) if pv.file_id(m.category_id) in novel_of]
-            if not words:
-                continue
-            image = torch.from_numpy(load_image(image_root, infos[image_id]).transpose(2, 0, 1).copy()).float().div_(255)
-            il, _ = teacher.transform([image])
-            feats = teacher.backbone(il.tensors)
-            proposals, _ = teacher.rpn(il, feats)
-            regions, boxes = teacher.roi_heads.region_embeddings_and_boxes(feats, proposals, il.image_sizes)
-            probs = teacher.roi_heads.predict_masks(feats, boxes, il.image_sizes)
-            h, w = image.shape[-2:]
-            pasted = teacher.transform.postprocess([{"boxes": boxes[0], "masks": probs[0]}], il.image_sizes, [(h, w)])[0]
-            masks = (pasted["masks"][:, 0] > MASK_THRESHOLD).numpy()
-            rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
-            scores = regions @ labeler.word_embeddings([m.word for m in words]).to(regions).T  # [R, W]
-            for k, word in enumerate(words):
-                targets = gt_by.get((image_id, novel_of[pv.file_id(word.category_id)]), [])
-                hit = np.zeros(len(rles), bool)
-                if targets:
-                    iou = mask_utils.iou(rles, [ann_to_rle(a, h, w) for a in targets], [0] * len(targets))
-                    hit = (np.asarray(iou).reshape(len(rles), len(targets)) >= 0.5).any(1)
-                chance.append(hit.mean())
-                ceiling.append(hit.any())
-                matched.append(hit[int(scores[:, k].argmax())])
+    for image_id in ids:
+        words = [m for m in find_words(list(captions[image_id]), labeler.vocab) if pv.file_id(m.category_id) in novel_of]
+        if not words:
+            continue
+        image = torch.from_numpy(load_image(image_root, infos[image_id]).transpose(2, 0, 1).copy()).float().div_(255)
+        state, regions, boxes = labeler.proposals([image])
+        _, pasted = labeler.masks(state, boxes)
+        masks = (pasted[0]["masks"][:, 0] > MASK_THRESHOLD).numpy()
+        rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
+        picks, _ = select_proposals(regions[0], labeler.word_embeddings([m.word for m in words]).to(regions[0]))
+        h, w = image.shape[-2:]
+        for word, pick in zip(words, picks.tolist()):
+            targets = gt_by.get((image_id, novel_of[pv.file_id(word.category_id)]), [])
+            hit = np.zeros(len(rles), bool)
+            if targets:
+                iou = mask_utils.iou(rles, [ann_to_rle(a, h, w) for a in targets], [0] * len(targets))
+                hit = (np.asarray(iou).reshape(len(rles), len(targets)) >= 0.5).any(1)
+            chance.append(hit.mean())
+            ceiling.append(hit.any())
+            matched.append(hit[pick])
     print(f"novel_words={len(chance)} matched_precision={np.mean(matched):.4f} "
           f"chance_precision={np.mean(chance):.4f} ceiling={np.mean(ceiling):.4f}")
     return 0

@@ -137,21 +137,14 @@ class PseudoLabeler:
         if not todo:
             return out
         imgs = [images[i].to(device) for i in todo]
-        sizes = [tuple(im.shape[-2:]) for im in imgs]
-        il, _ = t.transform(imgs)
-        feats = t.backbone(il.tensors)
-        proposals, _ = t.rpn(il, feats)
-        regions, boxes = t.roi_heads.region_embeddings_and_boxes(feats, proposals, il.image_sizes)
-        regions = regions.split([len(b) for b in boxes])
+        state, regions, boxes = self.proposals(imgs)
         picked, per_image = [], []
         for k, i in enumerate(todo):
             words = [m.word for m in matches[i]]
             index, logit = select_proposals(regions[k], self.word_embeddings(words).to(regions[k]))
             picked.append(boxes[k][index])
             per_image.append((words, [m.category_id for m in matches[i]], index, logit))
-        probs = t.roi_heads.predict_masks(feats, picked, il.image_sizes)
-        pasted = t.transform.postprocess([{"boxes": b, "masks": p} for b, p in zip(picked, probs)],
-                                         il.image_sizes, sizes)
+        probs, pasted = self.masks(state, picked)
         for k, i in enumerate(todo):
             words, cats, index, logit = per_image[k]
             out[i] = {
@@ -165,6 +158,29 @@ class PseudoLabeler:
                 "category_ids": cats,
             }
         return out
+
+    @torch.no_grad()
+    def proposals(self, images: Sequence[Tensor]) -> tuple[tuple, list[Tensor], list[Tensor]]:
+        """The teacher's test-time proposals of ``images`` (on its device): ``(state, regions, boxes)``
+        with per image ``regions [R, d]`` (unnormalised embeddings) and ``boxes [R, 4]`` (resized-image
+        pixels); ``state`` is what :meth:`masks` needs."""
+        t = self.teacher
+        il, _ = t.transform(list(images))
+        feats = t.backbone(il.tensors)
+        proposals, _ = t.rpn(il, feats)
+        regions, boxes = t.roi_heads.region_embeddings_and_boxes(feats, proposals, il.image_sizes)
+        sizes = [tuple(im.shape[-2:]) for im in images]
+        return (il, feats, sizes), list(regions.split([len(b) for b in boxes])), boxes
+
+    @torch.no_grad()
+    def masks(self, state: tuple, boxes: Sequence[Tensor]) -> tuple[list[Tensor], list[dict[str, Tensor]]]:
+        """Mask-head probabilities ``[N, 1, M, M]`` of ``boxes`` (from :meth:`proposals`) per image, and
+        boxes and masks pasted at input-image size (``{"boxes", "masks" [N, 1, H, W]}``)."""
+        il, feats, sizes = state
+        probs = self.teacher.roi_heads.predict_masks(feats, list(boxes), il.image_sizes)
+        pasted = self.teacher.transform.postprocess([{"boxes": b, "masks": p} for b, p in zip(boxes, probs)],
+                                                    il.image_sizes, sizes)
+        return probs, pasted
 
     @staticmethod
     def _empty(image: Tensor) -> dict[str, Any]:
