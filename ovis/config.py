@@ -71,9 +71,9 @@ class ModelConfig:
     fpn_channels: int = 256
     representation_size: int = 1024
     mask_head_channels: int = 256
-    rpn_pre_nms_top_n_train: int = 12000
+    rpn_pre_nms_top_n_train: int = 12000  # per FPN level; OLN heads keep all of them (no NMS, no post cap)
     rpn_pre_nms_top_n_test: int = 6000
-    rpn_post_nms_top_n_train: int = 2000
+    rpn_post_nms_top_n_train: int = 2000  # not used by OLN heads
     rpn_post_nms_top_n_test: int = 1000
     rpn_nms_thresh: float = 0.7
     box_batch_size_per_image: int = 512

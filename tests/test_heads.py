@@ -82,36 +82,47 @@ def test_paired_iou():
     assert torch.allclose(paired_iou(a, b), torch.tensor([2 / 6, 0.0]))
 
 
-def _oln_rpn(post: int) -> OLNRegionProposalNetwork:
-    anchors = AnchorGenerator(((32,),), ((1.0,),))
+def _oln_rpn(top_n: int = 1000, sizes: tuple = ((32,),)) -> OLNRegionProposalNetwork:
+    anchors = AnchorGenerator(sizes, ((1.0,),) * len(sizes))
     torch.manual_seed(0)
-    return OLNRegionProposalNetwork(
-        anchors, OLNRPNHead(8, 1), dict(training=1000, testing=1000), dict(training=post, testing=post)
-    )
+    return OLNRegionProposalNetwork(anchors, OLNRPNHead(8, 1), dict(training=top_n, testing=top_n))
 
 
 def test_oln_rpn_keeps_overlapping_proposals_without_nms():
-    rpn = _oln_rpn(post=500).eval()
+    rpn = _oln_rpn().eval()
     images = ImageList(torch.zeros(1, 3, 64, 64), [(64, 64)])
     features = {"0": torch.randn(1, 8, 16, 16)}  # stride 4: 32-px anchors overlap heavily
     with torch.no_grad():
         proposals, losses = rpn(images, features)
     (p,) = proposals
-    assert losses == {} and p.shape == (256, 5)  # every anchor survives (16 x 16 < 500)
+    assert losses == {} and p.shape == (256, 5)  # every anchor survives (16 x 16 < 1000)
     kept_by_nms = box_ops.nms(p[:, :4], p[:, 4], 0.7)
     assert len(p) > len(kept_by_nms)
     assert torch.all(p[:-1, 4] >= p[1:, 4])  # sorted by objectness = sigmoid(logit)
     assert float(p[:, 4].min()) > 0 and float(p[:, 4].max()) < 1
 
 
+def test_oln_rpn_keeps_every_levels_top_n_without_an_overall_cap():
+    """Upstream passes the top ``nms_pre`` of each level on, all of them: 100 of 256 + all 64 here."""
+    rpn = _oln_rpn(top_n=100, sizes=((16,), (32,))).eval()
+    images = ImageList(torch.zeros(1, 3, 64, 64), [(64, 64)])
+    features = {"0": torch.randn(1, 8, 16, 16), "1": torch.randn(1, 8, 8, 8)}
+    with torch.no_grad():
+        (p,), _ = rpn(images, features)
+    assert p.shape == (164, 5)
+    logits = [o[0, 0].flatten() for o in rpn.head(list(features.values()))[0]]
+    expected = torch.cat([logits[0].topk(100).values, logits[1]]).sigmoid().sort(descending=True).values
+    assert torch.allclose(p[:, 4], expected)
+
+
 def test_oln_rpn_losses_use_centerness_and_iou():
-    rpn = _oln_rpn(post=100).train()
+    rpn = _oln_rpn().train()
     images = ImageList(torch.zeros(1, 3, 64, 64), [(64, 64)])
     features = {"0": torch.randn(1, 8, 16, 16, requires_grad=True)}
     gt = torch.tensor([[8.0, 8.0, 40.0, 40.0]])
     proposals, losses = rpn(images, features, [{"boxes": gt, "labels": torch.tensor([1])}])
     assert set(losses) == {"loss_objectness", "loss_rpn_box_reg"}
-    assert proposals[0].shape == (100, 5)
+    assert proposals[0].shape == (256, 5)
     # 256 anchors, 256 samples with positive fraction 1.0: every anchor with IoU >= 0.3 (target =
     # centerness) or < 0.1 (target 0) is sampled; L1 on the sigmoid, averaged over them
     anchors = rpn.anchor_generator(images, [features["0"]])[0]

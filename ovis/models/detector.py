@@ -165,7 +165,6 @@ def build_detector(
             anchors,
             rpn_head,
             dict(training=cfg.rpn_pre_nms_top_n_train, testing=cfg.rpn_pre_nms_top_n_test),
-            dict(training=cfg.rpn_post_nms_top_n_train, testing=cfg.rpn_post_nms_top_n_test),
         )
     if cfg.input_format == "bgr255":
         model.transform = BGR255Transform(cfg.min_size, cfg.max_size, list(BGR255_MEAN), [1.0, 1.0, 1.0])

@@ -372,8 +372,9 @@ class OLNRPNHead(RPNHead):
 class OLNRegionProposalNetwork(RegionProposalNetwork):
     """OLN-RPN (METHODS §3.5): centerness objectness (L1 on the sigmoid; assigner 0.3/0.1, 256 samples,
     positive fraction 1.0 filled with negatives), box branch trained with IoU loss ×10 (assigner
-    0.7/0.3, 256 samples, 50 % positives), and **no NMS**: the top ``pre_nms_top_n`` anchors per
-    level, then the top ``post_nms_top_n`` by objectness. Returns proposals ``[n, 5]`` (box, objectness).
+    0.7/0.3, 256 samples, 50 % positives), and **no NMS and no overall cap**: every level's top
+    ``pre_nms_top_n`` anchors by objectness go on to the RoI head, as upstream (``_get_bboxes_single``
+    returns them all). Returns proposals ``[n, 5]`` (box, objectness), sorted by objectness.
     """
 
     def __init__(
@@ -381,12 +382,11 @@ class OLNRegionProposalNetwork(RegionProposalNetwork):
         anchor_generator: nn.Module,
         head: nn.Module,
         pre_nms_top_n: dict[str, int],
-        post_nms_top_n: dict[str, int],
         batch_size_per_image: int = 256,
     ) -> None:
-        # nms_thresh is unused: OLN proposals skip NMS
+        # nms_thresh and post_nms_top_n are unused: OLN proposals skip NMS and keep every level's top-k
         super().__init__(
-            anchor_generator, head, 0.7, 0.3, batch_size_per_image, 0.5, pre_nms_top_n, post_nms_top_n, 1.0
+            anchor_generator, head, 0.7, 0.3, batch_size_per_image, 0.5, pre_nms_top_n, pre_nms_top_n, 1.0
         )
         self.objectness_matcher = det_utils.Matcher(
             OLN_OBJECTNESS_POS_IOU, OLN_OBJECTNESS_NEG_IOU, allow_low_quality_matches=False
@@ -417,7 +417,7 @@ class OLNRegionProposalNetwork(RegionProposalNetwork):
         image_shapes: list[tuple[int, int]],
         num_anchors_per_level: list[int],
     ) -> tuple[list[Tensor], list[Tensor]]:
-        """Top-k per level, clip, drop tiny boxes, keep the best ``post_nms_top_n`` — no NMS."""
+        """Top-k per level, clip, drop tiny boxes, sort by objectness — no NMS, no overall cap."""
         num_images = proposals.shape[0]
         objectness = objectness.detach().reshape(num_images, -1)
         top = self._get_top_n_idx(objectness, num_anchors_per_level)
@@ -430,7 +430,7 @@ class OLNRegionProposalNetwork(RegionProposalNetwork):
             b, s = b[keep], s[keep]
             keep = torch.where(s >= self.score_thresh)[0]
             b, s = b[keep], s[keep]
-            order = s.argsort(descending=True)[: self.post_nms_top_n()]
+            order = s.argsort(descending=True)
             out_b.append(b[order])
             out_s.append(s[order])
         return out_b, out_s
