@@ -34,11 +34,13 @@ TRAINING_STAGES = {"grounding": "teacher", "teacher": "teacher", "student": "stu
 
 
 def stage_sections(stage: str) -> tuple[str, ...]:
-    """The recipe sections ``stage`` depends on, in stage order."""
-    stage = TRAINING_STAGES.get(stage, stage)
-    if stage not in STAGES:
+    """The recipe sections ``stage`` depends on, in stage order. Caption grounding trains before the
+    teacher and never reads the ``teacher`` section, so a new teacher schedule does not redo it."""
+    pipeline_stage = TRAINING_STAGES.get(stage, stage)
+    if pipeline_stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
-    return tuple(s for st in STAGES[: STAGES.index(stage) + 1] for s in _OWN_SECTIONS[st])
+    sections = tuple(s for st in STAGES[: STAGES.index(pipeline_stage) + 1] for s in _OWN_SECTIONS[st])
+    return tuple(s for s in sections if s != "teacher") if stage == "grounding" else sections
 
 
 def stage_hash(recipe: Recipe, stage: str) -> str:

@@ -17,6 +17,18 @@ def test_changing_eval_does_not_retrain_and_changing_the_teacher_redoes_everythi
     assert stage_hash(base, "baseline") == stage_hash(base, "student")  # engine stages map onto pipeline stages
 
 
+def test_a_new_teacher_schedule_keeps_the_caption_grounding_but_a_new_grounding_one_does_not():
+    base = load_recipe("demo_cpl")
+    te = load_recipe("demo_cpl", ["teacher.max_iter=7"])
+    assert stage_hash(base, "grounding") == stage_hash(te, "grounding")
+    assert stage_hash(base, "teacher") != stage_hash(te, "teacher")
+    gr = load_recipe("demo_cpl", ["grounding.max_iter=7"])
+    assert stage_hash(base, "grounding") != stage_hash(gr, "grounding")
+    assert stage_hash(base, "teacher") != stage_hash(gr, "teacher")  # the teacher starts from the grounding
+    md = load_recipe("demo_cpl", ["model.min_size=128"])
+    assert stage_hash(base, "grounding") != stage_hash(md, "grounding")
+
+
 def test_marker_needs_matching_hash_and_existing_outputs(tmp_path):
     r = load_recipe("demo_ggn")
     (tmp_path / "teacher").mkdir()
