@@ -262,6 +262,19 @@ def test_eval_writes_baseline_ggn_and_oln_side_by_side(run):
     assert "| OLN (bbox) |" in table and "| GGN (segm) |" in table
 
 
+def test_evaluate_models_scores_the_chosen_detectors_elsewhere_with_the_same_metrics(run, tmp_path):
+    run_dir, recipe = run
+    results = ggn.evaluate_models(recipe, run_dir, ("baseline",), tmp_path, stream=_quiet)
+    assert [(r["model"], r["iou_type"]) for r in results] == [("baseline", t) for t in recipe.eval.iou_types]
+    for r in results:
+        written = json.loads((tmp_path / "baseline" / r["iou_type"] / "metrics.json").read_text())
+        in_run = json.loads((run_dir / "eval" / "baseline" / r["iou_type"] / "metrics.json").read_text())
+        assert written["metrics"] == in_run["metrics"] == r["metrics"]
+    assert not (tmp_path / "student").exists()
+    with pytest.raises(ValueError, match="PA network"):
+        ggn.evaluate_models(recipe, run_dir, ("teacher",), tmp_path, stream=_quiet)
+
+
 def test_models_load_in_eval_mode(run):
     run_dir, recipe = run
     from ovis.models.heads import OLNRegionProposalNetwork

@@ -26,7 +26,7 @@ import os
 import shutil
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager, nullcontext
@@ -658,26 +658,46 @@ def side_by_side(results: list[dict], recipe: Recipe) -> dict:
 def run_eval(recipe: Recipe, run_dir: str | Path, force: bool = False,
              stream: Callable[[str], None] = print) -> list[dict]:
     """Baseline, student and (for a Mask R-CNN student) the OLN variant on ``splits/val.json`` under
-    ``recipe.eval.protocol`` (METHODS §4.2).
+    ``recipe.eval.protocol`` (METHODS §4.2), by :func:`evaluate_models`.
 
     Writes ``eval/<which>/detections.json``, ``eval/<which>/<iou_type>/metrics.{json,md}``,
     ``eval/detections.json`` (the student's) and ``eval/metrics.json`` (:func:`side_by_side`).
-    ``eval.max_images`` evaluates the first N val images (GT restricted to them). Returns one result
-    dict per (model, iou type), with ``model`` added. The OLN variant has no ``segm`` entry when
-    ``model.mask`` is false.
+    Returns one result dict per (model, iou type), with ``model`` added. The OLN variant has no
+    ``segm`` entry when ``model.mask`` is false.
     """
+    run_dir = Path(run_dir)
+    out = stage_dir(run_dir, "eval")
+    if not force and stage_done(run_dir, "eval", recipe):
+        return [json.loads((out / w / t / "metrics.json").read_text())
+                for w in _detectors(recipe) for t in _iou_types(recipe)]
+    if len(_iou_types(recipe)) < len(recipe.eval.iou_types):
+        stream("eval: model.mask is false (boxes only): segm skipped")
+    results = evaluate_models(recipe, run_dir, _detectors(recipe), out, stream)
+    outputs = [f"{w}/detections.json" for w in _detectors(recipe)]
+    outputs += [f"{r['model']}/{r['iou_type']}/metrics.json" for r in results]
+    shutil.copyfile(out / "student" / "detections.json", out / ".detections.json.tmp")
+    os.replace(out / ".detections.json.tmp", out / "detections.json")
+    write_json_atomic(side_by_side(results, recipe), out / "metrics.json")
+    mark_stage_done(run_dir, "eval", recipe, outputs + ["detections.json", "metrics.json"])
+    stream(comparison_table(results, recipe))
+    return results
+
+
+def _iou_types(recipe: Recipe) -> list[str]:
+    return [t for t in recipe.eval.iou_types if t == "bbox" or recipe.model.mask]
+
+
+def evaluate_models(recipe: Recipe, run_dir: str | Path, models: Sequence[str], out: str | Path,
+                    stream: Callable[[str], None] = print) -> list[dict]:
+    """Each trained detector of ``models`` (of ``MODELS``, not the teacher) on ``<run_dir>/splits/val.json``:
+    ``<out>/<which>/detections.json`` and ``<out>/<which>/<iou_type>/metrics.{json,md}``.
+    ``eval.max_images`` evaluates the first N val images (GT restricted to them). Returns one result
+    dict per (model, iou type), with ``model`` added."""
     from ovis.engine.infer import run_inference
     from ovis.eval import evaluate
     from ovis.eval.report import write_metrics
 
-    run_dir = Path(run_dir)
-    out = stage_dir(run_dir, "eval")
-    iou_types = [t for t in recipe.eval.iou_types if t == "bbox" or recipe.model.mask]
-    if not force and stage_done(run_dir, "eval", recipe):
-        return [json.loads((out / w / t / "metrics.json").read_text())
-                for w in _detectors(recipe) for t in iou_types]
-    if len(iou_types) < len(recipe.eval.iou_types):
-        stream("eval: model.mask is false (boxes only): segm skipped")
+    run_dir, out = Path(run_dir), Path(out)
     val_path = _splits(run_dir, "val.json")
     partition = _splits(run_dir, "partition.json")
     val = load_coco(val_path)
@@ -690,25 +710,20 @@ def run_eval(recipe: Recipe, run_dir: str | Path, force: bool = False,
         **val, "images": [im for im in val["images"] if im["id"] in ids],
         "annotations": [a for a in val["annotations"] if a["image_id"] in ids]}
     device = resolve_device(recipe.launch.device)
-    results, outputs = [], []
-    for which in _detectors(recipe):
+    results = []
+    for which in models:
+        if which == "teacher":
+            raise ValueError("evaluate_models: the teacher is the PA network, not a detector")
         model = load_model(recipe, run_dir, which)
         t0 = time.perf_counter()
         det_path = run_inference(model, ds, out / which / "detections.json", cat_id, device,
                                  max_images=recipe.eval.max_images)
         stream(f"eval: {which} inference on {len(ids)} images in {time.perf_counter() - t0:.1f} s")
-        outputs.append(f"{which}/detections.json")
-        for iou in iou_types:
+        for iou in _iou_types(recipe):
             res = {**evaluate(recipe.eval.protocol, gt, det_path, iou, partition=partition), "model": which,
                    "method": recipe.method}
             write_metrics(res, out / which / iou)
-            outputs.append(f"{which}/{iou}/metrics.json")
             results.append(res)
-    shutil.copyfile(out / "student" / "detections.json", out / ".detections.json.tmp")
-    os.replace(out / ".detections.json.tmp", out / "detections.json")
-    write_json_atomic(side_by_side(results, recipe), out / "metrics.json")
-    mark_stage_done(run_dir, "eval", recipe, outputs + ["detections.json", "metrics.json"])
-    stream(comparison_table(results, recipe))
     return results
 
 
