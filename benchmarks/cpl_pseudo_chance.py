@@ -25,10 +25,11 @@ from pycocotools import mask as mask_utils
 
 from ovis.config import load_recipe
 from ovis.data.captions import find_words
-from ovis.data.masks import ann_to_rle
 from ovis.pseudo.cross_modal import (
     MASK_THRESHOLD,
     build_labeler,
+    gt_by_image_and_class,
+    hits_gt,
     novel_category_map,
     pseudo_image_ids,
     pseudo_vocabulary,
@@ -51,10 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     ids, captions = pseudo_image_ids(recipe, args.run_dir)
     gt = json.loads(Path(recipe.data.path(recipe.data.train_instances)).read_text())
     infos = {im["id"]: im for im in gt["images"]}
-    gt_by: dict[tuple[int, int], list[dict]] = {}
-    for a in gt["annotations"]:
-        if not a.get("iscrowd", 0):
-            gt_by.setdefault((a["image_id"], a["category_id"]), []).append(a)
+    gt_by = gt_by_image_and_class(gt, set(novel_of.values()))
     image_root = recipe.data.path(recipe.data.train_images)
     chance, matched, ceiling = [], [], []
     for image_id in ids:
@@ -69,11 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         picks, _ = select_proposals(regions[0], labeler.word_embeddings([m.word for m in words]).to(regions[0]))
         h, w = image.shape[-2:]
         for word, pick in zip(words, picks.tolist()):
-            targets = gt_by.get((image_id, novel_of[pv.file_id(word.category_id)]), [])
-            hit = np.zeros(len(rles), bool)
-            if targets:
-                iou = mask_utils.iou(rles, [ann_to_rle(a, h, w) for a in targets], [0] * len(targets))
-                hit = (np.asarray(iou).reshape(len(rles), len(targets)) >= 0.5).any(1)
+            hit = hits_gt(rles, gt_by.get((image_id, novel_of[pv.file_id(word.category_id)]), []), h, w)
             chance.append(hit.mean())
             ceiling.append(hit.any())
             matched.append(hit[pick])

@@ -16,6 +16,8 @@ from ovis.data.splits import run_splits_stage
 from ovis.models.detector import build_detector
 from ovis.pseudo.cross_modal import (
     PseudoLabeler,
+    gt_by_image_and_class,
+    hits_gt,
     mask_uncertainty,
     pseudo_vocabulary,
     run_pseudo,
@@ -23,6 +25,29 @@ from ovis.pseudo.cross_modal import (
 )
 
 DIM = 4
+
+
+def test_hits_gt_per_mask_at_iou_half_and_gt_index_skips_crowd_and_other_classes():
+    import numpy as np
+    from pycocotools import mask as mask_utils
+
+    def rle(x0, x1):
+        m = np.zeros((10, 10), np.uint8)
+        m[:, x0:x1] = 1
+        return mask_utils.encode(np.asfortranarray(m))
+
+    box = lambda x0, x1: [[x0, 0, x1, 0, x1, 10, x0, 10]]  # noqa: E731 - polygon of columns x0..x1
+    gt = {"annotations": [
+        {"image_id": 1, "category_id": 5, "segmentation": box(0, 4), "iscrowd": 0},
+        {"image_id": 1, "category_id": 5, "segmentation": box(6, 10), "iscrowd": 1},
+        {"image_id": 1, "category_id": 6, "segmentation": box(6, 10), "iscrowd": 0},
+        {"image_id": 2, "category_id": 5, "segmentation": box(6, 10), "iscrowd": 0}]}
+    index = gt_by_image_and_class(gt, {5})
+    assert {k: len(v) for k, v in index.items()} == {(1, 5): 1, (2, 5): 1}
+    assert gt_by_image_and_class(gt, {5}, {2}).keys() == {(2, 5)}
+    # columns 0-4 vs GT 0-4: IoU 1; 0-8: 0.5; 0-9: 4/9 < 0.5; 6-10: 0
+    assert hits_gt([rle(0, 4), rle(0, 8), rle(0, 9), rle(6, 10)], index[(1, 5)], 10, 10).tolist() == [True, True, False, False]
+    assert hits_gt([rle(0, 4)], [], 10, 10).tolist() == [False]
 
 
 def test_select_proposals_top1_per_word_and_shared_picks():

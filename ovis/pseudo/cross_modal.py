@@ -63,6 +63,8 @@ __all__ = [
     "LVIS_ID_OFFSET",
     "PseudoLabeler",
     "PseudoVocabulary",
+    "gt_by_image_and_class",
+    "hits_gt",
     "mask_uncertainty",
     "merge_pseudo",
     "novel_category_map",
@@ -431,6 +433,26 @@ def novel_category_map(recipe: Recipe, run_dir: Path, pv: PseudoVocabulary) -> d
     return out
 
 
+def gt_by_image_and_class(gt: Mapping, category_ids: set[int], image_ids: set[int] | None = None
+                          ) -> dict[tuple[int, int], list[dict]]:
+    """Non-crowd annotations of ``gt`` (COCO dict) in ``category_ids`` (and ``image_ids``, if given),
+    keyed by ``(image_id, category_id)``."""
+    out: dict[tuple[int, int], list[dict]] = {}
+    for a in gt["annotations"]:
+        if a["category_id"] in category_ids and not a.get("iscrowd", 0) and (image_ids is None or a["image_id"] in image_ids):
+            out.setdefault((a["image_id"], a["category_id"]), []).append(a)
+    return out
+
+
+def hits_gt(rles: Sequence[dict], gts: Sequence[dict], h: int, w: int, iou: float = 0.5) -> np.ndarray:
+    """For each mask of ``rles`` (an image's RLEs): does it overlap one of the annotations ``gts`` at
+    mask IoU ≥ ``iou``? Bool ``[len(rles)]``; all False without ``gts``."""
+    if not gts or not len(rles):
+        return np.zeros(len(rles), bool)
+    ious = mask_utils.iou(list(rles), [ann_to_rle(g, h, w) for g in gts], [0] * len(gts))
+    return (np.asarray(ious).reshape(len(rles), len(gts)) >= iou).any(1)
+
+
 def pseudo_stats(recipe: Recipe, run_dir: str | Path, pseudo: list[dict], words: Mapping[int, list[str]],
                  ids: Sequence[int], pv: PseudoVocabulary) -> dict:
     """Counts, score/uncertainty summaries and the precision of pseudo masks of novel words
@@ -442,11 +464,7 @@ def pseudo_stats(recipe: Recipe, run_dir: str | Path, pseudo: list[dict], words:
         gt = json.load(f)
     wanted = {a["image_id"] for a in pseudo if a["category_id"] in novel_of}
     hw = {im["id"]: (im["height"], im["width"]) for im in gt["images"] if im["id"] in wanted}
-    gt_by: dict[tuple[int, int], list[dict]] = {}
-    novel_ids = set(novel_of.values())
-    for a in gt["annotations"]:
-        if a["image_id"] in wanted and a["category_id"] in novel_ids and not a.get("iscrowd", 0):
-            gt_by.setdefault((a["image_id"], a["category_id"]), []).append(a)
+    gt_by = gt_by_image_and_class(gt, set(novel_of.values()), wanted)
     n_novel = n_correct = 0
     per_class: dict[str, list[int]] = {}
     for a in pseudo:
@@ -455,11 +473,7 @@ def pseudo_stats(recipe: Recipe, run_dir: str | Path, pseudo: list[dict], words:
             continue
         n_novel += 1
         h, w = hw[a["image_id"]]
-        gts = gt_by.get((a["image_id"], cid), [])
-        ok = False
-        if gts:
-            iou = mask_utils.iou([ann_to_rle(a, h, w)], [ann_to_rle(g, h, w) for g in gts], [0] * len(gts))
-            ok = bool(np.asarray(iou).max() >= 0.5)
+        ok = bool(hits_gt([ann_to_rle(a, h, w)], gt_by.get((a["image_id"], cid), []), h, w)[0])
         n_correct += ok
         per_class.setdefault(a["category_name"], [0, 0])
         per_class[a["category_name"]][0] += 1
