@@ -31,16 +31,19 @@ _OWN_SECTIONS = {
 }
 # training stages of the engine → the pipeline stage they belong to
 TRAINING_STAGES = {"grounding": "teacher", "teacher": "teacher", "student": "student", "baseline": "student", "oln": "student"}
+# engine stages that read fewer sections of their pipeline stage than it owns: caption grounding runs
+# before the teacher and never reads the teacher section
+_TRAINING_OWN_SECTIONS = {"grounding": ("model", "grounding")}
 
 
 def stage_sections(stage: str) -> tuple[str, ...]:
-    """The recipe sections ``stage`` depends on, in stage order. Caption grounding trains before the
-    teacher and never reads the ``teacher`` section, so a new teacher schedule does not redo it."""
+    """The recipe sections ``stage`` (pipeline or engine training stage) depends on, in stage order:
+    every earlier pipeline stage's, then its own."""
     pipeline_stage = TRAINING_STAGES.get(stage, stage)
     if pipeline_stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
-    sections = tuple(s for st in STAGES[: STAGES.index(pipeline_stage) + 1] for s in _OWN_SECTIONS[st])
-    return tuple(s for s in sections if s != "teacher") if stage == "grounding" else sections
+    earlier = tuple(s for st in STAGES[: STAGES.index(pipeline_stage)] for s in _OWN_SECTIONS[st])
+    return earlier + _TRAINING_OWN_SECTIONS.get(stage, _OWN_SECTIONS[pipeline_stage])
 
 
 def stage_hash(recipe: Recipe, stage: str) -> str:
