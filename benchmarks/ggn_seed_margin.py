@@ -1,14 +1,17 @@
-"""How much of GGN's margin over the base-only baseline is the training seed? (GGN acceptance diagnostic.)
+"""How much of GGN's and OLN's margins over the base-only baseline is the training seed? (GGN acceptance diagnostic.)
 
-From a GGN run whose splits, teacher and pseudo stages are done, trains the baseline (base GT only)
-and the GGN student (base + pseudo GT) once per seed (``student.seed``) in ``<out>/seed<k>/`` (the
-run's ``splits``, ``teacher`` and ``pseudo`` linked in, nothing of the run changed) and evaluates
-both. A seed already trained there is not retrained, only evaluated. Prints unseen mask AR@100 per seed.
+From a GGN run whose splits, teacher and pseudo stages are done, trains the baseline (base GT only),
+the GGN student (base + pseudo GT) and the two OLN variants (``oln_baseline``: base GT only,
+``oln``: base + pseudo GT) once per seed (``student.seed``) in ``<out>/seed<k>/`` (the run's
+``splits``, ``teacher`` and ``pseudo`` linked in, nothing of the run changed) and evaluates them. A
+model already trained there is not retrained, only evaluated. Prints unseen AR@100 per seed.
 
     python benchmarks/ggn_seed_margin.py --run-dir runs/demo_ggn --seeds 0,1,2 [--out DIR] [--set KEY=VALUE ...]
 
-Last line: ``seeds=… baseline_mean=… ggn_mean=… margin_mean=… margin_min=… margin_max=…`` (mask
-AR@100 on unseen classes, %; margin = GGN − baseline).
+Last line (AR@100 on unseen classes, %): ``seeds=… baseline_mean=… ggn_mean=… margin_mean=…
+margin_min=… margin_max=…`` for mask AR (margin = GGN − baseline), then ``oln_box_margin_*`` (box AR,
+OLN baseline − baseline: OLN heads on base GT) and ``oln_pseudo_box_margin_*`` (box AR, OLN − GGN:
+OLN heads on base + pseudo GT).
 """
 
 from __future__ import annotations
@@ -52,22 +55,28 @@ def main(argv: list[str] | None = None) -> int:
     if not load_recipe(args.recipe, args.overrides).model.mask:
         raise SystemExit(f"{args.recipe}: model.mask is false; the margin is in mask AR@100")
     logging.getLogger("ovis").setLevel(logging.WARNING)
-    rows = []
+    models = ("baseline", "student", *ggn.OLN_VARIANTS)
+    mask, box = [], []  # per seed: {model: unseen AR@100 %}
     for seed in seeds:
         recipe = load_recipe(args.recipe, [*args.overrides, f"student.seed={seed}"])
         d = seed_dir(args.run_dir, out, seed)
-        for stage in ("baseline", "student"):
+        for stage in models:
             run_stage(recipe, stage, d, device=recipe.launch.device, progress=False)
-        res = ggn.evaluate_models(recipe, d, ("baseline", "student"), d / "eval", stream=lambda _: None)
-        ar = {r["model"]: 100 * r["metrics"]["AR@100"] for r in res if r["iou_type"] == "segm"}
-        rows.append((seed, ar["baseline"], ar["student"]))
-        print(f"seed {seed}: mask AR@100 baseline {ar['baseline']:.1f}  GGN {ar['student']:.1f}  "
-              f"margin {ar['student'] - ar['baseline']:+.1f}", flush=True)
-    margins = [g - b for _, b, g in rows]
-    n = len(rows)
-    print(f"seeds={','.join(map(str, seeds))} baseline_mean={sum(b for _, b, _ in rows) / n:.1f} "
-          f"ggn_mean={sum(g for _, _, g in rows) / n:.1f} margin_mean={sum(margins) / n:.1f} "
-          f"margin_min={min(margins):.1f} margin_max={max(margins):.1f}")
+        res = ggn.evaluate_models(recipe, d, models, d / "eval", stream=lambda _: None)
+        mask.append({r["model"]: 100 * r["metrics"]["AR@100"] for r in res if r["iou_type"] == "segm"})
+        box.append({r["model"]: 100 * r["metrics"]["AR@100"] for r in res if r["iou_type"] == "bbox"})
+        print(f"seed {seed}: AR@100 mask / box: " + ", ".join(
+            f"{m} {mask[-1][m]:.1f} / {box[-1][m]:.1f}" for m in models), flush=True)
+
+    def stats(name: str, values: list[float]) -> str:
+        return (f"{name}_mean={sum(values) / len(values):.1f} {name}_min={min(values):.1f} "
+                f"{name}_max={max(values):.1f}")
+
+    mean = {m: sum(ar[m] for ar in mask) / len(mask) for m in ("baseline", "student")}
+    print(f"seeds={','.join(map(str, seeds))} baseline_mean={mean['baseline']:.1f} ggn_mean={mean['student']:.1f} "
+          + stats("margin", [ar["student"] - ar["baseline"] for ar in mask]) + " "
+          + stats("oln_box_margin", [ar["oln_baseline"] - ar["baseline"] for ar in box]) + " "
+          + stats("oln_pseudo_box_margin", [ar["oln"] - ar["student"] for ar in box]))
     return 0
 
 

@@ -30,10 +30,17 @@ _OWN_SECTIONS = {
     "curves": ("name", "description"),
 }
 # training stages of the engine → the pipeline stage they belong to
-TRAINING_STAGES = {"grounding": "teacher", "teacher": "teacher", "student": "student", "baseline": "student", "oln": "student"}
+TRAINING_STAGES = {"grounding": "teacher", "teacher": "teacher", "student": "student", "baseline": "student",
+                   "oln": "student", "oln_baseline": "student"}
 # engine stages that read fewer sections of their pipeline stage than it owns: caption grounding runs
 # before the teacher and never reads the teacher section
 _TRAINING_OWN_SECTIONS = {"grounding": ("model", "grounding")}
+
+
+def training_stages(stage: str) -> list[str]:
+    """The engine training stages of pipeline stage ``stage`` (``"teacher"`` → grounding, teacher;
+    ``"student"`` → student, baseline, oln, oln_baseline); a run trains those its method has."""
+    return [s for s, pipeline_stage in TRAINING_STAGES.items() if pipeline_stage == stage]
 
 
 def stage_sections(stage: str) -> tuple[str, ...]:

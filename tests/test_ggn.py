@@ -70,13 +70,14 @@ def test_every_stage_writes_its_contract_files(run):
         "teacher/model_final.pth", "teacher/last.pth", "teacher/metrics.jsonl", "teacher/recipe.yaml",
         "pseudo/train_pseudo.json", "pseudo/stats.json", "pseudo/shards/candidates.0-of-1.json",
         "baseline/model_final.pth", "baseline/metrics.jsonl", "student/model_final.pth", "student/last.pth",
-        "oln/model_final.pth", "oln/metrics.jsonl", "eval/detections.json", "eval/metrics.json",
-        "eval/baseline/detections.json", "eval/student/detections.json", "eval/oln/detections.json",
+        "oln/model_final.pth", "oln/metrics.jsonl", "oln_baseline/model_final.pth", "oln_baseline/metrics.jsonl",
+        "eval/detections.json", "eval/metrics.json", "eval/baseline/detections.json", "eval/student/detections.json",
+        "eval/oln/detections.json", "eval/oln_baseline/detections.json",
     ]
     for stage in ("teacher", "pseudo", "student", "eval"):
         expected.append(f"{stage}/stage.json")
     for iou in recipe.eval.iou_types:
-        expected += [f"eval/{m}/{iou}/metrics.json" for m in ("baseline", "student", "oln")]
+        expected += [f"eval/{m}/{iou}/metrics.json" for m in ("baseline", "student", "oln", "oln_baseline")]
     missing = [p for p in expected if not (run_dir / p).is_file()]
     assert not missing
     assert not list((run_dir / "pseudo" / "shards").glob("*.partial.jsonl"))  # progress file gone once complete
@@ -213,7 +214,8 @@ def test_baseline_sees_base_gt_only_and_student_sees_pseudo_gt_too(run):
     assert set(target["labels"].tolist()) == {1}  # one foreground class
     assert default_task("ggn", "baseline") == default_task("oln", "baseline") == "ovis.methods.ggn:baseline_task"
     assert default_task("ggn", "oln") == default_task("oln", "oln") == "ovis.methods.ggn:oln_task"
-    assert "baseline" in STAGES and "oln" in STAGES
+    assert default_task("ggn", "oln_baseline") == "ovis.methods.ggn:oln_baseline_task"
+    assert {"baseline", "oln", "oln_baseline"} <= set(STAGES)
 
 
 def test_student_needs_pseudo_gt_and_pseudo_needs_a_teacher(run, tmp_path):
@@ -228,7 +230,7 @@ def test_student_needs_pseudo_gt_and_pseudo_needs_a_teacher(run, tmp_path):
 
 def test_eval_reports_baseline_student_and_oln_ar_at_k(run):
     run_dir, recipe = run
-    for which in ("baseline", "student", "oln"):
+    for which in ("baseline", "student", "oln", "oln_baseline"):
         for iou in recipe.eval.iou_types:
             result = json.loads((run_dir / "eval" / which / iou / "metrics.json").read_text())
             assert result["protocol"] == "demo_open_world" and result["model"] == which
@@ -241,7 +243,7 @@ def test_eval_reports_baseline_student_and_oln_ar_at_k(run):
         per_image = np.bincount([d["image_id"] for d in dets])
         assert per_image.max() <= recipe.model.box_detections_per_img
         assert mask_utils.decode(dets[0]["segmentation"] | {"counts": dets[0]["segmentation"]["counts"].encode()}).any()
-    assert len(ggn.run_eval(recipe, run_dir, stream=_quiet)) == 3 * len(recipe.eval.iou_types)  # skipped: read back
+    assert len(ggn.run_eval(recipe, run_dir, stream=_quiet)) == 4 * len(recipe.eval.iou_types)  # skipped: read back
 
 
 def test_eval_writes_baseline_ggn_and_oln_side_by_side(run):
@@ -249,17 +251,20 @@ def test_eval_writes_baseline_ggn_and_oln_side_by_side(run):
 
     run_dir, recipe = run
     summary = json.loads((run_dir / "eval/metrics.json").read_text())
-    assert set(summary) == {"protocol", "baseline", "ggn", "oln"} and summary["protocol"] == "demo_open_world"
+    assert set(summary) == {"protocol", "baseline", "ggn", "oln", "oln_baseline"}
+    assert summary["protocol"] == "demo_open_world"
     assert recipe.model.mask and set(recipe.eval.iou_types) == {"segm", "bbox"}
-    for key, which in (("baseline", "baseline"), ("ggn", "student"), ("oln", "oln")):
+    for key, which in (("baseline", "baseline"), ("ggn", "student"), ("oln", "oln"), ("oln_baseline", "oln_baseline")):
         assert set(summary[key]) == {"segm", "bbox"}
         for iou in ("segm", "bbox"):
             per_model = json.loads((run_dir / "eval" / which / iou / "metrics.json").read_text())
             assert summary[key][iou] == per_model["metrics"]
     labels = {r["label"] for r in find_eval_results(run_dir)}  # the summary is skipped, not an error
-    assert labels == {f"{m}/{iou}" for m in ("baseline", "student", "oln") for iou in ("segm", "bbox")}
+    assert labels == {f"{m}/{iou}" for m in ("baseline", "student", "oln", "oln_baseline") for iou in ("segm", "bbox")}
     table = ggn.comparison_table(ggn.run_eval(recipe, run_dir, stream=_quiet), recipe)
-    assert "| OLN (bbox) |" in table and "| GGN (segm) |" in table
+    header = table.splitlines()[0]
+    assert header == ("| metric | baseline (segm) | GGN (segm) | OLN baseline (segm) | OLN (segm) | baseline (bbox) "
+                      "| GGN (bbox) | OLN baseline (bbox) | OLN (bbox) |")
 
 
 def test_evaluate_models_scores_the_chosen_detectors_elsewhere_with_the_same_metrics(run, tmp_path):
@@ -279,9 +284,10 @@ def test_models_load_in_eval_mode(run):
     run_dir, recipe = run
     from ovis.models.heads import OLNRegionProposalNetwork
 
-    for which in ("teacher", "baseline", "student", "oln"):
+    for which in ("teacher", "baseline", "student", "oln", "oln_baseline"):
         assert not ggn.load_model(recipe, run_dir, which).training
-    assert isinstance(ggn.load_model(recipe, run_dir, "oln").rpn, OLNRegionProposalNetwork)
+    for which in ("oln", "oln_baseline"):
+        assert isinstance(ggn.load_model(recipe, run_dir, which).rpn, OLNRegionProposalNetwork)
     assert not isinstance(ggn.load_model(recipe, run_dir, "student").rpn, OLNRegionProposalNetwork)
     with pytest.raises(ValueError, match="use one of"):
         ggn.load_model(recipe, run_dir, "grounding")
@@ -333,3 +339,8 @@ def test_oln_recipe_trains_oln_heads_with_and_without_pseudo_gt(run):
     assert isinstance(variant.model.rpn, OLNRegionProposalNetwork) and variant.dataset.with_masks
     student = ggn.student_task(recipe, run_dir, "student")
     assert variant.dataset.coco["annotations"] == student.dataset.coco["annotations"]
+    base_variant = ggn.oln_baseline_task(recipe, run_dir, "oln_baseline")  # and without pseudo GT
+    assert isinstance(base_variant.model.rpn, OLNRegionProposalNetwork) and base_variant.dataset.with_masks
+    baseline = ggn.baseline_task(recipe, run_dir, "baseline")
+    assert base_variant.dataset.coco["annotations"] == baseline.dataset.coco["annotations"]
+    assert not any(a.get("pseudo") for a in base_variant.dataset.coco["annotations"])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ovis.config import load_recipe
-from ovis.runs import STAGES, mark_stage_done, stage_done, stage_hash
+from ovis.runs import STAGES, mark_stage_done, stage_done, stage_hash, training_stages
 
 
 def test_changing_eval_does_not_retrain_and_changing_the_teacher_redoes_everything_after_it():
@@ -27,6 +27,16 @@ def test_a_new_teacher_schedule_keeps_the_caption_grounding_but_a_new_grounding_
     assert stage_hash(base, "teacher") != stage_hash(gr, "teacher")  # the teacher starts from the grounding
     md = load_recipe("demo_cpl", ["model.min_size=128"])
     assert stage_hash(base, "grounding") != stage_hash(md, "grounding")
+
+
+def test_each_pipeline_stage_names_the_models_it_trains():
+    assert training_stages("teacher") == ["grounding", "teacher"]
+    assert training_stages("student") == ["student", "baseline", "oln", "oln_baseline"]
+    assert training_stages("eval") == []
+    # the OLN baseline depends on the same recipe sections as the student, so the same changes retrain it
+    r = load_recipe("demo_ggn")
+    assert stage_hash(r, "oln_baseline") == stage_hash(r, "student")
+    assert stage_hash(load_recipe("demo_ggn", ["student.max_iter=7"]), "oln_baseline") != stage_hash(r, "oln_baseline")
 
 
 def test_marker_needs_matching_hash_and_existing_outputs(tmp_path):

@@ -6,10 +6,11 @@
    ``pseudo/train_pseudo.json`` = base GT + top-k pseudo masks (gt_iou < thresh) and ``stats.json``.
 3. student: a class-agnostic Mask R-CNN (``model.heads: standard``) or OLN (``heads: oln``) on base
    GT + pseudo GT, ``baseline``: the same recipe on base GT only (``<run_dir>/baseline/``), and for a
-   Mask R-CNN student its OLN variant (``<run_dir>/oln/``: ``heads: oln``, base + pseudo GT), so every
-   run reports baseline vs GGN vs OLN side by side.
+   Mask R-CNN student its OLN variants (``heads: oln``), on base + pseudo GT (``<run_dir>/oln/``) and
+   on base GT only (``<run_dir>/oln_baseline/``), so every run reports baseline vs GGN, and OLN with
+   and without pseudo GT, side by side.
 4. eval: every model on ``splits/val.json`` under the recipe's open-world protocol
-   (``eval/<baseline|student|oln>/<iou_type>/metrics.json``, side by side in ``eval/metrics.json``).
+   (``eval/<model>/<iou_type>/metrics.json``, side by side in ``eval/metrics.json``).
 
 Pseudo annotations get ``category_id`` = the smallest seen category id of ``train_base.json``
 (COCO VOC split: 1, "person", as upstream, METHODS §6.19); the student is class-agnostic, so every
@@ -83,7 +84,8 @@ __all__ = [
 ]
 
 MIN_TRAIN_SIDE = 32  # GGN/OLN drop training images whose shorter side is below this (METHODS §1.3)
-MODELS = ("teacher", "baseline", "student", "oln")
+MODELS = ("teacher", "baseline", "student", "oln", "oln_baseline")
+OLN_VARIANTS = ("oln", "oln_baseline")  # a Mask R-CNN run's OLN models, with and without pseudo GT
 _THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
@@ -160,7 +162,8 @@ def oln_recipe(recipe: Recipe) -> Recipe:
 
 
 def trains_oln_variant(recipe: Recipe) -> bool:
-    """Whether ``run_student`` also trains the OLN variant (stage ``oln``): yes unless the student already is OLN."""
+    """Whether ``run_student`` also trains the OLN variants (``OLN_VARIANTS``): yes unless the student
+    already is OLN (its baseline then is OLN on base GT only)."""
     return recipe.model.heads != "oln"
 
 
@@ -169,23 +172,28 @@ def oln_task(recipe: Recipe, run_dir: str | Path, stage: str) -> TrainTask:
     return student_task(oln_recipe(recipe), run_dir, stage)
 
 
+def oln_baseline_task(recipe: Recipe, run_dir: str | Path, stage: str) -> TrainTask:
+    """The OLN variant on base GT only (``splits/train_base.json``), trained with ``recipe.student``."""
+    return baseline_task(oln_recipe(recipe), run_dir, stage)
+
+
 # --------------------------------------------------------------------------------------------
 # models
 
 
 def load_model(recipe: Recipe, run_dir: str | Path, which: str) -> nn.Module:
-    """The trained ``which`` ("teacher" = PA network, "baseline", "student", "oln" = the OLN variant)
-    from ``<run_dir>/<which>/model_final.pth``, in eval mode on CPU."""
+    """The trained ``which`` ("teacher" = PA network, "baseline", "student", "oln" / "oln_baseline" =
+    the OLN variant with / without pseudo GT) from ``<run_dir>/<which>/model_final.pth``, in eval mode on CPU."""
     if which not in MODELS:
         raise ValueError(f"load_model: which={which!r}; use one of {MODELS}")
     path = Path(run_dir) / which / FINAL
     if not path.is_file():
-        stage = "student" if which in ("baseline", "oln") else which
+        stage = "teacher" if which == "teacher" else "student"
         raise FileNotFoundError(f"{path} not found; run the {stage} stage first")
     if which == "teacher":
         model: nn.Module = AffinityNet(recipe.model.backbone, weights=None, channels=recipe.model.decoder_channels)
     else:  # the checkpoint holds every weight: skip the backbone's pretrained initialisation
-        cfg = oln_recipe(recipe).model if which == "oln" else recipe.model
+        cfg = oln_recipe(recipe).model if which in OLN_VARIANTS else recipe.model
         model = build_detector(dataclasses.replace(cfg, backbone_weights=None), num_classes=1)
     state = torch.load(path, map_location="cpu", weights_only=True)
     try:
@@ -234,10 +242,11 @@ def run_student(recipe: Recipe, run_dir: str | Path, launcher: str | None = None
                 nodes: int | None = None, partition: str | None = None, stream: Callable[[str], None] = print,
                 force: bool = False) -> dict:
     """Train the base-only ``baseline``, the ``student`` (base + pseudo GT) and, for a Mask R-CNN
-    student, its OLN variant ``oln`` (same data, ``model.heads: oln``), all with ``recipe.student``.
+    student, its OLN variants (``model.heads: oln``): ``oln`` on base + pseudo GT and ``oln_baseline``
+    on base GT only, all with ``recipe.student``.
 
     Each resumes from its own last.pth if interrupted. Returns ``{"baseline": {...}, "student": {...}
-    [, "oln": {...}]}``.
+    [, "oln": {...}, "oln_baseline": {...}]}``.
     """
     run_dir = Path(run_dir)
     if not force and stage_done(run_dir, "student", recipe):
@@ -642,11 +651,11 @@ def run_pseudo(recipe: Recipe, run_dir: str | Path, shard: int | None = None, nu
 
 def _detectors(recipe: Recipe) -> tuple[str, ...]:
     """The detector stages a run trains and evaluates, in order."""
-    return ("baseline", "student") + (("oln",) if trains_oln_variant(recipe) else ())
+    return ("baseline", "student") + (OLN_VARIANTS if trains_oln_variant(recipe) else ())
 
 
 def side_by_side(results: list[dict], recipe: Recipe) -> dict:
-    """``{"protocol", "baseline": {iou: metrics}, <method>: {...}[, "oln": {...}]}`` from ``run_eval`` results;
+    """``{"protocol", "baseline": {iou: metrics}, <method>: {...}[, "oln": {...}, "oln_baseline": {...}]}`` from ``run_eval`` results;
     the student's key is ``recipe.method`` ("ggn" or "oln"), metrics as ``ovis.eval.evaluate`` gives them."""
     out: dict = {"protocol": recipe.eval.protocol}
     for r in results:
@@ -657,12 +666,12 @@ def side_by_side(results: list[dict], recipe: Recipe) -> dict:
 
 def run_eval(recipe: Recipe, run_dir: str | Path, force: bool = False,
              stream: Callable[[str], None] = print) -> list[dict]:
-    """Baseline, student and (for a Mask R-CNN student) the OLN variant on ``splits/val.json`` under
+    """Baseline, student and (for a Mask R-CNN student) the OLN variants on ``splits/val.json`` under
     ``recipe.eval.protocol`` (METHODS §4.2), by :func:`evaluate_models`.
 
     Writes ``eval/<which>/detections.json``, ``eval/<which>/<iou_type>/metrics.{json,md}``,
     ``eval/detections.json`` (the student's) and ``eval/metrics.json`` (:func:`side_by_side`).
-    Returns one result dict per (model, iou type), with ``model`` added. The OLN variant has no
+    Returns one result dict per (model, iou type), with ``model`` added. No model has a
     ``segm`` entry when ``model.mask`` is false.
     """
     run_dir = Path(run_dir)
@@ -728,13 +737,13 @@ def evaluate_models(recipe: Recipe, run_dir: str | Path, models: Sequence[str], 
 
 
 def comparison_table(results: list[dict], recipe: Recipe) -> str:
-    """Markdown table of ``run_eval`` results: metric rows, baseline / GGN (or OLN) / OLN-variant columns
-    per IoU type, in %."""
+    """Markdown table of ``run_eval`` results: metric rows, one column per model and IoU type (baseline,
+    GGN or OLN, then the OLN variants without and with pseudo GT), in %."""
     name = {"ggn": "GGN", "oln": "OLN"}.get(recipe.method, recipe.method)
-    label = {"baseline": "baseline", "student": name, "oln": "OLN"}
+    label = {"baseline": "baseline", "student": name, "oln_baseline": "OLN baseline", "oln": "OLN"}
     by = {(r["model"], r["iou_type"]): r["metrics"] for r in results}
     iou_types = list(dict.fromkeys(r["iou_type"] for r in results))
-    cols = [(m, t) for t in iou_types for m in ("baseline", "student", "oln") if (m, t) in by]
+    cols = [(m, t) for t in iou_types for m in label if (m, t) in by]
     header = "| metric | " + " | ".join(f"{label[m]} ({t})" for m, t in cols) + " |"
     keys = [k for k in by[cols[0]] if k != "stats"] if cols else []
     def pct(v: float | None) -> str:  # pycocotools' -1: no GT in that area range

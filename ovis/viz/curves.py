@@ -137,7 +137,7 @@ def plot_ap50_splits(
 
 TOTAL_LOSS_KEYS = ("loss", "total_loss")  # the brief's name, and the one ovis.engine.train writes
 MEMORY_KEYS = ("memory_mb", "max_mem_mb")
-STAGE_ORDER = ("grounding", "teacher", "baseline", "student", "oln")
+STAGE_ORDER = ("grounding", "teacher", "baseline", "student", "oln", "oln_baseline")
 SPEED_LINES = 5  # final losses and speed: mean over this many last logged lines
 
 
