@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -156,6 +157,18 @@ def test_sigma_head_stops_updating_after_uncertainty_train_iter(tmp_path):
     assert torch.equal(snapshots[2], log_var.weight)  # iteration 3 ran after freezing at 2: unchanged
     rows = (tmp_path / "robust.jsonl").read_text().splitlines()
     assert len(rows) == 3 and '"lambda_pl"' in rows[0]
+
+
+def test_hook_averages_each_statistic_over_the_steps_that_report_it(tmp_path):
+    hook = StudentHook(freeze_after=100, log_path=tmp_path / "robust.jsonl", log_period=3)
+    model = tiny_student()
+    for it, stats in enumerate([{"lambda_pl": 0.01, "sigma_mean": 1.0}, {"lambda_pl": 0.03},  # no positive RoI
+                                {"lambda_pl": 0.02, "sigma_mean": 0.5}, {}], start=1):  # no pseudo box at all
+        model.last_stats = stats
+        hook(it, model)
+    (row,) = [json.loads(line) for line in (tmp_path / "robust.jsonl").read_text().splitlines()]
+    assert row["iteration"] == 3 and not row["sigma_head_frozen"]
+    assert math.isclose(row["lambda_pl"], 0.02) and math.isclose(row["sigma_mean"], 0.75)
 
 
 def test_student_inference_uses_mu_only():

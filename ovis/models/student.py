@@ -198,8 +198,9 @@ class RobustRoIHeads(EmbeddingRoIHeads):
                 lambdas.append(float(adaptive_weight(s)) if s.numel() else self.last_lambda)
                 self.last_lambda = lambdas[-1]
             weight = torch.tensor(lambdas, device=logits.device, dtype=logits.dtype)[image_of_roi]
-            stats = {"sigma_mean": float(sigma.detach().mean()) if sigma.numel() else float("nan"),
-                     "lambda_pl": sum(lambdas) / len(lambdas)}
+            stats = {"lambda_pl": sum(lambdas) / len(lambdas)}
+            if sigma.numel():  # no positive pseudo RoI in this batch: no σ to report
+                stats["sigma_mean"] = float(sigma.detach().mean())
         else:
             loss_mask = (F.binary_cross_entropy_with_logits(mu, mask_targets) if mu.numel() else mu.sum() * 0)
             loss_mask = loss_mask * self.lambda_pseudo
@@ -359,14 +360,15 @@ class StudentDataset(Dataset):
 class StudentHook:
     """``TrainTask.after_step``: freezes the σ-head once ``iteration ≥ freeze_after`` (idempotent),
     and appends ``{"iteration", "sigma_mean", "lambda_pl"}`` means to ``log_path`` every
-    ``log_period`` iterations (``log_path`` None: no log; only the process with ``is_main``)."""
+    ``log_period`` iterations, each over the steps that reported it (``log_path`` None: no log; only
+    the process with ``is_main``)."""
 
     def __init__(self, freeze_after: int, log_path: str | Path | None = None, log_period: int = 20,
                  is_main: Callable[[], bool] = lambda: True) -> None:
         self.freeze_after, self.log_period, self.is_main = freeze_after, max(1, log_period), is_main
         self.log_path = Path(log_path) if log_path is not None else None
         self._sums: dict[str, float] = {}
-        self._n = 0
+        self._counts: dict[str, int] = {}
         self._started = False
 
     def __call__(self, iteration: int, model: nn.Module) -> None:
@@ -388,13 +390,12 @@ class StudentHook:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self.log_path.write_text("".join(keep))
         stats = getattr(model, "last_stats", {})
-        if stats:
-            for k, v in stats.items():
-                self._sums[k] = self._sums.get(k, 0.0) + v
-            self._n += 1
-        if iteration % self.log_period == 0 and self._n:
-            row = {"iteration": iteration, **{k: v / self._n for k, v in self._sums.items()},
+        for k, v in stats.items():
+            self._sums[k] = self._sums.get(k, 0.0) + v
+            self._counts[k] = self._counts.get(k, 0) + 1
+        if iteration % self.log_period == 0 and self._counts:
+            row = {"iteration": iteration, **{k: v / self._counts[k] for k, v in self._sums.items()},
                    "sigma_head_frozen": iteration >= self.freeze_after}
             with open(self.log_path, "a") as f:
                 f.write(json.dumps(row) + "\n")
-            self._sums, self._n = {}, 0
+            self._sums, self._counts = {}, {}
