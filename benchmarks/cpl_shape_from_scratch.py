@@ -28,28 +28,31 @@ from PIL import Image
 from torch import Tensor, nn
 
 from ovis.config import load_recipe
-from ovis.models.backbones import build_resnet, norm_layer
+from ovis.models.backbones import IMAGENET_MEAN, IMAGENET_STD, build_resnet, norm_layer
 
 
 def crops(coco_path: Path, image_root: Path, class_ids: list[int], size: int) -> tuple[Tensor, Tensor]:
     """Non-crowd objects of ``class_ids``: normalised crops ``[N, 3, size, size]`` and labels 0..K-1."""
     coco = json.loads(coco_path.read_text())
     files = {im["id"]: im["file_name"] for im in coco["images"]}
+    images: dict[int, Image.Image] = {}  # each image decoded once, crops in annotation order
     xs, ys = [], []
     for a in coco["annotations"]:
         if a["category_id"] not in class_ids or a.get("iscrowd", 0):
             continue
+        if a["image_id"] not in images:
+            with Image.open(image_root / files[a["image_id"]]) as im:
+                images[a["image_id"]] = im.convert("RGB")
         x, y, w, h = a["bbox"]
         m = 0.1 * max(w, h)
-        with Image.open(image_root / files[a["image_id"]]) as im:
-            crop = im.convert("RGB").crop((x - m, y - m, x + w + m, y + h + m)).resize((size, size), Image.BILINEAR)
+        crop = images[a["image_id"]].crop((x - m, y - m, x + w + m, y + h + m)).resize((size, size), Image.BILINEAR)
         xs.append(np.asarray(crop))
         ys.append(class_ids.index(a["category_id"]))
     if not xs:
         raise ValueError(f"{coco_path}: no non-crowd object of classes {class_ids}")
     x = torch.from_numpy(np.stack(xs)).permute(0, 3, 1, 2).float() / 255
-    mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
-    return (x - mean[:, None, None]) / std[:, None, None], torch.tensor(ys)
+    mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
+    return (x - mean) / std, torch.tensor(ys)
 
 
 def accuracy(net: nn.Module, x: Tensor, y: Tensor) -> float:

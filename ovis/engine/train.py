@@ -73,7 +73,8 @@ TASKS: dict[tuple[str, str], str] = {
     ("ggn", "baseline"): "ovis.methods.ggn:baseline_task",
     ("oln", "baseline"): "ovis.methods.ggn:baseline_task",
     ("ggn", "oln"): "ovis.methods.ggn:oln_task", ("oln", "oln"): "ovis.methods.ggn:oln_task",
-    ("ggn", "oln_baseline"): "ovis.methods.ggn:oln_baseline_task", ("oln", "oln_baseline"): "ovis.methods.ggn:oln_baseline_task",
+    ("ggn", "oln_baseline"): "ovis.methods.ggn:oln_baseline_task",
+    ("oln", "oln_baseline"): "ovis.methods.ggn:oln_baseline_task",
 }
 
 LAST, FINAL, METRICS = "last.pth", "model_final.pth", "metrics.jsonl"

@@ -13,12 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ovis.models.backbones import build_resnet
+from ovis.models.backbones import IMAGENET_MEAN, IMAGENET_STD, build_resnet
 
 __all__ = ["AffinityNet", "affinity_loss", "affinity_target", "palette_from_masks"]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 _OFFSETS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)]
 
 

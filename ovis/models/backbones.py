@@ -19,6 +19,8 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 RESNETS = ("resnet18", "resnet34", "resnet50")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # RGB in [0, 1]: the statistics torchvision ResNets expect
+IMAGENET_STD = (0.229, 0.224, 0.225)
 NORMS = ("frozen_bn", "gn")
 GN_GROUPS = 32
 

@@ -47,7 +47,15 @@ from torchvision.models import resnet
 
 from ovis.data.coco import load_coco, load_rgb
 from ovis.engine.train import save_atomic
-from ovis.models.backbones import NORMS, RESNETS, build_resnet, group_norm, stage_channels
+from ovis.models.backbones import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    NORMS,
+    RESNETS,
+    build_resnet,
+    group_norm,
+    stage_channels,
+)
 from ovis.models.text import StaticTokenEmbedding, build_text_encoder
 
 if TYPE_CHECKING:
@@ -64,8 +72,6 @@ __all__ = [
     "teacher_init_state",
 ]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 BGR255_MEAN = (102.9801, 115.9465, 122.7717)  # maskrcnn-benchmark / caffe2 pixel mean, std 1
 C5_STRIDE = 32
 LOSS_NAMES = ("loss_grounding_w2r_caption", "loss_grounding_w2r_image",
