@@ -28,7 +28,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from ovis.config import load_recipe
-from ovis.models.backbones import IMAGENET_MEAN, IMAGENET_STD, build_resnet, norm_layer
+from ovis.models.backbones import IMAGENET_MEAN, IMAGENET_STD, build_trunk
 
 
 def crops(coco_path: Path, image_root: Path, class_ids: list[int], size: int) -> tuple[Tensor, Tensor]:
@@ -105,9 +105,12 @@ def main(argv: list[str] | None = None) -> int:
     }
     grounding = torch.load(args.run_dir / "grounding" / "model_final.pth", map_location="cpu", weights_only=True)["model"]
     results = {}
-    for init in ("random", "grounding"):
+    # the from-scratch study: the ResNet-18 with GroupNorm that the demo used before it had ImageNet weights
+    same = (recipe.model.backbone, recipe.model.norm) == ("resnet18", "gn")
+    inits = ("random", "grounding") if same else ("random",)
+    for init in inits:
         torch.manual_seed(args.seed)
-        net = build_resnet(recipe.model.backbone, trainable_layers=5, norm_layer=norm_layer(recipe.model.norm))
+        net = build_trunk("resnet18", trainable_layers=5, norm="gn")
         if init == "grounding":
             state = {k.removeprefix("backbone."): v for k, v in grounding.items() if k.startswith("backbone.")}
             missing, unexpected = net.load_state_dict(state, strict=False)

@@ -77,14 +77,10 @@ __all__ = [
 EVAL_SETTINGS = {"generalized": "val.json", "constrained_novel": "val_novel.json", "constrained_base": "val_base.json"}
 GROUNDING_CHECKPOINT = "grounding/model_final.pth"
 TEACHER_CHECKPOINT = "teacher/model_final.pth"
-# grounding (torchvision ResNet under backbone., projection.) → R-C4 embedding detector
+# grounding (backbone under backbone., projection.) → C4 embedding detector; first match wins
 GROUNDING_PREFIXES = (
-    ("backbone.conv1.", "backbone.body.conv1."),
-    ("backbone.bn1.", "backbone.body.bn1."),
-    ("backbone.layer1.", "backbone.body.layer1."),
-    ("backbone.layer2.", "backbone.body.layer2."),
-    ("backbone.layer3.", "backbone.body.layer3."),
     ("backbone.layer4.", "roi_heads.res5."),
+    ("backbone.", "backbone.body."),
     ("projection.", "roi_heads.box_predictor.projection."),
 )
 
@@ -122,8 +118,8 @@ def _need(path: Path, what: str) -> Path:
 
 
 def grounding_to_detector(state: dict[str, Tensor], detector: nn.Module) -> dict[str, Tensor]:
-    """Grounding checkpoint keys → the C4 detector's: stem + layer1–3 → ``backbone.body.*``,
-    layer4 → ``roi_heads.res5.*`` (the res5 RoI head, as maskrcnn-benchmark's suffix matching
+    """Grounding checkpoint keys → the C4 detector's: layer4 → ``roi_heads.res5.*``, the stem and
+    layer1–3 → ``backbone.body.*`` (the res5 RoI head, as maskrcnn-benchmark's suffix matching
     does), ``projection.*`` → ``roi_heads.box_predictor.projection.*``. BatchNorm
     ``num_batches_tracked`` is dropped (the detector's BN is frozen; GroupNorm has no statistics).
     Every detector tensor under those prefixes must be filled with the same shape; otherwise a

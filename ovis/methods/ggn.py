@@ -123,14 +123,21 @@ def _pseudo_dir(run_dir: str | Path) -> Path:
 # training tasks (registered in ovis.engine.train.TASKS)
 
 
+def affinity_net(recipe: Recipe, weights: str | None) -> AffinityNet:
+    """The recipe's PA network, initialised from ``weights``. Its backbone BatchNorm is frozen when
+    the recipe has pretrained weights (their statistics) and trains otherwise."""
+    m = recipe.model
+    return AffinityNet(m.backbone, weights=weights, channels=m.decoder_channels,
+                       norm="frozen_bn" if m.backbone_weights else "bn")
+
+
 def teacher_task(recipe: Recipe, run_dir: str | Path, stage: str) -> TrainTask:
     """PA network on seen-class masks of ``splits/train_base.json``, original resolution (METHODS §3.1).
 
     Flip only if ``recipe.teacher.flip_prob`` > 0 (the paper recipe: 0).
     """
     ds = _train_dataset(recipe, _splits(run_dir, "train_base.json"), recipe.teacher.flip_prob)
-    model = AffinityNet(recipe.model.backbone, weights=recipe.model.backbone_weights,
-                        channels=recipe.model.decoder_channels)
+    model = affinity_net(recipe, recipe.model.backbone_weights)
     return TrainTask(model, ds, recipe.teacher, aspect_ratios=_aspect_ratios(ds))
 
 
@@ -191,7 +198,7 @@ def load_model(recipe: Recipe, run_dir: str | Path, which: str) -> nn.Module:
         stage = "teacher" if which == "teacher" else "student"
         raise FileNotFoundError(f"{path} not found; run the {stage} stage first")
     if which == "teacher":
-        model: nn.Module = AffinityNet(recipe.model.backbone, weights=None, channels=recipe.model.decoder_channels)
+        model: nn.Module = affinity_net(recipe, None)
     else:  # the checkpoint holds every weight: skip the backbone's pretrained initialisation
         cfg = oln_recipe(recipe).model if which in OLN_VARIANTS else recipe.model
         model = build_detector(dataclasses.replace(cfg, backbone_weights=None), num_classes=1)

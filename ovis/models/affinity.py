@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ovis.models.backbones import IMAGENET_MEAN, IMAGENET_STD, build_resnet
+from ovis.models.backbones import build_trunk, pixel_stats, stage_channels, trunk_children
 
 __all__ = ["AffinityNet", "affinity_loss", "affinity_target", "palette_from_masks"]
 
@@ -124,7 +124,11 @@ class UperNetHead(nn.Module):
 
 
 class AffinityNet(nn.Module):
-    """ResNet (C2–C5, trainable BN) + UperNet → one pairwise-affinity logit per pixel.
+    """Backbone (C2–C5) + UperNet → one pairwise-affinity logit per pixel.
+
+    ``norm``: the backbone's BatchNorm, ``bn`` (trained, for random initialisation) or
+    ``frozen_bn`` (the pretrained statistics; ``ovis.methods.ggn`` picks it when the recipe has
+    ``model.backbone_weights``).
 
     ``forward(images, targets)``: images are a list of [3, H, W] float RGB in 0..1 (sizes may differ)
     or a batch [B, 3, H, W]; normalisation and padding happen inside. Train mode needs ``targets``
@@ -133,17 +137,20 @@ class AffinityNet(nn.Module):
     """
 
     def __init__(self, backbone: str = "resnet50", weights: str | None = None, channels: int = 256,
-                 pool_channels: int = 512, pos_weight: float = 0.05, size_divisible: int = 32) -> None:
+                 pool_channels: int = 512, pos_weight: float = 0.05, size_divisible: int = 32,
+                 norm: str = "bn") -> None:
         super().__init__()
-        net = build_resnet(backbone, weights, trainable_layers=5, norm_layer=nn.BatchNorm2d)
-        self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
-        self.stages = nn.ModuleList([net.layer1, net.layer2, net.layer3, net.layer4])
-        widths = [64, 128, 256, 512] if backbone in ("resnet18", "resnet34") else [256, 512, 1024, 2048]
-        self.head = UperNetHead(widths, channels, pool_channels)
+        net = build_trunk(backbone, weights, trainable_layers=5, norm=norm)
+        parts = trunk_children(net)
+        layers = [parts.pop(f"layer{i}") for i in range(1, 5)]
+        self.stem = nn.Sequential(*parts.values())
+        self.stages = nn.ModuleList(layers)
+        self.head = UperNetHead([stage_channels(s) for s in layers], channels, pool_channels)
         self.pos_weight = pos_weight
         self.size_divisible = size_divisible
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        mean, std = pixel_stats(backbone)
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 
     def logits(self, x: Tensor) -> Tensor:
         """Logits [B, 1, H, W] for a normalised batch [B, 3, H, W]."""

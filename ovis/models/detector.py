@@ -28,7 +28,16 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign
 
 from ovis.config import ModelConfig
-from ovis.models.backbones import NORMS, build_c4, build_fpn, build_resnet, norm_layer, stage_channels
+from ovis.models.backbones import (
+    BACKBONES,
+    NORMS,
+    RESNETS,
+    build_c4,
+    build_fpn,
+    build_trunk,
+    pixel_stats,
+    stage_channels,
+)
 from ovis.models.heads import (
     AgnosticClassifier,
     ClassAgnosticRoIHeads,
@@ -54,8 +63,8 @@ class BGR255Transform(GeneralizedRCNNTransform):
 
 
 def _check(cfg: ModelConfig) -> None:
-    choices = {"arch": ("c4", "fpn"), "classifier": ("embedding", "agnostic"), "heads": ("standard", "oln"),
-               "input_format": ("rgb", "bgr255"), "norm": NORMS}
+    choices = {"arch": ("c4", "fpn"), "backbone": BACKBONES, "classifier": ("embedding", "agnostic"),
+               "heads": ("standard", "oln"), "input_format": ("rgb", "bgr255"), "norm": NORMS}
     for key, allowed in choices.items():
         if getattr(cfg, key) not in allowed:
             raise ValueError(f"model.{key}={getattr(cfg, key)!r}: use one of {', '.join(allowed)}")
@@ -63,6 +72,8 @@ def _check(cfg: ModelConfig) -> None:
         raise ValueError("model.heads=oln needs model.arch=fpn (OLN is defined on R-FPN)")
     if cfg.heads == "oln" and cfg.classifier != "agnostic":
         raise ValueError("model.heads=oln is class-agnostic: set model.classifier=agnostic")
+    if cfg.input_format == "bgr255" and cfg.backbone not in RESNETS:
+        raise ValueError(f"model.input_format=bgr255 is for caffe ResNet checkpoints, not {cfg.backbone}: use rgb")
     if cfg.norm == "gn" and cfg.backbone_weights:
         raise ValueError("model.norm=gn trains GroupNorm from scratch; pretrained model.backbone_weights carry "
                          "BatchNorm statistics: use model.norm=frozen_bn with them")
@@ -82,8 +93,8 @@ def build_detector(
     ``num_classes``, when given, is checked: K for the embedding classifier, 1 for agnostic/OLN.
     """
     _check(cfg)
-    net = build_resnet(cfg.backbone, cfg.backbone_weights, cfg.trainable_layers, cfg.stride_in_1x1,
-                       norm_layer(cfg.norm))
+    net = build_trunk(cfg.backbone, cfg.backbone_weights, cfg.trainable_layers, cfg.norm, cfg.stride_in_1x1)
+    mean, std = pixel_stats(cfg.backbone)
     sizes, ratios = tuple(cfg.anchor_sizes), tuple(cfg.aspect_ratios)
     if cfg.arch == "c4":
         backbone, res5 = build_c4(net)
@@ -139,6 +150,8 @@ def build_detector(
         mask_roi_pool=mask_pool,
         mask_head=mask_head,
         mask_predictor=mask_predictor,
+        image_mean=list(mean),
+        image_std=list(std),
     )
     model.roi_heads = roi_cls(
         box_pool,

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,18 +42,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
-from torchvision.models import resnet
 
 from ovis.data.coco import load_coco, load_rgb
 from ovis.engine.train import save_atomic
 from ovis.models.backbones import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     NORMS,
     RESNETS,
-    build_resnet,
-    group_norm,
+    build_trunk,
+    check_backbone,
+    pixel_stats,
     stage_channels,
+    trunk_children,
 )
 from ovis.models.text import StaticTokenEmbedding, build_text_encoder
 
@@ -202,20 +200,14 @@ def grounding_losses(w2r: Tensor, r2w: Tensor) -> dict[str, Tensor]:
 # model
 
 
-def _resnet_trunk(net: resnet.ResNet) -> nn.Sequential:
-    # same attribute names as torchvision's ResNet so state-dict keys match it (minus avgpool/fc)
-    names = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
-    return nn.Sequential(OrderedDict((n, getattr(net, n)) for n in names))
-
-
 class GroundingModel(nn.Module):
-    """ResNet-C5 regions + v2l ``projection`` grounded on static caption-token embeddings.
+    """Backbone-C5 regions + v2l ``projection`` grounded on static caption-token embeddings.
 
-    ``backbone``: ``resnet18`` | ``resnet34`` | ``resnet50``; ``weights``: initial ResNet weights
-    (local torchvision-ResNet ``.pth`` or a torchvision enum name, as ``model.backbone_weights``).
-    ``text_encoder``: a :class:`StaticTokenEmbedding` (default: offline MiniLM, 384-d); its token
-    table is frozen and kept out of the state dict. ``input_format``: ``rgb`` (ImageNet mean/std)
-    or ``bgr255`` (caffe); ``stride_in_1x1`` as ``model.stride_in_1x1``.
+    ``backbone`` and ``weights`` as ``model.backbone`` / ``model.backbone_weights``
+    (:mod:`ovis.models.backbones`). ``text_encoder``: a :class:`StaticTokenEmbedding` (default:
+    offline MiniLM, 384-d); its token table is frozen and kept out of the state dict.
+    ``input_format``: ``rgb`` (the backbone's pixel statistics) or ``bgr255`` (caffe ResNets);
+    ``stride_in_1x1`` as ``model.stride_in_1x1``.
 
     Normalisation (``norm`` as ``model.norm``): ``frozen_bn`` builds BatchNorm; with
     ``train_bn=False`` (default) every BN layer stays in eval mode with fixed affine parameters
@@ -242,10 +234,9 @@ class GroundingModel(nn.Module):
         norm: str = "frozen_bn",
     ) -> None:
         super().__init__()
-        if backbone not in RESNETS:
-            raise ValueError(f"model.backbone={backbone!r} is not supported; use one of {', '.join(RESNETS)}")
-        if input_format not in ("rgb", "bgr255"):
-            raise ValueError(f"model.input_format={input_format!r}: expected 'rgb' or 'bgr255'")
+        check_backbone(backbone)
+        if input_format not in ("rgb", "bgr255") or (input_format == "bgr255" and backbone not in RESNETS):
+            raise ValueError(f"model.input_format={input_format!r}: expected 'rgb' or, for ResNets, 'bgr255'")
         if temperature <= 0 or max_regions < 1:
             raise ValueError(f"temperature must be > 0 and max_regions ≥ 1, got {temperature}, {max_regions}")
         text_encoder = text_encoder if text_encoder is not None else StaticTokenEmbedding()
@@ -254,9 +245,10 @@ class GroundingModel(nn.Module):
                             f"'minilm' or 'bert-base-uncased'), got {type(text_encoder).__name__}")
         if norm not in NORMS:
             raise ValueError(f"model.norm={norm!r}: use one of {', '.join(NORMS)}")
-        net = build_resnet(backbone, weights, trainable_layers=5, stride_in_1x1=stride_in_1x1,
-                           norm_layer=group_norm if norm == "gn" else nn.BatchNorm2d)
-        self.backbone = _resnet_trunk(net)
+        net = build_trunk(backbone, weights, trainable_layers=5, norm="gn" if norm == "gn" else "bn",
+                          stride_in_1x1=stride_in_1x1)
+        # the backbone's own child names (stem, layer1..layer4), so state-dict keys match it
+        self.backbone = nn.Sequential(trunk_children(net))
         self.backbone_name = backbone
         self.out_channels = stage_channels(net.layer4)
         self.text_encoder = text_encoder
@@ -286,8 +278,9 @@ class GroundingModel(nn.Module):
         if self.input_format == "bgr255":
             mean = torch.as_tensor(BGR255_MEAN, dtype=image.dtype, device=image.device)
             return image[[2, 1, 0]] * 255.0 - mean[:, None, None]
-        mean = torch.as_tensor(IMAGENET_MEAN, dtype=image.dtype, device=image.device)
-        std = torch.as_tensor(IMAGENET_STD, dtype=image.dtype, device=image.device)
+        stats = pixel_stats(self.backbone_name)
+        mean = torch.as_tensor(stats[0], dtype=image.dtype, device=image.device)
+        std = torch.as_tensor(stats[1], dtype=image.dtype, device=image.device)
         return (image - mean[:, None, None]) / std[:, None, None]
 
     def region_features(self, images: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
