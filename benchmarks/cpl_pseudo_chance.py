@@ -1,4 +1,4 @@
-"""Are CPL's novel pseudo masks above chance? (CPL acceptance diagnostic, METHODS §2.3.)
+"""Are CPL's novel pseudo masks above chance? (CPL acceptance diagnostic, docs/cpl.md#23-pseudo-labels).
 
 For every novel caption word of a finished CPL run's pseudo-labelled images, the teacher's proposals
 (RPN, test-time settings) each get a mask from the teacher's mask head. A pick is correct when its

@@ -1,4 +1,4 @@
-"""Grouping with oracle affinity on real COCO val2017 images (GGN acceptance check, METHODS §3.2).
+"""Grouping with oracle affinity on real COCO val2017 images (GGN acceptance check, docs/ggn.md#32-grouping).
 
 The oracle affinity of an image is the PA training target computed from all its non-crowd GT
 instance masks (all classes) at original resolution: ``affinity_target(palette_from_masks(masks))``.

@@ -1,4 +1,4 @@
-"""Speed of GGN grouping on real 640×480 COCO images, one CPU core (GGN acceptance check, METHODS §3.2).
+"""Speed of GGN grouping on real 640×480 COCO images, one CPU core (GGN acceptance check, docs/ggn.md#32-grouping).
 
 For each image (the first ``--n`` of coco_mini val2017 by id whose size is 640×480) two affinity maps:
 oracle = ``affinity_target(palette_from_masks(all non-crowd GT masks))``, and noisy =

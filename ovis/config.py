@@ -53,7 +53,7 @@ class SplitsConfig:
 
 @dataclass
 class ModelConfig:
-    """Detector / affinity network layout (METHODS §2.2, §3.1, §3.4, §3.5)."""
+    """Detector / affinity network layout (docs/cpl.md#22-teacher, docs/ggn.md#31-pa-network, docs/ggn.md#34-mask-r-cnn, docs/ggn.md#35-oln)."""
 
     arch: str = "c4"  # c4 | fpn
     backbone: str = "resnet50"  # resnet18 | resnet34 | resnet50
@@ -119,7 +119,7 @@ class TrainConfig:
 
 @dataclass
 class PseudoConfig:
-    """Pseudo-mask extraction (CPL cross-modal, METHODS §2.3; GGN grouping, §3.2–3.3)."""
+    """Pseudo-mask extraction (CPL cross-modal, docs/cpl.md#23-pseudo-labels; GGN grouping, docs/ggn.md#32-grouping, docs/ggn.md#33-pseudo-gt)."""
 
     vocabulary: str = "lvis"  # lvis | dataset
     max_images: int | None = None
@@ -143,7 +143,7 @@ class PseudoConfig:
 
 @dataclass
 class StudentConfig(TrainConfig):
-    """CPL robust student extras (METHODS §2.4)."""
+    """CPL robust student extras (docs/cpl.md#24-robust-student)."""
 
     uncertainty: bool = True
     uncertainty_train_iter: int = 10000

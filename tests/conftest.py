@@ -1,4 +1,4 @@
-"""Shared fixtures: paths of the real COCO files carried in tests/data (no ../shared needed)."""
+"""Shared fixtures: paths of the real COCO files carried in tests/data (nothing outside the repository needed)."""
 
 from __future__ import annotations
 

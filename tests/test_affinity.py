@@ -1,4 +1,4 @@
-"""GGN pairwise-affinity target, loss and network (METHODS §3.1, §6 items 13–15)."""
+"""GGN pairwise-affinity target, loss and network (docs/ggn.md#31-pa-network, docs/ggn.md#6-pitfalls items 13–15)."""
 
 import math
 

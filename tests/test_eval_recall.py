@@ -1,4 +1,4 @@
-"""Open-world AR@k (METHODS §4.2): the fast matcher and the pycocotools backend equal an
+"""Open-world AR@k (docs/protocols.md#42-open-world-ar): the fast matcher and the pycocotools backend equal an
 independent, literal pycocotools-based implementation, and the seen-class budget rule holds."""
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ BUDGETS = (10, 20, 30, 50, 100, 300, 500, 1000, 1500)
 
 
 class LiteralSeenEval(COCOeval):
-    """METHODS §4.2 written out: seen GT ignored in matching; detections whose IoU-0.5 match is a
+    """docs/protocols.md#42-open-world-ar written out: seen GT ignored in matching; detections whose IoU-0.5 match is a
     seen GT are deleted from the image's list before accumulation."""
 
     def evaluateImg(self, imgId, catId, aRng, maxDet):  # noqa: N802,N803

@@ -1,4 +1,4 @@
-"""CPL caption-grounding pretraining (OVR "MMSS" grounding head, METHODS §2.1), offline on CPU."""
+"""CPL caption-grounding pretraining (OVR "MMSS" grounding head, docs/cpl.md#21-caption-pretraining), offline on CPU."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""GGN grouping: affinity → ranked candidate masks, and pseudo-GT selection (METHODS §3.2, §3.3)."""
+"""GGN grouping: affinity → ranked candidate masks, and pseudo-GT selection (docs/ggn.md#32-grouping, docs/ggn.md#33-pseudo-gt)."""
 
 import json
 from pathlib import Path

@@ -1,4 +1,4 @@
-"""Splits follow METHODS §1.2 (OVR 48/17) and §1.3 (VOC → non-VOC) on real COCO files."""
+"""Splits follow docs/protocols.md#12-split-construction (OVR 48/17) and docs/protocols.md#13-voc-split (VOC → non-VOC) on real COCO files."""
 
 from __future__ import annotations
 

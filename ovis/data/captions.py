@@ -1,4 +1,4 @@
-"""Captions → category words (METHODS §2.3 steps 1–2, §9.3, §9.4).
+"""Captions → category words (docs/cpl.md#23-pseudo-labels steps 1–2, docs/deviations.md#93-lemmatisation, docs/deviations.md#94-vocabulary).
 
 CPL's pseudo-label vocabulary is every synonym of the 1203 LVIS v1 categories; an image's
 captions are lemmatised and every synonym that occurs as a whole word sequence is a match.
@@ -327,7 +327,7 @@ def caption_words(captions_by_image: Mapping[int, Sequence[str]], vocab: Vocabul
     """Image id → ``[{"word", "category_id", "category_name"}]`` found in its captions.
 
     The per-image lists of ``splits/captions.json``; images whose captions match nothing map
-    to ``[]`` (they get no pseudo labels, METHODS §2.3 step 8).
+    to ``[]`` (they get no pseudo labels, docs/cpl.md#23-pseudo-labels step 8).
     """
     return {
         image_id: [

@@ -1,12 +1,12 @@
-"""Named category splits (METHODS §1): which classes a model may see in training, and the eval sets.
+"""Named category splits (docs/protocols.md#1-data-splits): which classes a model may see in training, and the eval sets.
 
 Two kinds of protocol, each named once here and used by name everywhere:
 
 - ``ovr`` (open vocabulary, CPL/XPM): base / novel / excluded classes. Train on base annotations;
   evaluate generalized (base + novel) and constrained (novel only, base only). Excluded classes'
-  annotations are dropped everywhere (METHODS §1.2).
+  annotations are dropped everywhere (docs/protocols.md#12-split-construction).
 - ``open_world`` (OLN/GGN): seen / unseen classes. Train on seen annotations of images with min side
-  ≥ 32; evaluate on all val images with seen-class GT flagged ``ignored_split`` (METHODS §1.3).
+  ≥ 32; evaluate on all val images with seen-class GT flagged ``ignored_split`` (docs/protocols.md#13-voc-split).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""COCO AP (the 12 standard stats) and CPL/XPM's AP50 per split (METHODS §4.1), via pycocotools."""
+"""COCO AP (the 12 standard stats) and CPL/XPM's AP50 per split (docs/protocols.md#41-open-vocabulary-ap), via pycocotools."""
 
 from __future__ import annotations
 

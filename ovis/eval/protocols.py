@@ -2,9 +2,9 @@
 
 Kinds:
 - ``coco``: plain COCOeval, the 12 standard stats.
-- ``ovr`` (CPL/XPM, METHODS §4.1): the 12 stats plus AP50 averaged over the base, novel and
+- ``ovr`` (CPL/XPM, docs/protocols.md#41-open-vocabulary-ap): the 12 stats plus AP50 averaged over the base, novel and
   base+novel categories of the split.
-- ``open_world`` (OLN/GGN, METHODS §4.2): class-agnostic AR@k with seen-class GT ignored and
+- ``open_world`` (OLN/GGN, docs/protocols.md#42-open-world-ar): class-agnostic AR@k with seen-class GT ignored and
   seen-class hits removed from the budget, AR_s/m/l@100 and OLN's AUC.
 """
 

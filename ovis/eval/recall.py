@@ -1,4 +1,4 @@
-"""Open-world AR@k (OLN/GGN, METHODS §4.2): class-agnostic recall with seen-class GT ignored and
+"""Open-world AR@k (OLN/GGN, docs/protocols.md#42-open-world-ar): class-agnostic recall with seen-class GT ignored and
 seen-class hits removed from the budget; AR reported by budget value; OLN's AUC.
 
 Two backends compute the same recall array: ``"pycocotools"`` (COCOeval with the seen rule, the

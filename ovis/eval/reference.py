@@ -1,4 +1,4 @@
-"""Published numbers to hold ovis against (METHODS §8), as fractions like our metrics.
+"""Published numbers to hold ovis against (docs/protocols.md#8-reference-numbers), as fractions like our metrics.
 
 Each entry names its source; `PAPER_AR_CURVES` holds AR@k points (k -> AR) for the AR-vs-k plot,
 `PAPER_AP50` holds the COCO 48/17 mask AP50 table.
@@ -6,7 +6,7 @@ Each entry names its source; `PAPER_AR_CURVES` holds AR@k points (k -> AR) for t
 
 from __future__ import annotations
 
-# COCO 48/17 mask AP50 (METHODS §8, CGG paper's table). Keys: constrained base/novel,
+# COCO 48/17 mask AP50 (docs/protocols.md#8-reference-numbers, CGG paper's table). Keys: constrained base/novel,
 # generalized base/novel/all.
 PAPER_AP50: dict[str, dict[str, float]] = {
     "CGG": {"constrained_base": 0.468, "constrained_novel": 0.295, "generalized_base": 0.460,
@@ -21,7 +21,7 @@ PAPER_AP50: dict[str, dict[str, float]] = {
                "generalized_novel": 0.154, "generalized_all": 0.345},
 }
 
-# VOC -> non-VOC AR@k points (METHODS §8 / §5.3), by iou type. OLN-Box: README + compute_auc.py.
+# VOC -> non-VOC AR@k points by iou type (docs/protocols.md#8-reference-numbers). OLN-Box: docs/protocols.md#53-oln-results.
 PAPER_AR_CURVES: dict[str, dict[str, dict[int, float]]] = {
     "bbox": {
         "OLN-Box": {10: 0.180, 30: 0.264, 50: 0.296, 100: 0.334, 300: 0.390, 500: 0.415, 1000: 0.450},
@@ -40,8 +40,8 @@ PAPER_AR_CURVES: dict[str, dict[str, dict[int, float]]] = {
 PAPER_AUC: dict[str, float] = {"OLN-Box (bbox)": 0.248}
 
 SOURCES: dict[str, str] = {
-    "PAPER_AP50": "jianzongwu/betrayed-by-captions:figs/result-OVIS.png (CGG paper table), METHODS §8",
-    "OLN-Box": "mcahny/object_localization_network README and tools/compute_auc.py, METHODS §5.3",
-    "GGN": "facebookresearch/Generic-Grouping README model zoo, METHODS §5.2/§8",
-    "v-CLR / UDOS": "self-reported best later numbers, METHODS §8",
+    "PAPER_AP50": "jianzongwu/betrayed-by-captions:figs/result-OVIS.png (CGG paper table), docs/protocols.md#8-reference-numbers",
+    "OLN-Box": "mcahny/object_localization_network README and tools/compute_auc.py, docs/protocols.md#53-oln-results",
+    "GGN": "facebookresearch/Generic-Grouping README model zoo, docs/protocols.md#52-ggn-results, docs/protocols.md#8-reference-numbers",
+    "v-CLR / UDOS": "self-reported best later numbers, docs/protocols.md#8-reference-numbers",
 }

@@ -1,18 +1,18 @@
-"""CPL / XPM (METHODS §2): the stage functions the notebooks and ``ovis train`` call.
+"""CPL / XPM (docs/cpl.md): the stage functions the notebooks and ``ovis train`` call.
 
-- grounding → :func:`grounding_task` (``ovis.models.grounding``; caption pretraining, §2.1);
-- teacher → :func:`teacher_task`, :func:`run_teacher`, :func:`teacher_figures` (§2.2): R-C4
+- grounding → :func:`grounding_task` (``ovis.models.grounding``; caption pretraining, docs/cpl.md#21-caption-pretraining);
+- teacher → :func:`teacher_task`, :func:`run_teacher`, :func:`teacher_figures` (docs/cpl.md#22-teacher): R-C4
   embedding Mask R-CNN on base-class masks, initialised from the grounding checkpoint
   (:func:`grounding_to_detector` maps its keys), projection frozen;
-- pseudo → :func:`run_pseudo`, :func:`pseudo_figures`, :func:`pseudo_browser` (§2.3,
+- pseudo → :func:`run_pseudo`, :func:`pseudo_figures`, :func:`pseudo_browser` (docs/cpl.md#23-pseudo-labels,
   ``ovis.pseudo.cross_modal``);
-- student → :func:`student_task`, :func:`run_student`, :func:`student_figures` (§2.4,
+- student → :func:`student_task`, :func:`run_student`, :func:`student_figures` (docs/cpl.md#24-robust-student,
   ``ovis.models.student``), initialised from ``teacher/model_final.pth``;
-- eval → :func:`load_model`, :func:`run_eval` (§2.5, §4.1): generalized, constrained-novel and
+- eval → :func:`load_model`, :func:`run_eval` (docs/cpl.md#25-inference, docs/protocols.md#41-open-vocabulary-ap): generalized, constrained-novel and
   constrained-base runs per model, each with its own vocabulary.
 
 Class embeddings: the teacher uses the text encoder's static token embeddings of class names
-unnormalised; the student and pseudo-labelling L2-normalise them (METHODS §6.1).
+unnormalised; the student and pseudo-labelling L2-normalise them (docs/cpl.md#6-pitfalls, item 1).
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ __all__ = [
     "teacher_task",
 ]
 
-# setting name → split file (METHODS §4.1); "constrained" in the name marks constrained runs
+# setting name → split file (docs/protocols.md#41-open-vocabulary-ap); "constrained" in the name marks constrained runs
 EVAL_SETTINGS = {"generalized": "val.json", "constrained_novel": "val_novel.json", "constrained_base": "val_base.json"}
 GROUNDING_CHECKPOINT = "grounding/model_final.pth"
 TEACHER_CHECKPOINT = "teacher/model_final.pth"
@@ -182,7 +182,7 @@ def build_teacher(recipe: Recipe, run_dir: str | Path) -> nn.Module:
 
 
 def teacher_task(recipe: Recipe, run_dir: str | Path, stage: str = "teacher") -> TrainTask:
-    """Teacher training (METHODS §2.2): ``splits/train_base.json`` base masks (labels 1..K in the
+    """Teacher training (docs/cpl.md#22-teacher): ``splits/train_base.json`` base masks (labels 1..K in the
     partition's base order), flip ``teacher.flip_prob``; backbone, res5 and projection from
     ``grounding/model_final.pth``; ``teacher.freeze`` (the projection) kept frozen by the loop."""
     from ovis.engine.train import TrainTask, load_checkpoint
@@ -278,7 +278,7 @@ def build_student(recipe: Recipe, run_dir: str | Path, pseudo_names: Sequence[st
 
 
 def student_task(recipe: Recipe, run_dir: str | Path, stage: str = "student") -> TrainTask:
-    """Student training (METHODS §2.4): init from ``teacher/model_final.pth`` (``student.init``
+    """Student training (docs/cpl.md#24-robust-student): init from ``teacher/model_final.pth`` (``student.init``
     overrides), ``student.freeze`` (backbone, rpn) frozen; offline pseudo masks from
     ``pseudo/train_pseudo.json``, or (``student.online_pseudo``) the frozen teacher labels every
     batch from the captions of ``splits/train_base.json``. The σ-head freezes after

@@ -1,4 +1,4 @@
-"""GGN / OLN on the ovis engine (METHODS §3): the stage functions the notebooks and ``ovis`` call.
+"""GGN / OLN on the ovis engine (docs/ggn.md): the stage functions the notebooks and ``ovis`` call.
 
 1. teacher: the pairwise-affinity (PA) network trained on seen-class masks at original resolution.
 2. pseudo: PA → grouping → ranked candidate masks per training image, stored per shard
@@ -13,7 +13,7 @@
    (``eval/<model>/<iou_type>/metrics.json``, side by side in ``eval/metrics.json``).
 
 Pseudo annotations get ``category_id`` = the smallest seen category id of ``train_base.json``
-(COCO VOC split: 1, "person", as upstream, METHODS §6.19); the student is class-agnostic, so every
+(COCO VOC split: 1, "person", as upstream, docs/ggn.md#6-pitfalls item 19); the student is class-agnostic, so every
 label becomes 1 anyway.
 """
 
@@ -83,7 +83,7 @@ __all__ = [
     "teacher_task",
 ]
 
-MIN_TRAIN_SIDE = 32  # GGN/OLN drop training images whose shorter side is below this (METHODS §1.3)
+MIN_TRAIN_SIDE = 32  # GGN/OLN drop training images whose shorter side is below this (docs/protocols.md#13-voc-split)
 MODELS = ("teacher", "baseline", "student", "oln", "oln_baseline")
 OLN_VARIANTS = ("oln", "oln_baseline")  # a Mask R-CNN run's OLN models, with and without pseudo GT
 _THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
@@ -132,7 +132,7 @@ def affinity_net(recipe: Recipe, weights: str | None) -> AffinityNet:
 
 
 def teacher_task(recipe: Recipe, run_dir: str | Path, stage: str) -> TrainTask:
-    """PA network on seen-class masks of ``splits/train_base.json``, original resolution (METHODS §3.1).
+    """PA network on seen-class masks of ``splits/train_base.json``, original resolution (docs/ggn.md#31-pa-network).
 
     Flip only if ``recipe.teacher.flip_prob`` > 0 (the paper recipe: 0).
     """
@@ -626,7 +626,7 @@ def _unseen_stats(recipe: Recipe, run_dir: Path, records: dict[int, dict], kept:
 
 def run_pseudo(recipe: Recipe, run_dir: str | Path, shard: int | None = None, num_shards: int | None = None,
                force: bool = False, stream: Callable[[str], None] = print) -> dict:
-    """Stage 02 (METHODS §3.2–3.3): extract this process's shard(s), then merge once every shard exists.
+    """Stage 02 (docs/ggn.md#32-grouping, docs/ggn.md#33-pseudo-gt): extract this process's shard(s), then merge once every shard exists.
 
     Sharding: see :func:`resolve_shards`. Returns the merged stats (``pseudo/stats.json``), or
     ``{"merged": False, "num_shards", "missing_shards"}`` while other shards are still running.
@@ -674,7 +674,7 @@ def side_by_side(results: list[dict], recipe: Recipe) -> dict:
 def run_eval(recipe: Recipe, run_dir: str | Path, force: bool = False,
              stream: Callable[[str], None] = print) -> list[dict]:
     """Baseline, student and (for a Mask R-CNN student) the OLN variants on ``splits/val.json`` under
-    ``recipe.eval.protocol`` (METHODS §4.2), by :func:`evaluate_models`.
+    ``recipe.eval.protocol`` (docs/protocols.md#42-open-world-ar), by :func:`evaluate_models`.
 
     Writes ``eval/<which>/detections.json``, ``eval/<which>/<iou_type>/metrics.{json,md}``,
     ``eval/detections.json`` (the student's) and ``eval/metrics.json`` (:func:`side_by_side`).

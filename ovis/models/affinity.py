@@ -1,4 +1,4 @@
-"""GGN pairwise-affinity (PA) network, target and loss (METHODS §3.1).
+"""GGN pairwise-affinity (PA) network, target and loss (docs/ggn.md#31-pa-network).
 
 Target: one soft channel per pixel = mean over its 8 neighbours at distance 1 of "same palette
 value" (palette = instance index, 0 = unannotated; unannotated–unannotated counts as same;
@@ -91,7 +91,7 @@ def _conv_bn_relu(cin: int, cout: int, k: int) -> nn.Sequential:
 
 
 class UperNetHead(nn.Module):
-    """UperNet decoder over C2–C5 → 1-channel logits at 1/4 resolution (METHODS §3.1)."""
+    """UperNet decoder over C2–C5 → 1-channel logits at 1/4 resolution (docs/ggn.md#31-pa-network)."""
 
     def __init__(self, in_channels: list[int], channels: int = 256, pool_channels: int = 512,
                  pool_scales: tuple[int, ...] = (1, 2, 3, 6)) -> None:

@@ -1,4 +1,4 @@
-"""Build the ovis Mask R-CNN variants from a :class:`ovis.config.ModelConfig` (METHODS §2.2, §3.4, §3.5).
+"""Build the ovis Mask R-CNN variants from a :class:`ovis.config.ModelConfig` (docs/cpl.md#22-teacher, docs/ggn.md#34-mask-r-cnn, docs/ggn.md#35-oln).
 
 All variants are torchvision :class:`MaskRCNN` objects with ovis RoI heads (and, for OLN, an ovis RPN):
 

@@ -1,9 +1,9 @@
-"""CPL stage (a): caption-grounding pretraining, OVR-CNN's "MMSS" grounding head (METHODS §2.1).
+"""CPL stage (a): caption-grounding pretraining, OVR-CNN's "MMSS" grounding head (docs/cpl.md#21-caption-pretraining).
 
 A ResNet to C5 (all four stages, stride 32) sees each C5 cell as a region; a linear
 vision→language projection (``projection``, C5 channels → text dim) maps regions into the space
 of the caption's *static WordPiece input-token embeddings* (frozen, :class:`StaticTokenEmbedding`,
-special tokens excluded, METHODS §6.1, §9.2). For image i and caption c:
+special tokens excluded, docs/cpl.md#6-pitfalls item 1, docs/deviations.md#92-text-embeddings). For image i and caption c:
 
 - local similarity ``s[w, r] = ⟨projection(region r of i), word w of c⟩ / temperature`` (10);
 - words → regions: each word attends over the image's regions by softmax, score
@@ -19,7 +19,7 @@ Training keeps at most ``max_regions`` (100) random valid cells per image (OVR's
 dropout). Images of different sizes are zero-padded (after normalisation) to a common size that
 is a multiple of 32; padded cells are masked out of both attentions and of the means.
 
-The teacher starts from this model (METHODS §2.2): its state dict *is* the teacher-init state —
+The teacher starts from this model (docs/cpl.md#22-teacher): its state dict *is* the teacher-init state —
 torchvision ResNet keys under ``backbone.`` (``backbone.conv1.weight``, ``backbone.bn1.*``,
 ``backbone.layer1.…`` … ``backbone.layer4.…``) plus ``projection.weight`` [text dim, C5 channels]
 and ``projection.bias``. The C4 teacher takes stem + ``layer1``–``layer3`` as its backbone and

@@ -1,4 +1,4 @@
-"""Detector heads on top of torchvision's RPN / RoIHeads (METHODS §2.2, §3.4, §3.5).
+"""Detector heads on top of torchvision's RPN / RoIHeads (docs/cpl.md#22-teacher, docs/ggn.md#34-mask-r-cnn, docs/ggn.md#35-oln).
 
 - :class:`EmbeddingClassifier`: region feature → ``projection`` into the text space → dot products
   with fixed class embeddings; row 0 is a zero vector, so the background logit is exactly 0.
@@ -370,7 +370,7 @@ class OLNRPNHead(RPNHead):
 
 
 class OLNRegionProposalNetwork(RegionProposalNetwork):
-    """OLN-RPN (METHODS §3.5): centerness objectness (L1 on the sigmoid; assigner 0.3/0.1, 256 samples,
+    """OLN-RPN (docs/ggn.md#35-oln): centerness objectness (L1 on the sigmoid; assigner 0.3/0.1, 256 samples,
     positive fraction 1.0 filled with negatives), box branch trained with IoU loss ×10 (assigner
     0.7/0.3, 256 samples, 50 % positives), and **no NMS and no overall cap**: every level's top
     ``pre_nms_top_n`` anchors by objectness go on to the RoI head, as upstream (``_get_bboxes_single``

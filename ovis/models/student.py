@@ -1,4 +1,4 @@
-"""CPL's robust student (METHODS §2.4): base GT + pseudo masks, heteroscedastic mask noise.
+"""CPL's robust student (docs/cpl.md#24-robust-student): base GT + pseudo masks, heteroscedastic mask noise.
 
 :class:`RobustStudent` has the module names of the ovis R-C4 detector (``transform``, ``backbone``,
 ``rpn``, ``roi_heads``), so the teacher's checkpoint initialises it key for key (the σ-head is the
@@ -12,8 +12,8 @@ only new tensor). Training, per batch:
 - **pseudo branch** (images with ≥ 1 pseudo box; the others skip it): eval-mode RPN proposals
   (≤ post-NMS test top-n, no GT appended), sampled like the GT branch (IoU ≥ 0.5 positive,
   positive fraction from the recipe), logits against the pseudo vocabulary's L2-normalised name
-  embeddings **with a real zero background row** (METHODS §9.5; upstream's aerosol-can-as-background
-  quirk is not reproduced). Mask logits are perturbed once, ``μ + σ·ε`` with
+  embeddings **with a real zero background row** (docs/deviations.md#95-ambiguities;
+  upstream's aerosol-can-as-background quirk is not reproduced). Mask logits are perturbed once, ``μ + σ·ε`` with
   ``σ = exp(s/2)``, ``s`` from a 1×1 conv on the *detached* mask feature; BCE averaged over pixels
   → ``loss_mask_pl`` (weight 1). ``loss_classifier_pl`` and ``loss_box_reg_pl`` are multiplied
   per image by ``λ = 0.01 / mean σ`` (detached mean over that image's positive-RoI pixels;

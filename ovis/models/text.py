@@ -1,6 +1,7 @@
-"""Text encoders for class names and caption words (METHODS §1.2 step 3, §2.3 step 5, §9.2).
+"""Text encoders for class names and caption words (docs/deviations.md#92-text-embeddings).
 
-Every encoder maps a list of names to one row per name: ``encode(names) -> Tensor[n, d]``.
+Every encoder maps a list of names to one row per name: ``encode(names) -> Tensor[n, d]``. Class names
+follow docs/protocols.md#12-split-construction step 3, caption words docs/cpl.md#23-pseudo-labels step 5.
 
 - ``"minilm"`` (default): CPL's "BertEmb" recipe offline — the mean, over a name's WordPiece
   tokens (special tokens excluded), of rows of the *input token-embedding table* of

@@ -1,4 +1,4 @@
-"""CPL cross-modal pseudo masks (METHODS §2.3): caption words → top-1 teacher region → teacher mask.
+"""CPL cross-modal pseudo masks (docs/cpl.md#23-pseudo-labels): caption words → top-1 teacher region → teacher mask.
 
 For every word w found in an image's captions (``ovis.data.captions``; vocabulary = LVIS v1
 synonyms, or the dataset's own base + novel category names and synonyms):

@@ -1,4 +1,4 @@
-"""GGN grouping: a pairwise-affinity map → ranked, class-agnostic candidate masks (METHODS §3.2, §3.3).
+"""GGN grouping: a pairwise-affinity map → ranked, class-agnostic candidate masks (docs/ggn.md#32-grouping, docs/ggn.md#33-pseudo-gt).
 
 A gPb-owt-ucm-like pipeline on the single affinity channel A (1 = same object, 0 = boundary):
 watershed superpixels seeded at local maxima of A, an orientation-aware local boundary on the
@@ -452,7 +452,7 @@ def select_pseudo(
     gt_iou_thresh: float = 0.5,
     score_thresh: float | None = None,
 ) -> list[Candidate]:
-    """Pseudo GT for one image (METHODS §3.3): drop gt_iou ≥ thresh (and score < score_thresh), first top_k by rank."""
+    """Pseudo GT for one image (docs/ggn.md#33-pseudo-gt): drop gt_iou ≥ thresh (and score < score_thresh), first top_k by rank."""
     ious = np.asarray(gt_ious, dtype=np.float64)
     if len(ious) != len(candidates):
         raise ValueError(f"select_pseudo: {len(candidates)} candidates but {len(ious)} gt_ious")

@@ -1,5 +1,5 @@
 """Curves and charts of a run, and the curves stage: training curves, evaluation metrics beside
-the papers' numbers (METHODS §8), written to ``<run_dir>/curves/``.
+the papers' numbers (docs/protocols.md#8-reference-numbers), written to ``<run_dir>/curves/``.
 
 Sections: metric plots (per-class and per-split AP50, AR@k vs k), training logs
 (`metrics.jsonl` parsing, smoothing, loss/lr curves), the ours-vs-paper table, and the stage
@@ -400,7 +400,7 @@ def _open_world_table(results: Sequence[Mapping], iou_type: str, recipe: Recipe)
 
 
 def paper_table(results: list[dict], recipe: Recipe) -> str:
-    """Markdown: our metrics (percent, one decimal) beside the papers' (METHODS §8,
+    """Markdown: our metrics (percent, one decimal) beside the papers' (docs/protocols.md#8-reference-numbers,
     `ovis.eval.reference`), one table per protocol and IoU type: AP50 base/novel/all
     (generalized and constrained) for ovr protocols, AR@10/30/100/300/1000 and AUC for open-world
     ones, the papers' sources below. `results` are metrics.json dicts (a `label` each, as
@@ -546,7 +546,7 @@ def write_report(run_dir: str | Path, recipe: Recipe, smooth_window: int = 20) -
         lines += _training_table(summaries) + [""]
     else:
         lines += ["No training stage has logged `metrics.jsonl` yet.", ""]
-    lines += ["## Ours beside the papers (METHODS §8)", ""]
+    lines += ["## Ours beside the papers (docs/protocols.md#8-reference-numbers)", ""]
     if results:
         lines += ["Results: " + ", ".join(f"`{r['label']}` ({r['protocol']}, {r['iou_type']})" for r in results)
                   + ".", ""]
