@@ -12,6 +12,7 @@ import argparse
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,6 +83,7 @@ def run_stage(stage: str, recipe: Recipe, recipe_ref: str, run_dir: Path, overri
     """Execute one stage notebook; skip it when its outputs match the recipe hash."""
     import papermill
     from papermill.exceptions import PapermillExecutionError
+    from traitlets.config import Config
 
     if not force and stage_done(run_dir, stage, recipe):
         return StageResult(stage, "skipped", 0.0, None)
@@ -93,10 +95,14 @@ def run_stage(stage: str, recipe: Recipe, recipe_ref: str, run_dir: Path, overri
     params = {k: v for k, v in params.items() if k in accepted}
     start = time.perf_counter()
     try:
-        papermill.execute_notebook(
-            str(notebook_dir() / NOTEBOOKS[stage]), str(out), parameters=params, kernel_name=kernel,
-            progress_bar=False, request_save_on_cell_execute=True, cwd=os.getcwd(),
-        )
+        # the kernel talks over IPC sockets in a private folder: no TCP ports (and no IPKernelApp
+        # warning about unencrypted TCP on every stage)
+        with tempfile.TemporaryDirectory(prefix="ovis-kernel-") as sockets:
+            config = Config({"KernelManager": {"transport": "ipc", "ip": os.path.join(sockets, "kernel")}})
+            papermill.execute_notebook(
+                str(notebook_dir() / NOTEBOOKS[stage]), str(out), parameters=params, kernel_name=kernel,
+                progress_bar=False, request_save_on_cell_execute=True, cwd=os.getcwd(), config=config,
+            )
     except PapermillExecutionError as e:
         where = _failing_cell(out)
         raise StageFailed(f"stage {stage} failed in {where} of {NOTEBOOKS[stage]}: {e.ename}: {e.evalue} "
