@@ -1,5 +1,6 @@
-"""Paper recipes: schedules as METHODS §2.6 / §3.7 say, full-size models build, and every variant
-trains through the real engine and predicts on real COCO val2017 images (tests/data/real/coco_mini).
+"""Paper recipes: schedules as docs/cpl.md#26-hyper-parameters and docs/ggn.md#37-hyper-parameters say,
+full-size models build, and every variant trains through the real engine and predicts on real COCO
+val2017 images (tests/data/real/coco_mini).
 
 The train/predict test shrinks only what sets the CPU cost (ResNet-18 for ResNet-50, 256-px images,
 proposal and RoI counts) and drops the ImageNet weights (offline); architecture (C4/FPN), heads,
@@ -119,6 +120,18 @@ def test_paper_recipe_builds_full_size_model(name, partition, encoder):
     assert lo <= sum(p.numel() for p in model.parameters()) / 1e6 <= hi
     assert (model.transform.min_size, model.transform.max_size) == ((800,), 1333)
     assert (model.roi_heads.mask_head is not None) == r.model.mask
+
+
+@pytest.mark.parametrize("name", PAPER)
+def test_paper_recipe_without_the_resnet_file_names_it_and_the_way_out(name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no weights/ folder here
+    r = load_recipe(name)
+    assert r.model.backbone_weights == "weights/resnet50-0676ba61.pth"
+    with pytest.raises(FileNotFoundError) as err:
+        build_detector(r.model, class_embeddings=torch.zeros(2, 384) if r.model.classifier == "embedding" else None)
+    text = str(err.value)
+    assert "weights/resnet50-0676ba61.pth" in text and "ResNet50_Weights.IMAGENET1K_V1" in text
+    assert str(tmp_path) in text
 
 
 @pytest.mark.parametrize("name", PAPER)
