@@ -96,10 +96,10 @@ def test_key_mapping_names_the_file_and_the_keys(tmp_path):
 
 def test_trunk_strides_channels_and_frozen_pretrained_statistics(lite0):
     trunk = build_trunk("efficientnet_lite0", "imagenet", trainable_layers=3)
-    assert [stage_channels(getattr(trunk, f"layer{i}")) for i in range(1, 5)] == [24, 40, 112, 1280]
+    assert [stage_channels(getattr(trunk, f"layer{i}")) for i in range(1, 5)] == [24, 40, 112, 320]
     frozen = [m for m in trunk.modules() if isinstance(m, FrozenBatchNormAct2d)]
-    assert len(frozen) == 49 and not any(isinstance(m, nn.BatchNorm2d) for m in trunk.modules())
-    assert torch.equal(trunk.layer4[-1].running_var, lite0.bn2.running_var)
+    assert len(frozen) == 48 and not any(isinstance(m, nn.BatchNorm2d) for m in trunk.modules())
+    assert torch.equal(trunk.layer4[-1].bn3.running_var, lite0.blocks[6][0].bn3.running_var)
     assert torch.equal(trunk.bn1.running_mean, lite0.bn1.running_mean)
     x = torch.rand(1, 3, 96, 128)
     y = x
@@ -107,8 +107,8 @@ def test_trunk_strides_channels_and_frozen_pretrained_statistics(lite0):
         y = child(y)
         if i >= 2:  # layer1..layer4
             assert y.shape[-2:] == (96 // 2 ** i, 128 // 2 ** i)
-    with torch.no_grad():  # the trunk computes what the ImageNet network computes up to its head
-        ref = lite0.bn2(lite0.conv_head(lite0.blocks(lite0.bn1(lite0.conv_stem(x)))))
+    with torch.no_grad():  # the trunk computes what the ImageNet network computes before its head
+        ref = lite0.blocks(lite0.bn1(lite0.conv_stem(x)))
         assert torch.allclose(trunk.eval()(x), ref, atol=1e-5)
 
 
@@ -124,7 +124,7 @@ def test_c4_and_fpn_layouts():
     c4, res5 = build_c4(trunk)
     x = torch.rand(1, 3, 64, 96)
     assert c4.out_channels == 112 and c4(x)["0"].shape == (1, 112, 4, 6)
-    assert res5(torch.rand(2, 112, 7, 7)).shape == (2, 1280, 4, 4)
+    assert res5(torch.rand(2, 112, 7, 7)).shape == (2, 320, 4, 4)
     fpn = build_fpn(build_trunk("efficientnet_lite0", "imagenet", trainable_layers=0), 16)
     out = fpn(x)
     assert [tuple(v.shape[-2:]) for v in out.values()] == [(16, 24), (8, 12), (4, 6), (2, 3), (1, 2)]
@@ -161,11 +161,11 @@ def test_affinity_net_and_grounding_on_the_pretrained_trunk():
     assert net.eval()([torch.rand(3, 50, 70)])[0].shape == (1, 50, 70)
     assert torch.allclose(net.mean.flatten(), torch.tensor(pixel_stats("efficientnet_lite0")[0]))
     grounding = GroundingModel("efficientnet_lite0", weights="imagenet")
-    assert grounding.out_channels == 1280
+    assert grounding.out_channels == 320
     assert all(not m.training for m in grounding.train().modules() if isinstance(m, nn.BatchNorm2d))
     teacher = build_detector(ModelConfig(backbone="efficientnet_lite0", trainable_layers=3, embedding_dim=384),
                              class_embeddings=torch.randn(2, 384))
     state = grounding_to_detector(teacher_init_state(grounding), teacher)
     teacher.load_state_dict(state, strict=False)
-    assert torch.equal(teacher.roi_heads.res5[-1].running_var, grounding.backbone.layer4[-1].running_var)
+    assert torch.equal(teacher.roi_heads.res5[-1].bn3.running_var, grounding.backbone.layer4[-1].bn3.running_var)
     assert torch.equal(teacher.backbone.body.conv_stem.weight, grounding.backbone.conv_stem.weight)

@@ -15,10 +15,11 @@ from ovis.methods import cpl
 from ovis.models.grounding import GroundingModel, teacher_init_state
 
 TINY = tiny.CPL
+R18 = {"model.backbone": "resnet18", "model.backbone_weights": None}  # the ResNet key layout
 
 
 def test_grounding_keys_land_in_the_c4_detector(tmp_path):
-    recipe = load_recipe("demo_cpl", {"data.root": str(tmp_path / "d"), "model.norm": "frozen_bn", **TINY})
+    recipe = load_recipe("demo_cpl", {"data.root": str(tmp_path / "d"), **R18, "model.norm": "frozen_bn", **TINY})
     run_dir = tmp_path / "run"
     (run_dir / "splits").mkdir(parents=True)
     (run_dir / "splits" / "partition.json").write_text(json.dumps({"base": [{"id": 1, "name": "ball"}], "novel": []}))
@@ -37,7 +38,7 @@ def test_grounding_keys_land_in_the_c4_detector(tmp_path):
 
 
 def test_group_norm_grounding_lands_in_a_group_norm_teacher_and_not_in_a_frozen_bn_one(tmp_path):
-    recipe = load_recipe("demo_cpl", {"data.root": str(tmp_path / "d"), "model.norm": "gn", **TINY})
+    recipe = load_recipe("demo_cpl", {"data.root": str(tmp_path / "d"), **R18, "model.norm": "gn", **TINY})
     run_dir = tmp_path / "run"
     (run_dir / "splits").mkdir(parents=True)
     (run_dir / "splits" / "partition.json").write_text(json.dumps({"base": [{"id": 1, "name": "ball"}], "novel": []}))
@@ -45,7 +46,7 @@ def test_group_norm_grounding_lands_in_a_group_norm_teacher_and_not_in_a_frozen_
     assert not any("running_" in k for k in state)
     mapped = cpl.grounding_to_detector(state, cpl.build_teacher(recipe, run_dir))
     assert torch.equal(mapped["backbone.body.layer3.1.bn2.weight"], state["backbone.layer3.1.bn2.weight"])
-    frozen = cpl.build_teacher(load_recipe("demo_cpl", {"data.root": str(tmp_path / "d"), "model.norm": "frozen_bn", **TINY}), run_dir)
+    frozen = cpl.build_teacher(load_recipe("demo_cpl", {"data.root": str(tmp_path / "d"), **R18, "model.norm": "frozen_bn", **TINY}), run_dir)
     bn_state = teacher_init_state(GroundingModel("resnet18"))
     with pytest.raises(ValueError, match="model.norm the grounding run's"):
         cpl.grounding_to_detector(bn_state, cpl.build_teacher(recipe, run_dir))

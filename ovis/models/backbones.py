@@ -19,9 +19,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
-import timm
 import torch
-from timm.utils.model import freeze_batch_norm_2d
 from torch import Tensor, nn
 from torchvision.models import get_weight, resnet
 from torchvision.models._utils import IntermediateLayerGetter
@@ -124,7 +122,11 @@ def load_backbone_weights(net: resnet.ResNet, weights: str) -> None:
     path = Path(weights).expanduser()
     if path.suffix in (".pth", ".pt", ".pkl", ".bin") or path.exists():
         if not path.is_file():
-            raise FileNotFoundError(f"model.backbone_weights={weights!r}: file not found")
+            raise FileNotFoundError(
+                f"model.backbone_weights={weights!r}: file not found (from {Path.cwd()}). Save torchvision's "
+                f"ImageNet weights there (e.g. torch.save(torchvision.models.get_weight('ResNet50_Weights."
+                f"IMAGENET1K_V1').get_state_dict(), '{weights}') on a machine with internet) or set "
+                f"model.backbone_weights to the file's path")
         state = torch.load(path, map_location="cpu", weights_only=True)
         if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
             state = state["state_dict"]
@@ -217,6 +219,8 @@ def lite0_package_file() -> Path:
 def efficientnet_lite0(weights: str | None = None) -> nn.Module:
     """timm's ``tf_efficientnet_lite0`` (ImageNet classifier included), with ``weights``:
     ``imagenet`` (the packaged file), a path to an ``efficientnet_pytorch``-style state dict, or None."""
+    import timm  # a few seconds to import: only when an EfficientNet is built
+
     net = timm.create_model("tf_efficientnet_lite0", pretrained=False)
     if weights:
         path = lite0_package_file() if weights == "imagenet" else Path(weights).expanduser()
@@ -280,19 +284,20 @@ _LITE_LAYERS = ((0, 1), (2,), (3, 4), (5, 6))
 
 class EfficientNetTrunk(nn.Module):
     """EfficientNet-Lite0 as stem (``conv_stem``, ``bn1``) + ``layer1``..``layer4`` (C2..C5: 24, 40,
-    112 and 1280 channels). ``layer4`` ends with the ImageNet head convolution (320 → 1280), so the
-    C4 res5 RoI head gives the features the ImageNet classifier was trained on.
-    ``frozen_bn`` swaps every BatchNorm for FrozenBatchNorm holding the weights' statistics."""
+    112 and 320 channels, timm's ``features_only`` stages). The ImageNet head convolution (320 → 1280,
+    ReLU6) is left out: its sparse ReLU6 output collapsed to a constant when a C4 teacher fine-tuned
+    it, while the stage outputs are linear. ``frozen_bn`` swaps every BatchNorm for FrozenBatchNorm
+    holding the weights' statistics."""
 
     def __init__(self, net: nn.Module, trainable_layers: int = 3, frozen_bn: bool = True) -> None:
         super().__init__()
         self.conv_stem, self.bn1 = net.conv_stem, net.bn1
         for i, stages in enumerate(_LITE_LAYERS, 1):
             blocks = [blk for s in stages for blk in net.blocks[s]]
-            if i == 4:
-                blocks += [net.conv_head, net.bn2]
             setattr(self, f"layer{i}", nn.Sequential(*blocks))
         if frozen_bn:
+            from timm.utils.model import freeze_batch_norm_2d
+
             for name, child in list(self.named_children()):
                 setattr(self, name, freeze_batch_norm_2d(child))
         _freeze_stages(self, trainable_layers, ("conv_stem", "bn1"))

@@ -1,0 +1,71 @@
+"""How much of the base-class GT can the CPL teacher localise? RPN and detection box recall.
+
+Reads a finished CPL run (``ovis reproduce demo_cpl --stages splits,teacher``) and, on its
+``splits/val_base.json`` images, counts the GT boxes that the teacher's top RPN proposals
+(``model.rpn_post_nms_top_n_test`` of them) and its final detections cover at IoU ≥ 0.5. It separates
+"the teacher cannot find the objects" from "it finds them but names them wrongly".
+
+    python benchmarks/cpl_teacher_recall.py --run-dir runs/demo_cpl [--recipe demo_cpl] [--images 30]
+
+Last line: ``images=… gt=… proposals_per_image=… rpn_recall=… det_recall=… det_recall_right_class=…``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+from torchvision.ops import box_iou
+
+from ovis.config import load_recipe
+from ovis.data.coco import CocoDetection
+from ovis.methods.cpl import class_embeddings, load_model
+from ovis.models.detector import set_class_embeddings
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run-dir", type=Path, default=Path("runs/demo_cpl"))
+    ap.add_argument("--recipe", default="demo_cpl")
+    ap.add_argument("--images", type=int, default=30)
+    args = ap.parse_args()
+    recipe = load_recipe(args.recipe)
+    model = load_model(recipe, args.run_dir, "teacher")
+    ds = CocoDetection(args.run_dir / "splits" / "val_base.json", recipe.data.path(recipe.data.val_images),
+                       with_masks=False, drop_crowd=True)
+    names = [c["name"] for c in ds.coco["categories"] if c["id"] in ds.category_ids]
+    set_class_embeddings(model, class_embeddings(recipe, names, normalize=False))
+    proposals: list[torch.Tensor] = []
+    model.rpn.register_forward_hook(lambda _m, _i, out: proposals.append(out[0][0]))
+    gt_total = rpn_hits = det_hits = det_right = n_props = 0
+    n = min(args.images, len(ds))
+    for i in range(n):
+        image, target = ds[i]
+        if not len(target["boxes"]):
+            continue
+        proposals.clear()
+        with torch.no_grad():
+            out = model([image])[0]
+        # proposals live in the resized image; scale them back to the original pixels
+        h, w = image.shape[-2:]
+        scale = min(recipe.model.min_size / min(h, w), recipe.model.max_size / max(h, w))
+        props = proposals[0] / scale
+        n_props += len(props)
+        gt = target["boxes"]
+        gt_total += len(gt)
+        rpn_hits += int((box_iou(gt, props).max(1).values >= 0.5).sum()) if len(props) else 0
+        if len(out["boxes"]):
+            iou = box_iou(gt, out["boxes"])
+            det_hits += int((iou.max(1).values >= 0.5).sum())
+            same = target["labels"][:, None] == out["labels"][None, :]
+            det_right += int(((iou >= 0.5) & same).any(1).sum())
+    print(json.dumps({"run_dir": str(args.run_dir), "backbone": recipe.model.backbone}))
+    print(f"images={n} gt={gt_total} proposals_per_image={n_props / max(n, 1):.1f} "
+          f"rpn_recall={rpn_hits / max(gt_total, 1):.3f} det_recall={det_hits / max(gt_total, 1):.3f} "
+          f"det_recall_right_class={det_right / max(gt_total, 1):.3f}")
+
+
+if __name__ == "__main__":
+    main()
