@@ -31,7 +31,8 @@ def test_demo_recipe_extends_the_paper_recipe():
     paper, demo = load_recipe("cpl_coco").to_dict(), load_recipe("demo_cpl").to_dict()
     assert demo["model"]["background_weight"] == paper["model"]["background_weight"]
     assert demo["teacher"]["freeze"] == paper["teacher"]["freeze"]  # inherited, not restated
-    assert demo["model"]["backbone"] == "resnet18" and demo["data"]["demo"] is True
+    assert (demo["model"]["backbone"], demo["model"]["backbone_weights"]) == ("efficientnet_lite0", "imagenet")
+    assert demo["data"]["demo"] is True
 
 
 def test_dotted_overrides_are_typed_and_change_the_hash():

@@ -90,7 +90,7 @@ def test_teacher_stage_files_and_frozen_projection(pipeline):
     g = torch.load(run_dir / "grounding/model_final.pth", weights_only=True)["model"]
     t = torch.load(run_dir / "teacher/model_final.pth", weights_only=True)["model"]
     assert torch.equal(t["roi_heads.box_predictor.projection.weight"], g["projection.weight"])  # loaded and frozen
-    assert not torch.equal(t["roi_heads.res5.0.conv1.weight"], g["backbone.layer4.0.conv1.weight"])  # res5 trained
+    assert not torch.equal(t["roi_heads.res5.0.conv_pw.weight"], g["backbone.layer4.0.conv_pw.weight"])  # res5 trained
     assert cpl.run_teacher(recipe, run_dir, stream=lambda s: None) == out["teacher"]  # done: skipped
 
 
@@ -115,7 +115,8 @@ def test_student_and_eval_stage_files(pipeline):
     assert (run_dir / "student/robust.jsonl").is_file()
     s = torch.load(run_dir / "student/model_final.pth", weights_only=True)["model"]
     t = torch.load(run_dir / "teacher/model_final.pth", weights_only=True)["model"]
-    assert torch.equal(s["backbone.body.layer1.0.conv1.weight"], t["backbone.body.layer1.0.conv1.weight"])  # frozen
+    key = "backbone.body.layer3.0.conv_pw.weight"  # trained by the teacher, frozen in the student
+    assert torch.equal(s[key], t[key])
     assert "roi_heads.mask_predictor.log_var.weight" in s
     for which in ("teacher", "student"):
         for setting in cpl.EVAL_SETTINGS:
