@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import tiny
 from ovis.config import load_recipe
+from ovis.data.splits import run_splits_stage
 from ovis.runs import STAGES, mark_stage_done, stage_done, stage_hash, training_stages
 
 
@@ -69,3 +74,19 @@ def test_recorded_inputs_that_change_or_appear_make_a_stage_stale(tmp_path):
     (tmp_path / "eval").mkdir()
     (tmp_path / "eval" / "stage.json").write_text("{}")  # a stage that finishes later
     assert not stage_done(tmp_path, "curves", r)
+
+
+def test_splits_stage_reruns_when_a_source_file_changes(tmp_path):
+    recipe = load_recipe("demo_ggn", {**tiny.GGN, "data.root": str(tmp_path / "data")})
+    run = tmp_path / "run"
+    run_splits_stage(recipe, run)
+    inputs = json.loads((run / "splits" / "stage.json").read_text())["inputs"]
+    val = tmp_path / "data" / "annotations" / "instances_val.json"
+    assert sorted(Path(i[0]).name for i in inputs) == ["instances_train.json", "instances_val.json"]
+    assert stage_done(run, "splits", recipe)
+    coco = json.loads(val.read_text())
+    coco["annotations"] = coco["annotations"][1:]
+    val.write_text(json.dumps(coco))
+    assert not stage_done(run, "splits", recipe)
+    run_splits_stage(recipe, run)
+    assert stage_done(run, "splits", recipe)

@@ -215,10 +215,12 @@ def run_splits_stage(recipe: Recipe, run_dir: str | Path, force: bool = False) -
 
         generate_demo_dataset(data.root, seed=data.demo_seed, num_train=data.demo_num_train,
                               num_val=data.demo_num_val, image_size=data.demo_image_size)
-    table = write_splits(recipe.splits.protocol, data.path(data.train_instances), data.path(data.val_instances),
-                         out, data.path(data.train_captions))
+    sources = [data.path(data.train_instances), data.path(data.val_instances), data.path(data.train_captions)]
+    table = write_splits(recipe.splits.protocol, *sources[:2], out, sources[2])
     recipe.save(out)
-    mark_stage_done(run_dir, "splits", recipe, sorted(table) + ["partition.json"], counts=table)
+    # the source files are inputs: the stage re-runs when one of them changes
+    inputs = [Path(p).resolve() for p in sources if p is not None]
+    mark_stage_done(run_dir, "splits", recipe, sorted(table) + ["partition.json"], inputs, counts=table)
     return table
 
 
