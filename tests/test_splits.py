@@ -117,6 +117,25 @@ def test_cli_prints_counts_and_rejects_bad_input_without_partial_output(tmp_path
     assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").iterdir())
 
 
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
+def test_non_finite_numbers_are_named_and_an_earlier_output_stays_as_it_was(tmp_path, capsys, literal):
+    out = tmp_path / "out"
+    args = ["splits", "--protocol", "coco_ovr_48_17", "--train-instances", str(TRAIN), "--out", str(out)]
+    assert ovis(args + ["--val-instances", str(VAL)]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    d = json.loads(VAL.read_text())
+    ann = d["annotations"][5]
+    ann["bbox"][2] = 123456.5
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(d).replace("123456.5", literal))
+    capsys.readouterr()
+    assert ovis(args + ["--val-instances", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "bad.json" in err and f"id {ann['id']}" in err and "bbox" in err
+    assert literal in err and "Traceback" not in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
 def test_wrong_dataset_for_protocol_is_named(tmp_path):
     d = json.loads(VAL.read_text())
     d["categories"] = [c for c in d["categories"] if c["id"] != 5]

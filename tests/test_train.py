@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -191,3 +194,15 @@ def test_stage_seeds_the_initial_weights_whatever_ran_before(tmp_path):
         finals.append(torch.load(res.final, weights_only=True)["model"])
     assert finals[0].keys() == finals[1].keys()
     assert all(torch.equal(finals[0][k], finals[1][k]) for k in finals[0])
+
+
+def test_temp_files_of_a_killed_writer_are_removed_at_the_next_start(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f".last.pth.{int(dead.stdout)}.tmp"
+    live = tmp_path / f".metrics.jsonl.{os.getppid()}.abcd.tmp"  # a writer that is still running
+    stale.write_bytes(b"half a checkpoint")
+    live.write_text("{}")
+    train(_task(_cfg(max_iter=2, checkpoint_period=2)), tmp_path, progress=False)
+    assert not stale.exists() and live.exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == [
+        "last.pth", "metrics.jsonl", "model_final.pth"]

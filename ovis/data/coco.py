@@ -51,9 +51,15 @@ class CocoFormatError(ValueError):
 def read_json(path: str | Path) -> Any:
     """Parse a JSON file; unreadable, truncated or non-UTF-8 files raise CocoFormatError naming it."""
     name = os.fspath(path)
+    bad: list[_NonFinite] = []
+
+    def non_finite(literal: str) -> _NonFinite:  # Python's json accepts NaN and Infinity; JSON does not
+        bad.append(_NonFinite(literal))
+        return bad[-1]
+
     try:
         with open(path, "rb") as f:
-            return json.load(f)
+            data = json.load(f, parse_constant=non_finite)
     except OSError as e:
         raise CocoFormatError(f"{name}: cannot read file: {e.strerror or e}") from e
     except json.JSONDecodeError as e:
@@ -63,6 +69,36 @@ def read_json(path: str | Path) -> Any:
         ) from e
     except UnicodeDecodeError as e:
         raise CocoFormatError(f"{name}: not a UTF-8 JSON file ({e.reason})") from e
+    if bad:
+        raise CocoFormatError(f"{name}: {_locate(data, bad[0])} is {bad[0].literal}; JSON numbers must be finite")
+    return data
+
+
+class _NonFinite:
+    """Stands in for a NaN / Infinity literal while a file is parsed, so its place can be named."""
+
+    def __init__(self, literal: str) -> None:
+        self.literal = literal
+
+
+def _locate(obj: Any, target: object, path: str = "") -> str:
+    """Where ``target`` sits in ``obj``: e.g. ``annotations id 7: field 'bbox'``."""
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else ()
+    for key, value in items:
+        if value is target:
+            return f"{path}: field {key!r}" if isinstance(key, str) and path else f"{path or 'top level'}[{key!r}]"
+        if isinstance(value, (dict, list)):
+            here = path
+            if isinstance(key, str):
+                here = f"{path}.{key}" if path else key
+            elif isinstance(value, dict) and "id" in value:
+                here = f"{path} id {value['id']}"
+            else:
+                here = f"{path}[{key}]"
+            found = _locate(value, target, here)
+            if found:
+                return found
+    return ""
 
 
 def load_rgb(path: Path, size: tuple[int, int], where: str) -> torch.Tensor:
@@ -268,6 +304,29 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, bytes):
         return obj.decode("ascii")
     raise TypeError(f"object of type {type(obj).__name__} is not JSON serializable")
+
+
+def remove_stale_temps(folder: str | Path) -> list[Path]:
+    """Delete the temp files (``.<name>.<pid>….tmp``) in ``folder`` whose writing process is gone:
+    what a kill in the middle of an atomic write leaves behind. Returns the removed paths."""
+    removed = []
+    for tmp in sorted(Path(folder).glob(".*.*.tmp")):
+        pid = next((int(part) for part in tmp.name.split(".") if part.isdigit()), None)
+        if pid is not None and pid != os.getpid() and _process_alive(pid):
+            continue
+        tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 @contextmanager

@@ -53,6 +53,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
 from ovis.config import Recipe, TrainConfig, load_recipe
+from ovis.data.coco import remove_stale_temps
 from ovis.engine import dist as odist
 from ovis.engine.schedule import build_lr_scheduler, build_optimizer
 from ovis.runs import TRAINING_STAGES, stage_hash
@@ -407,6 +408,8 @@ def train(task: TrainTask, out_dir: str | Path, device: str = "auto", resume: bo
     amp_dtype = _amp_dtype(cfg.amp, dev)
     if info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
+        for tmp in remove_stale_temps(out_dir):
+            log(f"removed {tmp.name}, left by an interrupted checkpoint write")
     _seed_all(cfg.seed + info.rank)
 
     model = task.model.to(dev)
