@@ -11,6 +11,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -304,7 +305,27 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
             kwargs[key] = _build(hint, value, f"{where}.{key}")
         else:
             kwargs[key] = _check_type(value, hint, f"{where}.{key}")
-    return cls(**kwargs)
+    obj = cls(**kwargs)
+    if isinstance(obj, TrainConfig):
+        _check_schedule(obj, where)
+    return obj
+
+
+def _check_schedule(cfg: TrainConfig, where: str) -> None:
+    """Values a training schedule cannot run with, named like type errors (``demo_cpl.teacher.max_iter``)."""
+    rules = [
+        ("max_iter", cfg.max_iter >= 1, "≥ 1"), ("batch_size", cfg.batch_size >= 1, "≥ 1"),
+        ("lr", math.isfinite(cfg.lr) and cfg.lr > 0, "a finite number > 0"),
+        ("momentum", 0 <= cfg.momentum < 1, "in [0, 1)"), ("weight_decay", cfg.weight_decay >= 0, "≥ 0"),
+        ("warmup_iters", cfg.warmup_iters >= 0, "≥ 0"), ("gamma", cfg.gamma > 0, "> 0"),
+        ("steps", all(s >= 0 for s in cfg.steps), "iterations ≥ 0"),
+        ("clip_grad_norm", cfg.clip_grad_norm is None or cfg.clip_grad_norm > 0, "> 0 or null"),
+        ("checkpoint_period", cfg.checkpoint_period >= 1, "≥ 1"), ("log_period", cfg.log_period >= 1, "≥ 1"),
+        ("num_workers", cfg.num_workers >= 0, "≥ 0"), ("flip_prob", 0 <= cfg.flip_prob <= 1, "in [0, 1]"),
+    ]
+    for key, ok, need in rules:
+        if not ok:
+            raise RecipeError(f"{where}: {key}={getattr(cfg, key)!r} must be {need}")
 
 
 def resolve_recipe_path(recipe: str | Path) -> Path:

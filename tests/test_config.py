@@ -51,6 +51,12 @@ def test_dotted_overrides_are_typed_and_change_the_hash():
         (["teacher.steps=5"], r"expected a list"),
         (["nosuchsection.x=1"], r"unknown key\(s\) \['nosuchsection'\]"),
         (["teacher.max_iter"], r"expected SECTION\.KEY=VALUE"),
+        (["teacher.max_iter=-5"], r"demo_cpl\.teacher: max_iter=-5 must be ≥ 1"),
+        (["student.lr=.nan"], r"demo_cpl\.student: lr=nan must be a finite number > 0"),
+        (["grounding.batch_size=0"], r"demo_cpl\.grounding: batch_size=0 must be ≥ 1"),
+        (["teacher.flip_prob=1.5"], r"flip_prob=1\.5 must be in \[0, 1\]"),
+        (["student.steps=[-1]"], r"steps=\[-1\] must be iterations ≥ 0"),
+        (["teacher.clip_grad_norm=0"], r"clip_grad_norm=0\.0 must be > 0 or null"),
     ],
 )
 def test_bad_overrides_are_explained(override, message):
