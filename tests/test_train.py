@@ -206,3 +206,9 @@ def test_temp_files_of_a_killed_writer_are_removed_at_the_next_start(tmp_path):
     assert not stale.exists() and live.exists()
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == [
         "last.pth", "metrics.jsonl", "model_final.pth"]
+
+
+def test_a_corrupt_final_checkpoint_is_named(tmp_path):
+    (tmp_path / "model_final.pth").write_bytes(b"\x00not a checkpoint")
+    with pytest.raises(RuntimeError, match=r"cannot read checkpoint .*model_final\.pth.*delete it to start over"):
+        train(_task(_cfg(max_iter=2)), tmp_path, progress=False, recipe_hash="abc")

@@ -22,11 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import submitit
-import torch
 
 from ovis.config import Recipe, load_recipe, parse_overrides, recipe_from_dict
 from ovis.engine import dist as odist
-from ovis.engine.train import FINAL, LAST, METRICS, TrainResult, run_stage
+from ovis.engine.train import FINAL, LAST, METRICS, TrainResult, load_checkpoint, run_stage
 
 LAUNCHERS = ("local", "torchrun", "slurm")
 
@@ -48,7 +47,7 @@ def _result_from_dir(out_dir: Path) -> TrainResult:
     final = out_dir / FINAL
     if not final.is_file():
         raise LaunchError(f"training finished without writing {final}")
-    it = int(torch.load(final, map_location="cpu", weights_only=True, mmap=True).get("iteration", 0))
+    it = int(load_checkpoint(final, mmap=True).get("iteration", 0))
     return TrainResult(final, out_dir / LAST, out_dir / METRICS, it)
 
 

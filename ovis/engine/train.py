@@ -262,7 +262,7 @@ def load_init(model: nn.Module, path: Path) -> dict[str, list[str]]:
     non-strictly: returns the ``missing``, ``unexpected`` and ``shape_mismatch`` (skipped) keys."""
     if not path.is_file():
         raise FileNotFoundError(f"train.init: checkpoint {path} not found (relative paths resolve against the run dir)")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_checkpoint(path)
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]
     own = model.state_dict()
@@ -300,10 +300,11 @@ def save_atomic(obj: Any, path: Path) -> Path:
     return path
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """A checkpoint written by :func:`train`, on CPU; a clear error when it is unreadable."""
+def load_checkpoint(path: Path, mmap: bool = False) -> dict[str, Any]:
+    """A checkpoint written by :func:`train`, on CPU (``mmap``: tensors read lazily, for a look at its
+    metadata); a clear error naming the file when it is unreadable."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means the same thing here
         raise RuntimeError(f"cannot read checkpoint {path} ({type(e).__name__}: {e}); delete it to start over") from None
 
@@ -313,7 +314,7 @@ def final_is_current(out_dir: Path, recipe_hash: str | None) -> bool:
     final = Path(out_dir) / FINAL
     if recipe_hash is None or not final.is_file():
         return False
-    return torch.load(final, map_location="cpu", weights_only=True, mmap=True).get("recipe_hash") == recipe_hash
+    return load_checkpoint(final, mmap=True).get("recipe_hash") == recipe_hash
 
 
 def _rng_state(device: torch.device) -> dict[str, Any]:
@@ -402,7 +403,7 @@ def train(task: TrainTask, out_dir: str | Path, device: str = "auto", resume: bo
             logger.info(msg)
 
     if resume and final_is_current(out_dir, recipe_hash):
-        it = int(torch.load(final, map_location="cpu", weights_only=True, mmap=True).get("iteration", cfg.max_iter))
+        it = int(load_checkpoint(final, mmap=True).get("iteration", cfg.max_iter))
         log(f"{final} matches recipe hash {recipe_hash}: nothing to train")
         return TrainResult(final, last, metrics_path, it, skipped=True)
     amp_dtype = _amp_dtype(cfg.amp, dev)
@@ -597,7 +598,7 @@ def run_stage(recipe: Recipe, stage: str, run_dir: str | Path, task: str | None 
         _ensure_logging()
         if info.is_main:
             logger.info(f"{out_dir / FINAL} matches recipe hash {recipe_hash}: nothing to train")
-        it = int(torch.load(out_dir / FINAL, map_location="cpu", weights_only=True, mmap=True).get("iteration", 0))
+        it = int(load_checkpoint(out_dir / FINAL, mmap=True).get("iteration", 0))
         return TrainResult(out_dir / FINAL, out_dir / LAST, out_dir / METRICS, it, skipped=True)
     spec = task or default_task(recipe.method, stage)
     builder = load_task_builder(spec)

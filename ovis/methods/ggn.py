@@ -51,7 +51,7 @@ from ovis.data.coco import (
 )
 from ovis.data.transforms import RandomHorizontalFlip
 from ovis.engine.dist import resolve_device
-from ovis.engine.train import FINAL, LAST, METRICS, TrainResult, TrainTask
+from ovis.engine.train import FINAL, LAST, METRICS, TrainResult, TrainTask, load_checkpoint
 from ovis.models.affinity import AffinityNet, affinity_target, palette_from_masks
 from ovis.models.detector import build_detector
 from ovis.pseudo.grouping import (
@@ -202,7 +202,7 @@ def load_model(recipe: Recipe, run_dir: str | Path, which: str) -> nn.Module:
     else:  # the checkpoint holds every weight: skip the backbone's pretrained initialisation
         cfg = oln_recipe(recipe).model if which in OLN_VARIANTS else recipe.model
         model = build_detector(dataclasses.replace(cfg, backbone_weights=None), num_classes=1)
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_checkpoint(path)
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as e:
