@@ -36,7 +36,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     module = importlib.import_module(COMMANDS[name][0])
     entry = getattr(module, "lab_main" if name == "lab" else "main")
-    return int(entry(rest) or 0)
+    try:
+        return int(entry(rest) or 0)
+    except OSError as e:  # the file system said no: an output path that is a file, no permission, ...
+        where = f" ({e.filename})" if e.filename and str(e.filename) not in str(e) else ""
+        print(f"ovis {name}: error: {e}{where}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

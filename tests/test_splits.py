@@ -143,3 +143,14 @@ def test_wrong_dataset_for_protocol_is_named(tmp_path):
     (tmp_path / "v.json").write_text(json.dumps(d))
     with pytest.raises(ValueError, match=r"v\.json: category 5 \(airplane\)"):
         write_splits("coco_ovr_48_17", TRAIN, tmp_path / "v.json", tmp_path / "out")
+
+
+@pytest.mark.parametrize("out", ["a_file", "a_file/sub"])
+def test_an_output_path_through_a_file_is_one_line(tmp_path, capsys, out):
+    (tmp_path / "a_file").write_text("keep me")
+    code = ovis(["splits", "--protocol", "coco_ovr_48_17", "--train-instances", str(TRAIN),
+                 "--val-instances", str(VAL), "--out", str(tmp_path / out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and err.startswith("ovis splits: error:")
+    assert str(tmp_path / out) in err and "Traceback" not in err
+    assert (tmp_path / "a_file").read_text() == "keep me"
