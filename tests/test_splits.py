@@ -154,3 +154,17 @@ def test_an_output_path_through_a_file_is_one_line(tmp_path, capsys, out):
     assert code == 2 and len(err.splitlines()) == 1 and err.startswith("ovis splits: error:")
     assert str(tmp_path / out) in err and "Traceback" not in err
     assert (tmp_path / "a_file").read_text() == "keep me"
+
+
+def test_a_second_protocol_into_the_same_folder_leaves_only_its_own_files(tmp_path):
+    out = tmp_path / "out"
+    write_splits("coco_ovr_48_17", TRAIN, VAL, out, CAPS)
+    assert {"val_novel.json", "val_base.json", "captions.json"} <= {p.name for p in out.iterdir()}
+    write_splits("coco_voc_nonvoc", TRAIN, VAL, out)
+    assert sorted(p.name for p in out.iterdir()) == ["partition.json", "train_base.json", "val.json"]
+
+
+def test_captions_of_another_split_are_named(tmp_path):
+    with pytest.raises(ValueError, match=r"captions_val2017\.json: none of its \d+ captioned images is a base-training"):
+        write_splits("coco_ovr_48_17", TRAIN, VAL, tmp_path / "out", ANN / "captions_val2017.json")
+    assert not (tmp_path / "out").exists()

@@ -125,6 +125,9 @@ def subset(
     out.update(images=images, annotations=anns, categories=cats)
     return out
 
+# every file build_splits can write, whatever the protocol
+SPLIT_FILES = ("train_base.json", "val.json", "val_novel.json", "val_base.json", "partition.json", "captions.json")
+
 
 def build_splits(
     protocol: str,
@@ -134,6 +137,7 @@ def build_splits(
     *,
     train_path: Path = Path("train"),
     val_path: Path = Path("val"),
+    captions_path: Path = Path("captions"),
 ) -> dict[str, Any]:
     """All split files of a protocol, as ``{file name: JSON object}`` (nothing written)."""
     partition = load_partition(protocol)
@@ -156,6 +160,9 @@ def build_splits(
     if captions is not None:
         train_ids = [im["id"] for im in files["train_base.json"]["images"]]
         files["captions.json"] = {str(i): captions[i] for i in train_ids if captions.get(i)}
+        if captions and not files["captions.json"]:
+            raise CocoFormatError(f"{captions_path}: none of its {len(captions)} captioned images is a base-training "
+                                  f"image of {train_path}; is it the captions file of the same split?")
     return files
 
 
@@ -192,10 +199,13 @@ def write_splits(
     train = load_coco(train_path)
     val = train if val_path == train_path else load_coco(val_path)
     captions = parse_caption_file(train_captions) if train_captions else None
-    files = build_splits(protocol, train, val, captions, train_path=train_path, val_path=val_path)
+    files = build_splits(protocol, train, val, captions, train_path=train_path, val_path=val_path,
+                         captions_path=Path(train_captions or "captions"))
     out = Path(out_dir)
     for name, obj in files.items():
         write_json_atomic(obj, out / name)
+    for name in sorted(set(SPLIT_FILES) - set(files)):  # left by a run of another protocol or without captions
+        (out / name).unlink(missing_ok=True)
     return counts(files)
 
 
