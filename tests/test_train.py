@@ -13,7 +13,7 @@ import pytest
 import torch
 from toy_task import SquareDataset, SquareNet
 
-from ovis.config import Recipe, TrainConfig
+from ovis.config import Recipe, TrainConfig, load_recipe
 from ovis.engine.schedule import build_lr_scheduler, build_optimizer, lr_factor
 from ovis.engine.train import (
     BatchStream,
@@ -212,3 +212,10 @@ def test_a_corrupt_final_checkpoint_is_named(tmp_path):
     (tmp_path / "model_final.pth").write_bytes(b"\x00not a checkpoint")
     with pytest.raises(RuntimeError, match=r"cannot read checkpoint .*model_final\.pth.*delete it to start over"):
         train(_task(_cfg(max_iter=2)), tmp_path, progress=False, recipe_hash="abc")
+
+
+def test_a_stage_without_its_inputs_writes_nothing(tmp_path):
+    recipe = load_recipe("demo_ggn", {"data.root": str(tmp_path / "data")})
+    with pytest.raises(FileNotFoundError, match="run the splits stage first"):
+        run_stage(recipe, "teacher", tmp_path / "run")
+    assert not (tmp_path / "run").exists()

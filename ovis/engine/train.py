@@ -586,8 +586,8 @@ def load_task_builder(spec: str) -> Callable[[Recipe, Path, str], TrainTask]:
 
 def run_stage(recipe: Recipe, stage: str, run_dir: str | Path, task: str | None = None, device: str = "auto",
               resume: bool = True, progress: bool = True) -> TrainResult:
-    """Train one stage of a recipe into ``<run_dir>/<stage>/``: save the resolved recipe, build the
-    task (``task`` spec or the method's default from :data:`TASKS`), run :func:`train`."""
+    """Train one stage of a recipe into ``<run_dir>/<stage>/``: build the task (``task`` spec or the
+    method's default from :data:`TASKS`), save the resolved recipe, run :func:`train`."""
     if stage not in STAGES:
         raise TaskError(f"unknown training stage {stage!r}; expected one of {list(STAGES)}")
     run_dir = Path(run_dir)
@@ -602,13 +602,13 @@ def run_stage(recipe: Recipe, stage: str, run_dir: str | Path, task: str | None 
         return TrainResult(out_dir / FINAL, out_dir / LAST, out_dir / METRICS, it, skipped=True)
     spec = task or default_task(recipe.method, stage)
     builder = load_task_builder(spec)
-    if info.is_main:
-        recipe.save(out_dir)
     # the same initial weights in every process; baseline and oln have no section: they train with recipe.student
     _seed_all((getattr(recipe, stage, None) or recipe.student).seed)
     train_task = builder(recipe, run_dir, stage)
     if not isinstance(train_task, TrainTask):
         raise TaskError(f"task builder {spec} returned {type(train_task).__name__}, expected ovis.engine.train.TrainTask")
+    if info.is_main:  # only once the task is built: a missing input leaves no stage folder behind
+        recipe.save(out_dir)
     return train(train_task, out_dir, device=device, resume=resume, progress=progress, recipe_hash=recipe_hash)
 
 
