@@ -8,6 +8,7 @@ loaded by pycocotools, detectron2 and mmdetection.
 from __future__ import annotations
 
 import json
+import math
 import os
 import secrets
 from collections import Counter
@@ -169,6 +170,10 @@ def validate_coco(data: Any, name: str = "<dataset>") -> None:
 
     sizes = _image_sizes(data["images"], name)
     category_ids = _unique_ids(data["categories"], "category", name)
+    for cat in data["categories"]:
+        if not isinstance(cat.get("name"), str) or not cat["name"].strip():
+            raise CocoFormatError(f"{name}: category {cat['id']}: 'name' is {cat.get('name')!r}, expected a "
+                                  "non-empty string")
     seen: set = set()
     for i, ann in enumerate(data["annotations"]):
         try:
@@ -193,6 +198,16 @@ def validate_coco(data: Any, name: str = "<dataset>") -> None:
                     f"{_where(name, ann)}: bbox {bbox} has non-positive width or height; "
                     "fix or drop the annotation"
                 )
+            if not all(_is_number(v) for v in bbox):
+                raise CocoFormatError(f"{_where(name, ann)}: bbox {bbox} holds a value that is not a finite number")
+            x, y, w, h = bbox
+            if x >= hw[1] or y >= hw[0] or x + w <= 0 or y + h <= 0:
+                raise CocoFormatError(f"{_where(name, ann)}: bbox {bbox} lies outside its "
+                                      f"{hw[1]}x{hw[0]} image")
+            if "iscrowd" in ann and (type(ann["iscrowd"]) is not int or ann["iscrowd"] not in (0, 1)):
+                raise CocoFormatError(f"{_where(name, ann)}: iscrowd is {ann['iscrowd']!r}, expected 0 or 1")
+            if "area" in ann and not (_is_number(ann["area"]) and ann["area"] >= 0):
+                raise CocoFormatError(f"{_where(name, ann)}: area is {ann['area']!r}, expected a number ≥ 0")
             segm = ann.get("segmentation")
             if segm is not None:
                 _check_segmentation(segm, hw, name, ann)
@@ -246,16 +261,47 @@ def _unique_ids(entries: list, kind: str, name: str) -> set:
     return unique
 
 
+def _is_number(v: Any) -> bool:
+    return type(v) in (int, float) and math.isfinite(v)
+
+
+def _compressed_counts(s: str | bytes) -> list[int] | None:
+    """The run lengths of a compressed COCO RLE string (pycocotools' ``rleFrString``), without
+    decoding the mask; None when the string is not one."""
+    data = s.encode("ascii", "replace") if isinstance(s, str) else s
+    counts: list[int] = []
+    p = 0
+    while p < len(data):
+        x, k, more = 0, 0, True
+        while more:
+            if p >= len(data) or not 48 <= data[p] < 48 + 64:
+                return None
+            c = data[p] - 48
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            p += 1
+            k += 1
+            if not more and c & 0x10:
+                x |= -1 << (5 * k)
+        if len(counts) > 2:
+            x += counts[-2]
+        counts.append(x)
+    return counts
+
+
 def _check_segmentation(segm: Any, hw: tuple[int, int], name: str, ann: dict) -> None:
     if type(segm) is list:
         if not segm:
             raise CocoFormatError(f"{_where(name, ann)}: segmentation is an empty polygon list")
         for j, part in enumerate(segm):
-            if type(part) is list and len(part) >= 6 and len(part) % 2 == 0:
+            if type(part) is list and len(part) >= 6 and len(part) % 2 == 0 and all(map(_is_number, part)):
                 continue
             part_of = f" (part {j} of {len(segm)})" if len(segm) > 1 else ""
             if type(part) is not list:
                 problem = f"polygon is a {type(part).__name__}, expected [x1, y1, x2, y2, ...]"
+            elif not all(map(_is_number, part)):
+                bad = next(v for v in part if not _is_number(v))
+                problem = f"polygon coordinate {bad!r} is not a finite number"
             elif len(part) % 2:
                 problem = f"polygon has an odd number of coordinates ({len(part)})"
             else:
@@ -272,14 +318,20 @@ def _check_segmentation(segm: Any, hw: tuple[int, int], name: str, ann: dict) ->
                 f"[height, width] [{h}, {w}]"
             )
         counts = segm["counts"]
+        if isinstance(counts, (str, bytes)):
+            counts = _compressed_counts(counts)
+            if counts is None:
+                raise CocoFormatError(f"{_where(name, ann)}: RLE counts string is not a compressed COCO RLE")
         if type(counts) is list:
+            if not all(type(c) is int and c >= 0 for c in counts):
+                raise CocoFormatError(f"{_where(name, ann)}: RLE counts hold a value that is not an integer ≥ 0")
             total = sum(counts)
             if total != h * w:
                 raise CocoFormatError(
                     f"{_where(name, ann)}: uncompressed RLE counts sum to {total}, "
                     f"expected height*width = {h * w}"
                 )
-        elif not isinstance(counts, (str, bytes)):
+        else:
             raise CocoFormatError(
                 f"{_where(name, ann)}: RLE counts is a {type(counts).__name__}, "
                 "expected a list or a string"
