@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from ovis.eval.cli import main
 
 
@@ -45,3 +47,38 @@ def test_cli_reports_bad_input_on_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1
     assert err[0].startswith("ovis eval: error: 1 image id(s)") and "5 (first at" in err[0]
+
+
+def _unknown_image(gt: dict) -> None:
+    gt["annotations"][1]["image_id"] = 99
+
+
+def _duplicate_id(gt: dict) -> None:
+    gt["annotations"][1]["id"] = 1
+
+
+def _no_height(gt: dict) -> None:
+    del gt["images"][1]["height"]
+
+
+@pytest.mark.parametrize("corrupt, expected", [
+    (_unknown_image, "annotation 2 (image 99): image id is not in 'images'"),
+    (_duplicate_id, "annotation 1: duplicate annotation id"),
+    (_no_height, "image 2: malformed image entry"),
+    (None, "not valid JSON"),
+])
+def test_ground_truth_is_validated_like_splits(tmp_path, capsys, corrupt, expected):
+    gt = _gt()
+    text = json.dumps(gt)[:-3] if corrupt is None else None
+    if corrupt is not None:
+        corrupt(gt)
+        text = json.dumps(gt)
+    (tmp_path / "val.json").write_text(text)
+    (tmp_path / "dets.json").write_text(json.dumps([{"image_id": 1, "category_id": 1, "score": 0.9,
+                                                     "bbox": [10, 10, 30, 30]}]))
+    out = tmp_path / "eval"
+    rc = main(["--protocol", "coco_voc_nonvoc", "--gt", str(tmp_path / "val.json"),
+               "--detections", str(tmp_path / "dets.json"), "--iou-type", "bbox", "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and str(tmp_path / "val.json") in err and expected in err
+    assert not out.exists()

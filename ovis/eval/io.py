@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import math
 import re
 from pathlib import Path
@@ -19,7 +18,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from ovis.data.coco import write_json_atomic
+from ovis.data.coco import CocoFormatError, read_json, validate_coco, write_json_atomic
 
 __all__ = [
     "EvalInputError",
@@ -50,13 +49,19 @@ def load_gt(gt: str | Path | dict) -> dict:
         path = Path(gt)
         if not path.is_file():
             raise EvalInputError(f"ground-truth file {path} does not exist")
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-        name = str(path)
-    for key in ("images", "annotations", "categories"):
-        if not isinstance(data.get(key), list):
-            raise EvalInputError(f"{name}: missing list {key!r}; give a COCO instances json")
+        data, name = _read(path), str(path)
+    try:  # the rules the splits stage applies: unknown images, duplicate ids, sizes, masks, ...
+        validate_coco(data, name)
+    except CocoFormatError as e:
+        raise EvalInputError(str(e)) from None
     return data
+
+
+def _read(path: Path) -> Any:
+    try:
+        return read_json(path)
+    except CocoFormatError as e:
+        raise EvalInputError(str(e)) from None
 
 
 def shard_paths(path: str | Path) -> list[Path]:
@@ -76,8 +81,7 @@ def shard_paths(path: str | Path) -> list[Path]:
 
 
 def _read_list(path: Path) -> list:
-    with open(path, encoding="utf-8") as f:
-        data = json.load(f)
+    data = _read(path)
     if not isinstance(data, list):
         raise EvalInputError(f"{path}: detections must be a JSON list of result entries")
     return data
