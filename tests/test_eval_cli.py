@@ -82,3 +82,17 @@ def test_ground_truth_is_validated_like_splits(tmp_path, capsys, corrupt, expect
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and str(tmp_path / "val.json") in err and expected in err
     assert not out.exists()
+
+
+def test_metrics_without_ground_truth_are_flagged_not_averaged(tmp_path, capsys):
+    gt = _gt()
+    gt["annotations"] = gt["annotations"][:1]  # only the person: no unseen (non-VOC) instance left
+    (tmp_path / "val.json").write_text(json.dumps(gt))
+    (tmp_path / "dets.json").write_text(json.dumps([{"image_id": 1, "category_id": 1, "score": 0.9,
+                                                     "bbox": [10, 10, 30, 30]}]))
+    rc = main(["--protocol", "coco_voc_nonvoc", "--gt", str(tmp_path / "val.json"),
+               "--detections", str(tmp_path / "dets.json"), "--iou-type", "bbox"])
+    captured = capsys.readouterr()
+    metrics = json.loads(captured.out.strip().splitlines()[-1])["metrics"]
+    assert rc == 0 and metrics["AUC"] == -1.0 and metrics["AR@100"] == -1.0
+    assert "ovis eval: note: no ground truth for AR@10, AR@100" in captured.err and "AUC" in captured.err

@@ -204,6 +204,11 @@ def evaluate(
         metrics, extra = _evaluate_ovr(proto, gt_data, dets, iou_type, part)
     else:
         metrics, extra = _evaluate_open_world(proto, gt_data, dets, iou_type, part, backend)
+    undefined = sorted(k for k, v in metrics.items() if isinstance(v, float) and v < 0)
+    if undefined:
+        where = gt if isinstance(gt, (str, Path)) else "the GT"
+        notes.append(f"no ground truth for {', '.join(undefined)} (no such instances in {where}): "
+                     "reported as -1, not a score")
     return {
         "protocol": proto.name,
         "iou_type": iou_type,

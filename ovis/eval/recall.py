@@ -147,5 +147,7 @@ def recall_metrics(recall: np.ndarray, max_dets: tuple[int, ...], with_auc: bool
     for label, key in (("small", "AR_s@100"), ("medium", "AR_m@100"), ("large", "AR_l@100")):
         metrics[key] = mean_recall(recall, max_dets, 100, label)
     if with_auc:
-        metrics["AUC"] = oln_auc({k: metrics[f"AR@{k}"] for k in AUC_BUDGETS[1:]})
+        ars = {k: metrics[f"AR@{k}"] for k in AUC_BUDGETS[1:]}
+        # -1 marks "no GT to recall": an area under it would average the sentinel into a number
+        metrics["AUC"] = -1.0 if min(ars.values()) < 0 else oln_auc(ars)
     return metrics
