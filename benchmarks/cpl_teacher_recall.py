@@ -20,7 +20,7 @@ import torch
 from torchvision.ops import box_iou
 
 from ovis.config import load_recipe
-from ovis.data.coco import CocoDetection
+from ovis.data.dataset import CocoDetection
 from ovis.methods.cpl import class_embeddings, load_model
 from ovis.models.detector import set_class_embeddings
 

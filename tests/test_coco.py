@@ -14,11 +14,9 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from ovis.data.coco import (
-    CocoDetection,
     CocoFormatError,
     ann_to_mask,
     ann_to_rle,
-    collate_fn,
     load_coco,
     mask_to_rle,
     masks_to_rles,
@@ -26,6 +24,7 @@ from ovis.data.coco import (
     write_json_atomic,
     write_text_atomic,
 )
+from ovis.data.dataset import CocoDetection, collate_fn
 from ovis.data.transforms import RandomHorizontalFlip
 
 # pycocotools' Cython arrays trip a numpy-2 DeprecationWarning on every decode; not ours to fix

@@ -15,7 +15,8 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from ovis.config import load_recipe
-from ovis.data.coco import CocoDetection, ann_to_mask, load_coco
+from ovis.data.coco import ann_to_mask, load_coco
+from ovis.data.dataset import CocoDetection
 from ovis.data.splits import run_splits_stage
 from ovis.engine.train import STAGES, default_task
 from ovis.methods import ggn

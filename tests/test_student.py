@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ovis.config import ModelConfig
-from ovis.data.coco import CocoDetection
+from ovis.data.dataset import CocoDetection
 from ovis.models.detector import build_detector
 from ovis.models.student import (
     HeteroscedasticMaskPredictor,

@@ -12,7 +12,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ovis.data.coco import CocoDetection, masks_to_rles, write_json_atomic
+from ovis.data.coco import masks_to_rles, write_json_atomic
+from ovis.data.dataset import CocoDetection
 from ovis.engine.dist import all_gather_object, barrier, get_rank, get_world_size
 
 

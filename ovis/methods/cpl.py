@@ -30,12 +30,8 @@ import torch
 from torch import Tensor, nn
 
 from ovis.config import Recipe
-from ovis.data.coco import (
-    CocoDetection,
-    collate_fn,
-    write_json_atomic,
-    write_text_atomic,
-)
+from ovis.data.coco import write_json_atomic, write_text_atomic
+from ovis.data.dataset import CocoDetection, collate_fn
 from ovis.data.transforms import RandomHorizontalFlip
 from ovis.models.detector import build_detector, set_class_embeddings
 from ovis.models.grounding import grounding_task

@@ -41,7 +41,6 @@ from torch import nn
 
 from ovis.config import Recipe
 from ovis.data.coco import (
-    CocoDetection,
     ann_to_rle,
     load_coco,
     masks_to_rles,
@@ -49,6 +48,7 @@ from ovis.data.coco import (
     write_json_atomic,
     write_text_atomic,
 )
+from ovis.data.dataset import CocoDetection
 from ovis.data.transforms import RandomHorizontalFlip
 from ovis.engine.dist import resolve_device
 from ovis.engine.train import FINAL, LAST, METRICS, TrainResult, TrainTask, load_checkpoint

@@ -43,7 +43,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from ovis.data.coco import load_coco, load_rgb
+from ovis.data.coco import load_coco
+from ovis.data.dataset import load_rgb
 from ovis.engine.train import save_atomic
 from ovis.models.backbones import (
     NORMS,

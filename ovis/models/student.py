@@ -46,7 +46,7 @@ from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
 from torchvision.models.detection.roi_heads import project_masks_on_boxes
 
-from ovis.data.coco import CocoDetection
+from ovis.data.dataset import CocoDetection
 from ovis.models.heads import ClassAgnosticRoIHeads, EmbeddingRoIHeads
 
 __all__ = [

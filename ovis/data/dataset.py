@@ -1,0 +1,177 @@
+"""COCO instances as a torch Dataset for torchvision detection models, and image loading."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from pycocotools import mask as mask_utils
+from torch.utils.data import Dataset
+
+from ovis.data.coco import CocoFormatError, ann_to_rle, load_coco
+
+__all__ = ["CocoDetection", "Transform", "collate_fn", "load_rgb"]
+
+
+def load_rgb(path: Path, size: tuple[int, int], where: str) -> torch.Tensor:
+    """RGB image float32 [3, H, W] in 0..1; ``size`` = the (width, height) its JSON entry states."""
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+    except FileNotFoundError as e:
+        raise CocoFormatError(f"{where}: file {path} not found; check image_root") from e
+    except (UnidentifiedImageError, OSError) as e:
+        raise CocoFormatError(f"{where}: cannot read image {path}: {e}") from e
+    if im.size != tuple(size):
+        raise CocoFormatError(f"{where}: {path} is {im.size[0]}x{im.size[1]} but the JSON says {size[0]}x{size[1]}")
+    chw = np.ascontiguousarray(np.asarray(im).transpose(2, 0, 1))
+    return torch.from_numpy(chw).float().div_(255)
+
+
+Transform = Callable[[torch.Tensor, dict], tuple[torch.Tensor, dict]]
+
+
+class CocoDetection(Dataset):
+    """COCO instances as ``(image, target)`` pairs for torchvision detection models.
+
+    ``image``: float32 [3, H, W] RGB in 0..1. ``target``: ``boxes`` float32 [N, 4] XYXY absolute
+    pixels (clipped to the image), ``labels`` int64 [N] (1..K, or all 1 when class-agnostic),
+    ``masks`` uint8 [N, H, W] (only with ``with_masks``), ``iscrowd`` int64 [N], ``area`` float32
+    [N] (COCO ``area``), ``pseudo`` bool [N], ``scores`` float32 [N] (pseudo annotations' ``score``,
+    1.0 for ground truth), ``image_id`` int.
+
+    ``category_ids`` selects and orders the categories mapped to labels 1..K (default: all, sorted
+    by id); annotations of other categories are dropped, i.e. their objects become background.
+    ``drop_crowd`` removes ``iscrowd=1`` annotations (training); with ``drop_crowd=False`` they
+    stay, flagged by ``iscrowd``. Boxes at most 1 px wide or high after clipping to the image are
+    dropped (maskrcnn-benchmark). ``min_size`` drops images whose shorter side is below it (GGN/OLN use
+    32); ``skip_empty`` drops images whose target would be empty.
+
+    In class-agnostic mode every kept category maps to label 1 and ``label_to_cat_id`` is empty,
+    since a label then names no single category.
+    """
+
+    def __init__(
+        self,
+        ann_file: str | Path,
+        image_root: str | Path,
+        category_ids: Sequence[int] | None = None,
+        class_agnostic: bool = False,
+        transforms: Transform | None = None,
+        with_masks: bool = True,
+        min_size: int = 0,
+        skip_empty: bool = False,
+        drop_crowd: bool = True,
+    ) -> None:
+        self.ann_file = Path(ann_file)
+        self.image_root = Path(image_root)
+        self.transforms = transforms
+        self.with_masks = with_masks
+        self.coco = load_coco(ann_file)
+        name = os.fspath(ann_file)
+
+        file_cat_ids = {c["id"] for c in self.coco["categories"]}
+        if category_ids is None:
+            category_ids = sorted(file_cat_ids)
+        category_ids = list(category_ids)
+        unknown = [c for c in category_ids if c not in file_cat_ids]
+        if unknown:
+            raise ValueError(f"{name}: category ids {unknown} are not in the file's categories")
+        if len(set(category_ids)) != len(category_ids):
+            raise ValueError(f"category_ids has duplicates: {category_ids}")
+        self.category_ids = category_ids
+        self.class_agnostic = class_agnostic
+        if class_agnostic:
+            self.cat_id_to_label = {c: 1 for c in category_ids}
+            self.label_to_cat_id: dict[int, int] = {}
+        else:
+            self.cat_id_to_label = {c: i + 1 for i, c in enumerate(category_ids)}
+            self.label_to_cat_id = {i + 1: c for i, c in enumerate(category_ids)}
+        self.num_classes = 1 if class_agnostic else len(category_ids)
+
+        self._images = {img["id"]: img for img in self.coco["images"]}
+        self._anns: dict[Any, list[dict]] = {iid: [] for iid in self._images}
+        for ann in self.coco["annotations"]:
+            if ann["category_id"] not in self.cat_id_to_label:
+                continue
+            if drop_crowd and ann.get("iscrowd", 0):
+                continue
+            img = self._images[ann["image_id"]]
+            x, y, w, h = ann["bbox"]
+            clipped_w = min(x + w, img["width"]) - max(x, 0)
+            clipped_h = min(y + h, img["height"]) - max(y, 0)
+            if clipped_w <= 1 or clipped_h <= 1:
+                continue
+            if with_masks and "segmentation" not in ann:
+                raise CocoFormatError(
+                    f"{name}: annotation {ann['id']} (image {ann['image_id']}): no segmentation; "
+                    "use with_masks=False for box-only data"
+                )
+            self._anns[ann["image_id"]].append(ann)
+        self.ids = [
+            img["id"]
+            for img in self.coco["images"]
+            if min(img["height"], img["width"]) >= min_size
+            and (self._anns[img["id"]] or not skip_empty)
+        ]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def load_image(self, image_id: int) -> torch.Tensor:
+        """RGB image float32 [3, H, W] in 0..1; checks the file against the JSON's size."""
+        info = self._images[image_id]
+        return load_rgb(self.image_root / info["file_name"], (info["width"], info["height"]),
+                        f"{os.fspath(self.ann_file)}: image {image_id}")
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
+        image_id = self.ids[index]
+        info = self._images[image_id]
+        h, w = info["height"], info["width"]
+        anns = self._anns[image_id]
+        image = self.load_image(image_id)
+
+        boxes = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
+        boxes[:, 2:] += boxes[:, :2]
+        boxes[:, 0::2].clamp_(0, w)
+        boxes[:, 1::2].clamp_(0, h)
+        target = {
+            "boxes": boxes,
+            "labels": torch.tensor(
+                [self.cat_id_to_label[a["category_id"]] for a in anns], dtype=torch.int64
+            ),
+            "iscrowd": torch.tensor([a.get("iscrowd", 0) for a in anns], dtype=torch.int64),
+            "area": torch.tensor([a.get("area", 0.0) for a in anns], dtype=torch.float32),
+            "pseudo": torch.tensor([bool(a.get("pseudo", False)) for a in anns], dtype=torch.bool),
+            "scores": torch.tensor(
+                [float(a.get("score", 1.0)) if a.get("pseudo", False) else 1.0 for a in anns],
+                dtype=torch.float32,
+            ),
+            "image_id": image_id,
+        }
+        if self.with_masks:
+            target["masks"] = _decode_masks(anns, h, w)
+        if self.transforms is not None:
+            image, target = self.transforms(image, target)
+        return image, target
+
+
+def _decode_masks(anns: Iterable[dict], height: int, width: int) -> torch.Tensor:
+    rles = [ann_to_rle(a, height, width) for a in anns]
+    if not rles:
+        return torch.zeros((0, height, width), dtype=torch.uint8)
+    stack = mask_utils.decode(rles)  # uint8 [H, W, N]
+    return torch.from_numpy(np.ascontiguousarray(stack.transpose(2, 0, 1)))
+
+
+def collate_fn(
+    batch: Sequence[tuple[torch.Tensor, dict]],
+) -> tuple[list[torch.Tensor], list[dict]]:
+    """Detection samples -> (list of images, list of targets), the form torchvision models take."""
+    images, targets = zip(*batch) if batch else ((), ())
+    return list(images), list(targets)
