@@ -26,6 +26,7 @@ demo: setup
 	$(VENV)/bin/python -m ovis.pipeline summary demo_cpl demo_ggn
 
 test: setup
+	$(VENV)/bin/ruff check ovis tests benchmarks tools
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 test-slow: setup

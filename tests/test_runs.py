@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import tiny
+
 from ovis.config import load_recipe
 from ovis.data.splits import run_splits_stage
 from ovis.runs import STAGES, mark_stage_done, stage_done, stage_hash, training_stages
