@@ -67,6 +67,7 @@ def build_trunk(
     :func:`build_resnet`.
     """
     check_backbone(name)
+    _check_trainable_layers(trainable_layers)  # before any weights are read
     if norm not in ("frozen_bn", "bn", "gn"):
         raise ValueError(f"norm={norm!r}: use frozen_bn, bn or gn")
     if name in RESNETS:
@@ -79,9 +80,13 @@ def build_trunk(
     return EfficientNetTrunk(efficientnet_lite0(weights), trainable_layers, frozen_bn=norm == "frozen_bn")
 
 
-def _freeze_stages(net: nn.Module, trainable_layers: int, stem: tuple[str, ...]) -> None:
+def _check_trainable_layers(trainable_layers: int) -> None:
     if not 0 <= trainable_layers <= 5:
         raise ValueError(f"model.trainable_layers={trainable_layers} must be in 0..5 (as torchvision)")
+
+
+def _freeze_stages(net: nn.Module, trainable_layers: int, stem: tuple[str, ...]) -> None:
+    _check_trainable_layers(trainable_layers)
     train = ("layer4", "layer3", "layer2", "layer1", stem)[:trainable_layers]
     prefixes = tuple(p for t in train for p in ((t,) if isinstance(t, str) else t))
     for pname, p in net.named_parameters():
