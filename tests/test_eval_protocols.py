@@ -14,6 +14,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from ovis.eval import EvalInputError, evaluate, get_protocol
+from ovis.eval.protocols import metrics_markdown
 from ovis.eval.synthetic import synthetic_detections
 
 REAL = Path(__file__).parent / "data" / "real"
@@ -97,6 +98,13 @@ def test_segm_area_ranges_use_mask_area_not_the_results_bbox(generalized):
         ev.summarize()
     assert ours[:3] == pytest.approx(list(ev.stats[:3]), abs=1e-12)  # AP, AP50, AP75 do not care
     assert ours[3:6] != pytest.approx(list(ev.stats[3:6]), abs=1e-6)  # APs/m/l would shift
+    box = evaluate("coco", gt, dets, "segm", segm_area="box")
+    np.testing.assert_allclose(box["metrics"]["stats"], ev.stats, rtol=0, atol=1e-12)  # pycocotools' convention
+    assert box["segm_area"] == "box" and "segm size ranges from the box area" in metrics_markdown(box)
+    with pytest.raises(EvalInputError, match=r"detections\[0\] \(image \d+\): bbox must be 4 finite numbers"):
+        evaluate("coco", gt, [{k: v for k, v in d.items() if k != "bbox"} for d in dets], "segm", segm_area="box")
+    with pytest.raises(EvalInputError, match="segm_area=box applies to the AP protocols"):
+        evaluate("coco_voc_nonvoc", gt, dets, "segm", segm_area="box")
 
 
 def test_constrained_novel_gt_reports_base_as_minus_one(generalized):

@@ -27,6 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--partition", default=None, help="partition.json with base/novel category lists")
     parser.add_argument("--backend", default="fast", choices=("fast", "pycocotools"),
                         help="AR@k matcher: vectorised (default) or the pycocotools reference")
+    parser.add_argument("--segm-area", default="mask", choices=("mask", "box"),
+                        help="segm APs/APm/APl size a detection by its mask (detectron2, default) or by its "
+                             "bbox (pycocotools on results that carry one)")
     parser.add_argument("--out", default=None, help="folder for metrics.json and metrics.md")
     return parser
 
@@ -34,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     try:
-        result = evaluate(args.protocol, args.gt, args.detections, args.iou_type, args.partition, args.backend)
+        result = evaluate(args.protocol, args.gt, args.detections, args.iou_type, args.partition, args.backend,
+                          args.segm_area)
     except (EvalInputError, json.JSONDecodeError) as e:
         print(f"ovis eval: error: {e}", file=sys.stderr)
         return 2
@@ -42,6 +46,7 @@ def main(argv: list[str]) -> int:
         print(f"ovis eval: note: {note}", file=sys.stderr)
     if args.out:
         write_metrics(result, args.out)
-    summary = {"protocol": result["protocol"], "iou_type": result["iou_type"], "metrics": result["metrics"]}
+    summary = {"protocol": result["protocol"], "iou_type": result["iou_type"], "segm_area": result["segm_area"],
+               "metrics": result["metrics"]}
     print(json.dumps(summary))
     return 0

@@ -117,12 +117,15 @@ def _number(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
-def check_detections(dets: list, gt: dict, iou_type: str, source: str = "detections") -> list[dict]:
+def check_detections(dets: list, gt: dict, iou_type: str, source: str = "detections",
+                     segm_area: str = "mask") -> list[dict]:
     """Validate detections against the GT and return clean copies for pycocotools.
 
-    Copies keep image_id, category_id, score and the geometry of `iou_type` only (a `bbox` is
-    dropped for segm so that pycocotools uses the mask area for the area ranges); uncompressed
-    RLE counts are compressed. Raises EvalInputError naming the detection index and image id.
+    Copies keep image_id, category_id, score and the geometry of `iou_type`. For segm, ``segm_area``
+    says what sizes a detection for the small / medium / large ranges: ``mask`` drops its `bbox`
+    (the mask area, as detectron2), ``box`` keeps it (pycocotools on results that carry a bbox, as
+    mmdetection writes them; every detection then needs one). Uncompressed RLE counts are
+    compressed. Raises EvalInputError naming the detection index and image id.
     """
     if iou_type not in ("segm", "bbox"):
         raise EvalInputError(f"iou_type must be 'segm' or 'bbox', got {iou_type!r}")
@@ -147,14 +150,14 @@ def check_detections(dets: list, gt: dict, iou_type: str, source: str = "detecti
             raise EvalInputError(f"{source}[{i}] (image {img_id}): score {d['score']!r} is not a finite number")
         clean = {"image_id": img_id, "category_id": cat_id, "score": float(d["score"])}
         where = f"{source}[{i}] (image {img_id})"
-        if iou_type == "bbox":
+        if iou_type == "bbox" or segm_area == "box":
             bb = d.get("bbox")
             if not (isinstance(bb, (list, tuple)) and len(bb) == 4 and all(_number(v) for v in bb)):
                 raise EvalInputError(f"{where}: bbox must be 4 finite numbers [x, y, w, h], got {bb!r:.80}")
             if bb[2] < 0 or bb[3] < 0:
                 raise EvalInputError(f"{where}: bbox {bb} has negative width/height; use [x, y, w, h]")
             clean["bbox"] = [float(v) for v in bb]
-        else:
+        if iou_type == "segm":
             clean["segmentation"] = _check_rle(d.get("segmentation"), sizes[img_id], where)
         out.append(clean)
     if bad_images:

@@ -175,6 +175,7 @@ def evaluate(
     iou_type: str = "segm",
     partition: dict | str | Path | None = None,
     backend: str = "fast",
+    segm_area: str = "mask",
 ) -> dict:
     """Evaluate detections under a named protocol.
 
@@ -182,6 +183,8 @@ def evaluate(
     (folder with detections.rank*.json, or a missing X.json with X.rank*.json beside it).
     partition: dict/path with base/novel category lists (overrides the protocol's resource file).
     backend: "fast" or "pycocotools" (only the open-world AR differs; AP always uses pycocotools).
+    segm_area: what sizes a segm detection for APs/APm/APl: "mask" (its mask area, as detectron2) or
+    "box" (its bbox, as pycocotools does for results that carry one); AP protocols only.
     Returns {"protocol", "iou_type", "backend", "metrics", "notes", "num_images",
     "num_detections", ...kind-specific extras}. Metric values are fractions (pycocotools style).
     """
@@ -190,9 +193,14 @@ def evaluate(
         raise EvalInputError(f"iou_type must be 'segm' or 'bbox', got {iou_type!r}")
     if backend not in ("fast", "pycocotools"):
         raise EvalInputError(f"backend must be 'fast' or 'pycocotools', got {backend!r}")
+    if segm_area not in ("mask", "box"):
+        raise EvalInputError(f"segm_area must be 'mask' or 'box', got {segm_area!r}")
+    if segm_area == "box" and proto.kind == "open_world":
+        raise EvalInputError(f"segm_area=box applies to the AP protocols, not {proto.name} (its recall uses mask areas)")
     gt_data = load_gt(gt)
     source = str(detections) if not isinstance(detections, list) else "detections"
-    dets = check_detections(load_detections(detections), gt_data, iou_type, source)
+    dets = check_detections(load_detections(detections), gt_data, iou_type, source,
+                            segm_area if iou_type == "segm" else "mask")
     part = _load_partition(partition)
     notes: list[str] = []
     if not dets:
@@ -214,6 +222,7 @@ def evaluate(
         "iou_type": iou_type,
         "backend": backend if proto.kind == "open_world" else "pycocotools",
         "metrics": metrics,
+        "segm_area": segm_area if iou_type == "segm" else None,
         "notes": notes,
         "num_images": len(gt_data["images"]),
         "num_detections": len(dets),
@@ -227,7 +236,8 @@ def metrics_markdown(result: dict) -> str:
         f"# {result['protocol']} ({result['iou_type']})",
         "",
         f"backend: {result.get('backend', 'pycocotools')}; images: {result.get('num_images', '?')}; "
-        f"detections: {result.get('num_detections', '?')}",
+        f"detections: {result.get('num_detections', '?')}"
+        + (f"; segm size ranges from the {result['segm_area']} area" if result.get("segm_area") else ""),
         "",
         "| metric | value | % |",
         "|---|---|---|",
