@@ -141,7 +141,8 @@ def summary(recipes: list[str], runs_root: Path = Path("runs")) -> str:
             if res["label"] == "eval":  # the copy of the main model's result
                 continue
             keys = HEADLINE.get(protocol_kind(res["protocol"]), ())
-            values = ", ".join(f"{k} {100 * res['metrics'][k]:.1f}" for k in keys if res["metrics"].get(k, -1) >= 0)
+            m = res["metrics"]
+            values = ", ".join(f"{k} {100 * m[k]:.1f}" for k in keys if m.get(k) is not None and m[k] >= 0)
             rows.append(f"| {name} | {res['label']} | {res['protocol']} | {values} |")
     reports = [runs_root / name / "curves" / "report.md" for name in recipes]
     return "\n".join(rows + [""] + [f"report: {p}" for p in reports if p.exists()])

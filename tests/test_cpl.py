@@ -148,7 +148,7 @@ def test_eval_metrics_json_holds_teacher_and_student_side_by_side(pipeline):
             for iou in ious:
                 full = json.loads((run_dir / "eval" / which / setting / iou / "metrics.json").read_text())
                 assert block[which][iou] == full["metrics"], (which, setting, iou)
-    assert side["constrained"]["novel"]["student"]["segm"]["AP50_base"] == -1  # no base GT in val_novel.json
+    assert side["constrained"]["novel"]["student"]["segm"]["AP50_base"] is None  # no base GT in val_novel.json
     md = (run_dir / "eval/metrics.md").read_text().splitlines()
     assert md[0] == "# demo_ovr: teacher vs student (AP50, %)"
     assert "| model | segm AP50 base | segm AP50 novel | segm AP50 all | bbox AP50 base | bbox AP50 novel | bbox AP50 all |" in md

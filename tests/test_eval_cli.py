@@ -91,8 +91,10 @@ def test_metrics_without_ground_truth_are_flagged_not_averaged(tmp_path, capsys)
     (tmp_path / "dets.json").write_text(json.dumps([{"image_id": 1, "category_id": 1, "score": 0.9,
                                                      "bbox": [10, 10, 30, 30]}]))
     rc = main(["--protocol", "coco_voc_nonvoc", "--gt", str(tmp_path / "val.json"),
-               "--detections", str(tmp_path / "dets.json"), "--iou-type", "bbox"])
+               "--detections", str(tmp_path / "dets.json"), "--iou-type", "bbox", "--out", str(tmp_path / "ev")])
     captured = capsys.readouterr()
     metrics = json.loads(captured.out.strip().splitlines()[-1])["metrics"]
-    assert rc == 0 and metrics["AUC"] == -1.0 and metrics["AR@100"] == -1.0
-    assert "ovis eval: note: no ground truth for AR@10, AR@100" in captured.err and "AUC" in captured.err
+    assert rc == 0 and metrics["AUC"] is None and metrics["AR@100"] is None
+    assert "ovis eval: note: no ground truth for AR@10, AR@100" in captured.err and "reported as null" in captured.err
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["metrics"]["AUC"] is None
+    assert "| AUC | null (no GT) | – |" in (tmp_path / "ev" / "metrics.md").read_text()

@@ -206,7 +206,7 @@ def test_no_unseen_gt_gives_minus_one_and_empty_detections_zero():
     res = evaluate("coco_voc_nonvoc", _gt([{"cat": 2, "bbox": [0, 0, 40, 40]}], seen=set()), [], "bbox",
                    partition={"base": [1], "novel": [2]})
     assert all(v == 0.0 for k, v in res["metrics"].items() if k.startswith("AR@") or k == "AUC")
-    assert res["metrics"]["AR_m@100"] == 0.0 and res["metrics"]["AR_s@100"] == -1.0  # no small GT
+    assert res["metrics"]["AR_m@100"] == 0.0 and res["metrics"]["AR_s@100"] is None  # no small GT
     assert "empty" in res["notes"][0]
 
 

@@ -212,11 +212,12 @@ def evaluate(
         metrics, extra = _evaluate_ovr(proto, gt_data, dets, iou_type, part)
     else:
         metrics, extra = _evaluate_open_world(proto, gt_data, dets, iou_type, part, backend)
+    # pycocotools' -1 means "no GT to score": null, never a number to average ("stats" keeps its layout)
     undefined = sorted(k for k, v in metrics.items() if isinstance(v, float) and v < 0)
+    metrics = {k: None if k in undefined else v for k, v in metrics.items()}
     if undefined:
         where = gt if isinstance(gt, (str, Path)) else "the GT"
-        notes.append(f"no ground truth for {', '.join(undefined)} (no such instances in {where}): "
-                     "reported as -1, not a score")
+        notes.append(f"no ground truth for {', '.join(undefined)} (no such instances in {where}): reported as null")
     return {
         "protocol": proto.name,
         "iou_type": iou_type,
@@ -246,6 +247,8 @@ def metrics_markdown(result: dict) -> str:
         if key == "stats":
             for name, v in zip(STAT_NAMES, value):
                 lines.append(f"| {name} | {v:.6f} | {100 * v:.1f} |")
+        elif value is None:
+            lines.append(f"| {key} | null (no GT) | – |")
         else:
             lines.append(f"| {key} | {value:.6f} | {100 * value:.1f} |")
     for note in result.get("notes", []):

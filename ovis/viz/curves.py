@@ -72,7 +72,7 @@ def plot_ap50_per_class(
 
 def ar_by_budget(metrics: Mapping[str, float]) -> dict[int, float]:
     """{k: AR@k} from a metrics dict with keys "AR@k" (AR_s/m/l are left out)."""
-    return {int(k[3:]): v for k, v in metrics.items() if k.startswith("AR@")}
+    return {int(k[3:]): v for k, v in metrics.items() if k.startswith("AR@") and v is not None}
 
 
 def plot_ar_vs_k(
@@ -111,10 +111,10 @@ def plot_ap50_splits(
 ) -> Figure:
     """Grouped bars of AP50 (in %) per split (base, novel, all), ours (`metrics["AP50_<split>"]`)
     beside the papers' (`PAPER_AP50` unless `references` is given; keys `<setting>_<split>`).
-    Splits with no value (missing or -1) get no bar."""
+    Splits with no value (missing, null or -1) get no bar."""
     refs = PAPER_AP50 if references is None else references
     splits = ("base", "novel", "all")
-    series = [(label, {s: metrics.get(f"AP50_{s}", -1.0) for s in splits})]
+    series = [(label, {s: _or_missing(metrics.get(f"AP50_{s}")) for s in splits})]
     series += [(f"{name} (paper)", {s: v.get(f"{setting}_{s}", -1.0) for s in splits}) for name, v in refs.items()]
     fig, ax = _axes(ax, (6.0, 4.0))
     width = 0.8 / len(series)
@@ -341,6 +341,10 @@ def eval_setting(result: Mapping) -> str:
     if result.get("setting") in ("generalized", "constrained"):
         return str(result["setting"])
     return "constrained" if "constrained" in str(result.get("label", "")) else "generalized"
+
+
+def _or_missing(value: float | None) -> float:
+    return -1.0 if value is None else value
 
 
 def _pct(value: float | None) -> str:
