@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import math
 import re
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from ovis.data.coco import CocoFormatError, read_json, validate_coco, write_json_atomic
+from ovis.data.coco import CocoFormatError, is_finite_number, read_json, validate_coco, write_json_atomic
 
 __all__ = [
     "EvalInputError",
@@ -113,10 +112,6 @@ def load_detections(detections: str | Path | list) -> list[dict]:
     )
 
 
-def _number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
 def check_detections(dets: list, gt: dict, iou_type: str, source: str = "detections",
                      segm_area: str = "mask") -> list[dict]:
     """Validate detections against the GT and return clean copies for pycocotools.
@@ -146,13 +141,13 @@ def check_detections(dets: list, gt: dict, iou_type: str, source: str = "detecti
         if cat_id not in cat_ids:
             bad_cats.setdefault(cat_id, i)
             continue
-        if not _number(d["score"]):
+        if not is_finite_number(d["score"]):
             raise EvalInputError(f"{source}[{i}] (image {img_id}): score {d['score']!r} is not a finite number")
         clean = {"image_id": img_id, "category_id": cat_id, "score": float(d["score"])}
         where = f"{source}[{i}] (image {img_id})"
         if iou_type == "bbox" or segm_area == "box":
             bb = d.get("bbox")
-            if not (isinstance(bb, (list, tuple)) and len(bb) == 4 and all(_number(v) for v in bb)):
+            if not (isinstance(bb, (list, tuple)) and len(bb) == 4 and all(is_finite_number(v) for v in bb)):
                 raise EvalInputError(f"{where}: bbox must be 4 finite numbers [x, y, w, h], got {bb!r:.80}")
             if bb[2] < 0 or bb[3] < 0:
                 raise EvalInputError(f"{where}: bbox {bb} has negative width/height; use [x, y, w, h]")
