@@ -17,6 +17,8 @@ from ovis.data.coco import (
     CocoFormatError,
     ann_to_mask,
     ann_to_rle,
+    compressed_rle_runs,
+    compressed_rle_sums,
     load_coco,
     mask_to_rle,
     masks_to_rles,
@@ -130,55 +132,55 @@ def _append(key: str, index: int, **changes):  # noqa: ANN202
 BAD = {
     "no images": (_delete("images"), "missing top-level key 'images'"),
     "no categories": (_delete("categories"), "missing top-level key 'categories'"),
-    "duplicate image": (_append("images", 0, file_name="c.jpg"), "image 1: duplicate image id"),
-    "duplicate annotation": (_append("annotations", 0), "annotation 10: duplicate annotation id"),
-    "duplicate category": (_append("categories", 1, name="wolf"), "category 5: duplicate category id"),
-    "image without height": (_delete("images", 1, "height"), "image 2: malformed image entry"),
+    "duplicate image": (_append("images", 0, file_name="c.jpg"), "image 1: duplicate 'id'"),
+    "duplicate annotation": (_append("annotations", 0), "annotation 10: duplicate 'id'"),
+    "duplicate category": (_append("categories", 1, name="wolf"), "category 5: duplicate 'id'"),
+    "image without height": (_delete("images", 1, "height"), "image 2: 'height' is None, expected a positive integer"),
     "unknown image": (_set(("annotations", 1, "image_id"), 99),
-                      "annotation 11 (image 99): image id is not in 'images'"),
+                      "annotation 11: 'image_id' 99 is not an image id in 'images'"),
     "unknown category": (_set(("annotations", 0, "category_id"), 7),
-                         "annotation 10 (image 1): category id 7 is not in"),
+                         "annotation 10 (image 1): 'category_id' 7 is not a category id"),
     "polygon 2 points": (_set(("annotations", 0, "segmentation"), [[1, 1, 5, 1]]),
-                         "annotation 10 (image 1): polygon has 2 points, needs at least 3"),
+                         "annotation 10 (image 1): 'segmentation' polygon has 2 points, needs at least 3"),
     "second part 2 points": (_set(("annotations", 1, "segmentation", 1), [6, 6, 8, 8]),
-                             "annotation 11 (image 1): polygon has 2 points, needs at least 3 (part 1 of 2)"),
+                             "annotation 11 (image 1): 'segmentation' polygon has 2 points, needs at least 3 (part 1 of 2)"),
     "odd coordinates": (_set(("annotations", 0, "segmentation", 0), [1, 1, 5, 1, 5, 5, 1]),
-                        "annotation 10 (image 1): polygon has an odd number of coordinates (7)"),
+                        "annotation 10 (image 1): 'segmentation' polygon has an odd number of coordinates (7)"),
     "flat polygon": (_set(("annotations", 0, "segmentation"), [1, 1, 5, 1, 5, 5]),
-                     "annotation 10 (image 1): polygon is a int"),
+                     "annotation 10 (image 1): 'segmentation' polygon is a int"),
     "empty polygon list": (_set(("annotations", 0, "segmentation"), []),
-                           "annotation 10 (image 1): segmentation is an empty polygon list"),
+                           "annotation 10 (image 1): 'segmentation' is an empty polygon list"),
     "zero width bbox": (_set(("annotations", 0, "bbox"), [1, 1, 0, 4]),
-                        "annotation 10 (image 1): bbox [1, 1, 0, 4] has non-positive width or height"),
+                        "annotation 10 (image 1): 'bbox' [1, 1, 0, 4] has non-positive width or height"),
     "negative height bbox": (_set(("annotations", 3, "bbox"), [1, 1, 2, -3]),
-                             "annotation 13 (image 2): bbox [1, 1, 2, -3] has non-positive"),
-    "short bbox": (_set(("annotations", 3, "bbox"), [1, 1, 2]), "annotation 13 (image 2): bbox has 3 numbers"),
-    "no bbox": (_delete("annotations", 2, "bbox"), "annotation 12: malformed annotation"),
+                             "annotation 13 (image 2): 'bbox' [1, 1, 2, -3] has non-positive"),
+    "short bbox": (_set(("annotations", 3, "bbox"), [1, 1, 2]), "annotation 13 (image 2): 'bbox' has 3 values"),
+    "no bbox": (_delete("annotations", 2, "bbox"), "annotation 12: no 'bbox'"),
     "RLE without counts": (_delete("annotations", 2, "segmentation", "counts"),
-                           "annotation 12 (image 2): RLE segmentation has no 'counts'"),
+                           "annotation 12 (image 2): 'segmentation' is an RLE without 'counts'"),
     "RLE size mismatch": (_set(("annotations", 3, "segmentation", "size"), [12, 10]),
-                          "annotation 13 (image 2): RLE size [12, 10] does not match the image's "
+                          "annotation 13 (image 2): 'segmentation' RLE size [12, 10] does not match the image's "
                           "[height, width] [10, 12]"),
     "uncompressed RLE wrong total": (_set(("annotations", 2, "segmentation", "counts"), [32, 4, 6]),
-                                     "annotation 12 (image 2): uncompressed RLE counts sum to 42, expected"),
+                                     "annotation 12 (image 2): 'segmentation' uncompressed RLE counts sum to 42, expected"),
     "RLE counts wrong type": (_set(("annotations", 3, "segmentation", "counts"), 5),
-                              "annotation 13 (image 2): RLE counts is a int"),
+                              "annotation 13 (image 2): 'segmentation' RLE counts is a int"),
     "RLE counts string '0'": (_set(("annotations", 3, "segmentation", "counts"), "0"),
-                              "annotation 13 (image 2): uncompressed RLE counts sum to 0, expected"),
+                              "annotation 13 (image 2): 'segmentation' RLE counts string covers 0 pixels, expected"),
     "RLE counts not compressed RLE": (_set(("annotations", 3, "segmentation", "counts"), "hello world"),
-                                      "annotation 13 (image 2): RLE counts string is not a compressed COCO RLE"),
+                                      "annotation 13 (image 2): 'segmentation' RLE counts string is not a compressed COCO RLE"),
     "RLE negative run": (_set(("annotations", 2, "segmentation", "counts"), [130, -4, -6]),
-                         "annotation 12 (image 2): RLE counts hold a value that is not an integer ≥ 0"),
+                         "annotation 12 (image 2): 'segmentation' RLE counts hold a value that is not an integer ≥ 0"),
     "polygon string coordinate": (_set(("annotations", 0, "segmentation", 0), [1, 1, "5", 1, 5, 5]),
-                                  "annotation 10 (image 1): polygon coordinate '5' is not a finite number"),
+                                  "annotation 10 (image 1): 'segmentation' polygon coordinate '5' is not a finite number"),
     "bbox string value": (_set(("annotations", 0, "bbox"), [1, "1", 2, 3]),
-                          "annotation 10 (image 1): bbox [1, '1', 2, 3] holds a value that is not a finite number"),
+                          "annotation 10 (image 1): 'bbox' [1, '1', 2, 3] holds a value that is not a finite number"),
     "bbox outside image": (_set(("annotations", 0, "bbox"), [5000, 1, 2, 3]),
-                           "annotation 10 (image 1): bbox [5000, 1, 2, 3] lies outside its"),
+                           "annotation 10 (image 1): 'bbox' [5000, 1, 2, 3] lies outside its"),
     "iscrowd yes": (_set(("annotations", 0, "iscrowd"), "yes"),
-                    "annotation 10 (image 1): iscrowd is 'yes', expected 0 or 1"),
+                    "annotation 10 (image 1): 'iscrowd' is 'yes', expected 0 or 1"),
     "negative area": (_set(("annotations", 0, "area"), -3.5),
-                      "annotation 10 (image 1): area is -3.5, expected a number ≥ 0"),
+                      "annotation 10 (image 1): 'area' is -3.5, expected a number ≥ 0"),
     "category without name": (_delete("categories", 0, "name"),
                               "category 3: 'name' is None, expected a non-empty string"),
 }
@@ -275,7 +277,7 @@ def test_save_coco_round_trips_and_refuses_invalid(val: dict, tmp_path: Path) ->
     assert load_coco(path) == val
     bad = tiny()
     bad["annotations"][0]["category_id"] = 99
-    with pytest.raises(CocoFormatError, match=r"bad\.json: annotation 10 \(image 1\): category id 99"):
+    with pytest.raises(CocoFormatError, match=r"bad\.json: annotation 10 \(image 1\): 'category_id' 99"):
         save_coco(bad, tmp_path / "bad.json")
     assert not (tmp_path / "bad.json").exists()
 
@@ -325,6 +327,61 @@ def test_compressed_rle_str_and_bytes_decode_like_pycocotools(val: dict) -> None
         as_bytes = dict(ann, segmentation=dict(ann["segmentation"], counts=ann["segmentation"]["counts"].encode()))
         np.testing.assert_array_equal(ann_to_mask(as_bytes, h, w), expected)
         np.testing.assert_array_equal(expected, ann_to_mask(orig, h, w))
+
+
+REAL_100 = Path(__file__).parent / "data" / "real" / "cocoapi_val2014_100"
+
+
+def _runs_of(mask: np.ndarray) -> list[int]:
+    """Run lengths of a mask in pycocotools' column-major order, starting with a run of zeros."""
+    flat = mask.ravel(order="F")
+    edges = np.flatnonzero(np.diff(flat)) + 1
+    runs = np.diff(np.r_[0, edges, flat.size]).tolist()
+    return [0] + runs if flat.size and flat[0] else runs
+
+
+def test_compressed_runs_equal_pycocotools_decoding_on_real_masks(val: dict) -> None:
+    """The COCO API's fake segm results and every crowd RLE of coco_mini val, compressed by pycocotools."""
+    rles = [d["segmentation"] for d in json.loads((REAL_100 / "instances_val2014_fakesegm100_results.json").read_text())]
+    for a in val["annotations"]:
+        if isinstance(a["segmentation"], dict):
+            h, w = a["segmentation"]["size"]
+            rles.append(mask_utils.frPyObjects(a["segmentation"], h, w))
+    assert len(rles) > 700
+    runs, offsets, ok = compressed_rle_runs([r["counts"] for r in rles])
+    assert ok.all()
+    for i, rle in enumerate(rles):
+        assert runs[offsets[i]:offsets[i + 1]].tolist() == _runs_of(mask_utils.decode(rle))
+    h, w = rles[0]["size"]
+    assert compressed_rle_sums([rles[0]["counts"]]).tolist() == [h * w]
+
+
+@pytest.mark.parametrize("counts, total", [
+    ("0", 0),  # one empty run: pycocotools "decodes" it into uninitialised memory
+    ("", 0),
+    ("1", 1),
+    ("hello world", -1),  # ' ' is outside '0'..'o'
+    ("PP", -1),  # 'P' says another digit follows: cut off
+    ("0é1", -1),
+    ("p0", -1),  # 'p' is past 'o'
+    ("]]]]]]]]0", -1),  # a value of 9 digits: more than a uint32 run length needs
+    ("0@", -1),  # second run -16
+])
+def test_bad_compressed_counts_are_found(counts: str, total: int) -> None:
+    assert compressed_rle_sums([counts]).tolist() == [total]
+
+
+def test_batch_parse_equals_one_by_one() -> None:
+    masks = [np.zeros((5, 7), np.uint8), np.ones((5, 7), np.uint8), (np.arange(35).reshape(5, 7) % 3 == 0)]
+    good = [mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))["counts"] for m in masks]
+    batch = good + ["0", "PP", b"", good[2].decode()]
+    runs, offsets, ok = compressed_rle_runs(batch)
+    for i, s in enumerate(batch):
+        one_runs, one_offsets, one_ok = compressed_rle_runs([s])
+        assert ok[i] == one_ok[0]
+        if one_ok[0]:
+            assert runs[offsets[i]:offsets[i + 1]].tolist() == one_runs.tolist()
+    assert compressed_rle_sums(batch).tolist() == [35, 35, 35, 0, -1, 0, 35]
 
 
 def test_masks_to_rles_matches_per_mask_encoding_and_is_json() -> None:

@@ -46,7 +46,7 @@ def test_cli_reports_bad_input_on_one_line(tmp_path, capsys):
                "--iou-type", "bbox"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1
-    assert err[0].startswith("ovis eval: error: 1 image id(s)") and "5 (first at" in err[0]
+    assert err[0].startswith(f"ovis eval: error: {tmp_path / 'dt.json'}: 1 'image_id' value(s)") and "5 (first at" in err[0]
 
 
 def _unknown_image(gt: dict) -> None:
@@ -62,9 +62,9 @@ def _no_height(gt: dict) -> None:
 
 
 @pytest.mark.parametrize("corrupt, expected", [
-    (_unknown_image, "annotation 2 (image 99): image id is not in 'images'"),
-    (_duplicate_id, "annotation 1: duplicate annotation id"),
-    (_no_height, "image 2: malformed image entry"),
+    (_unknown_image, "annotation 2: 'image_id' 99 is not an image id in 'images'"),
+    (_duplicate_id, "annotation 1: duplicate 'id'"),
+    (_no_height, "image 2: 'height' is None"),
     (None, "not valid JSON"),
 ])
 def test_ground_truth_is_validated_like_splits(tmp_path, capsys, corrupt, expected):

@@ -12,8 +12,7 @@ import json
 import math
 import os
 import secrets
-from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
@@ -25,6 +24,8 @@ from ovis.data.masks import ann_to_mask, ann_to_rle, mask_to_rle, masks_to_rles
 __all__ = [
     "CocoFormatError",
     "ann_to_mask",
+    "compressed_rle_runs",
+    "compressed_rle_sums",
     "is_finite_number",
     "ann_to_rle",
     "load_coco",
@@ -99,25 +100,25 @@ def _locate(obj: Any, target: object, path: str = "") -> str:
 
 
 def load_coco(
-    path: str | Path, image_root: str | Path | None = None, check_images: bool = False
+    path: str | Path, image_root: str | Path | None = None, check_images: bool = False,
+    need_file_names: bool = False,
 ) -> dict:
     """Read and validate a COCO instances JSON; returns the parsed dict.
 
     A missing ``annotations`` key is filled with ``[]`` (an image-only file); nothing else is
-    changed. With ``check_images=True`` every ``image_root / file_name`` must exist.
+    changed. With ``need_file_names`` every image needs a ``file_name``; with ``check_images=True``
+    every ``image_root / file_name`` must exist.
     Raises CocoFormatError naming the file and the offending image/annotation/category id.
     """
     name = os.fspath(path)
     data = read_json(path)
-    validate_coco(data, name)
+    validate_coco(data, name, need_file_names or check_images)
     if check_images:
         if image_root is None:
             raise ValueError("load_coco(check_images=True) needs image_root")
         root = Path(image_root)
         for img in data["images"]:
-            file_name = img.get("file_name")
-            if not isinstance(file_name, str):
-                raise CocoFormatError(f"{name}: image {img['id']}: no 'file_name'")
+            file_name = img["file_name"]
             if not (root / file_name).is_file():
                 raise CocoFormatError(
                     f"{name}: image {img['id']}: file {root / file_name} not found; "
@@ -126,15 +127,18 @@ def load_coco(
     return data
 
 
-def validate_coco(data: Any, name: str = "<dataset>") -> None:
+def validate_coco(data: Any, name: str = "<dataset>", need_file_names: bool = False) -> None:
     """Validate a parsed COCO instances dict; ``name`` is the file named in errors.
 
-    Checks: top-level keys; unique image/annotation/category ids; images with positive integer
-    height/width; annotations pointing at known images and categories; bbox ``[x, y, w, h]``
-    of finite numbers with ``w > 0`` and ``h > 0`` that touches its image; ``iscrowd`` 0/1 and
-    ``area`` ≥ 0 when present; polygons of finite numbers with >= 3 points per part; RLE with
-    ``counts`` and a ``size`` equal to the image's ``[height, width]`` whose run lengths
-    (compressed strings parsed, not decoded) sum to h*w; a non-empty name per category.
+    Checks: top-level keys and section types; integer ids, unique per section; images with
+    positive integer height/width and a non-empty string ``file_name`` (required with
+    ``need_file_names``, else checked when present); annotations pointing at known images and
+    categories; bbox ``[x, y, w, h]`` of finite numbers with ``w > 0`` and ``h > 0`` that touches
+    its image; ``iscrowd`` 0/1 and ``area`` ≥ 0 when present; polygons of finite numbers with >= 3
+    points per part; RLE with ``counts`` and a ``size`` equal to the image's ``[height, width]``
+    whose run lengths (compressed strings parsed, not decoded) sum to h*w; a non-empty name per
+    category. Unknown keys are allowed, as in COCO. Every error is one line naming the file, the
+    entry (image / annotation / category id, or its index) and the field.
     Sets ``data["annotations"] = []`` when the key is absent.
     """
     if not isinstance(data, dict):
@@ -149,98 +153,102 @@ def validate_coco(data: Any, name: str = "<dataset>") -> None:
         if not isinstance(data[key], list):
             kind = type(data[key]).__name__
             raise CocoFormatError(f"{name}: {key!r} is a {kind}, expected a list")
+    for key, kind in (("info", dict), ("licenses", list)):
+        if key in data and not isinstance(data[key], kind):
+            raise CocoFormatError(f"{name}: {key!r} is a {type(data[key]).__name__}, expected a {kind.__name__}")
 
-    sizes = _image_sizes(data["images"], name)
-    category_ids = _unique_ids(data["categories"], "category", name)
-    for cat in data["categories"]:
+    sizes = _image_sizes(data["images"], name, need_file_names)
+    categories = _entries(data["categories"], "category", name)
+    for cid, cat in categories.items():
         if not isinstance(cat.get("name"), str) or not cat["name"].strip():
-            raise CocoFormatError(f"{name}: category {cat['id']}: 'name' is {cat.get('name')!r}, expected a "
+            raise CocoFormatError(f"{name}: category {cid}: 'name' is {cat.get('name')!r}, expected a "
                                   "non-empty string")
-    seen: set = set()
-    for i, ann in enumerate(data["annotations"]):
-        try:
-            aid = ann["id"]
-            hw = sizes.get(ann["image_id"])
-            if hw is None:
-                raise CocoFormatError(f"{_where(name, ann)}: image id is not in 'images'")
-            if aid in seen:
-                raise CocoFormatError(f"{name}: annotation {aid}: duplicate annotation id")
-            seen.add(aid)
-            if ann["category_id"] not in category_ids:
-                raise CocoFormatError(
-                    f"{_where(name, ann)}: category id {ann['category_id']} is not in 'categories'"
-                )
-            bbox = ann["bbox"]
-            if len(bbox) != 4:
-                raise CocoFormatError(
-                    f"{_where(name, ann)}: bbox has {len(bbox)} numbers, expected [x, y, w, h]"
-                )
-            if not all(is_finite_number(v) for v in bbox):
-                raise CocoFormatError(f"{_where(name, ann)}: bbox {bbox} holds a value that is not a finite number")
-            if not (bbox[2] > 0 and bbox[3] > 0):
-                raise CocoFormatError(
-                    f"{_where(name, ann)}: bbox {bbox} has non-positive width or height; "
-                    "fix or drop the annotation"
-                )
-            x, y, w, h = bbox
-            if x >= hw[1] or y >= hw[0] or x + w <= 0 or y + h <= 0:
-                raise CocoFormatError(f"{_where(name, ann)}: bbox {bbox} lies outside its "
-                                      f"{hw[1]}x{hw[0]} image")
-            if "iscrowd" in ann and (type(ann["iscrowd"]) is not int or ann["iscrowd"] not in (0, 1)):
-                raise CocoFormatError(f"{_where(name, ann)}: iscrowd is {ann['iscrowd']!r}, expected 0 or 1")
-            if "area" in ann and not (is_finite_number(ann["area"]) and ann["area"] >= 0):
-                raise CocoFormatError(f"{_where(name, ann)}: area is {ann['area']!r}, expected a number ≥ 0")
-            segm = ann.get("segmentation")
-            if segm is not None:
-                _check_segmentation(segm, hw, name, ann)
-        except (KeyError, TypeError, AttributeError) as e:
-            raise CocoFormatError(
-                f"{name}: annotation {_id_or_index(ann, i)}: malformed annotation "
-                f"({type(e).__name__}: {e}); expected keys id, image_id, category_id, bbox"
-            ) from e
+        if "supercategory" in cat and not isinstance(cat["supercategory"], str):
+            raise CocoFormatError(f"{name}: category {cid}: 'supercategory' is {cat['supercategory']!r}, "
+                                  "expected a string")
+    rles: list[tuple[dict, str | bytes, int]] = []  # compressed RLEs, checked together below
+    for aid, ann in _entries(data["annotations"], "annotation", name).items():
+        where = f"{name}: annotation {aid}"
+        for key in ("image_id", "category_id", "bbox"):
+            if key not in ann:
+                raise CocoFormatError(f"{where}: no {key!r}; an annotation needs id, image_id, category_id, bbox")
+        hw = sizes.get(ann["image_id"]) if _is_id(ann["image_id"]) else None
+        if hw is None:
+            raise CocoFormatError(f"{where}: 'image_id' {ann['image_id']!r} is not an image id in 'images'")
+        where = f"{where} (image {ann['image_id']})"
+        if not _is_id(ann["category_id"]) or ann["category_id"] not in categories:
+            raise CocoFormatError(f"{where}: 'category_id' {ann['category_id']!r} is not a category id in 'categories'")
+        _check_bbox(ann["bbox"], hw, where)
+        if "iscrowd" in ann and (type(ann["iscrowd"]) is not int or ann["iscrowd"] not in (0, 1)):
+            raise CocoFormatError(f"{where}: 'iscrowd' is {ann['iscrowd']!r}, expected 0 or 1")
+        if "area" in ann and not (is_finite_number(ann["area"]) and ann["area"] >= 0):
+            raise CocoFormatError(f"{where}: 'area' is {ann['area']!r}, expected a number ≥ 0")
+        if ann.get("segmentation") is not None:
+            _check_segmentation(ann["segmentation"], hw, where, rles, ann)
+    if rles:
+        sums = compressed_rle_sums([counts for _, counts, _ in rles])
+        for (ann, _, area), total in zip(rles, sums):
+            if total != area:
+                where = f"{name}: annotation {ann['id']} (image {ann['image_id']})"
+                raise CocoFormatError(f"{where}: 'segmentation' {_rle_problem(total, area)}")
 
 
-def _where(name: str, ann: dict) -> str:
-    return f"{name}: annotation {ann['id']} (image {ann['image_id']})"
+def _rle_problem(total: int, area: int) -> str:
+    """Why a compressed RLE whose runs sum to ``total`` (-1: unparsable) is not a mask of ``area`` pixels."""
+    if total < 0:
+        return ("RLE counts string is not a compressed COCO RLE (characters '0'..'o' as "
+                "pycocotools.mask.encode writes them)")
+    return f"RLE counts string covers {total} pixels, expected height*width = {area}"
 
 
-def _id_or_index(entry: Any, index: int) -> str:
-    if isinstance(entry, dict) and "id" in entry:
-        return str(entry["id"])
-    return f"at index {index}"
+def _is_id(value: Any) -> bool:
+    return type(value) is int
 
 
-def _image_sizes(images: list, name: str) -> dict[Any, tuple[int, int]]:
-    sizes: dict[Any, tuple[int, int]] = {}
-    for i, img in enumerate(images):
-        try:
-            iid, h, w = img["id"], img["height"], img["width"]
-        except (KeyError, TypeError) as e:
-            raise CocoFormatError(
-                f"{name}: image {_id_or_index(img, i)}: malformed image entry, missing {e}; "
-                "expected keys id, height, width"
-            ) from e
-        if iid in sizes:
-            raise CocoFormatError(f"{name}: image {iid}: duplicate image id")
-        if type(h) is not int or type(w) is not int or h <= 0 or w <= 0:
-            raise CocoFormatError(
-                f"{name}: image {iid}: height/width must be positive integers, got {h!r}/{w!r}"
-            )
-        sizes[iid] = (h, w)
+def _entries(entries: list, kind: str, name: str) -> dict[int, dict]:
+    """``{id: entry}`` of one section; every entry an object with a unique integer ``id``."""
+    out: dict[int, dict] = {}
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise CocoFormatError(f"{name}: {kind} at index {i} is a {type(entry).__name__}, expected an object")
+        if "id" not in entry:
+            raise CocoFormatError(f"{name}: {kind} at index {i}: no 'id'")
+        eid = entry["id"]
+        if not _is_id(eid):
+            raise CocoFormatError(f"{name}: {kind} at index {i}: 'id' is {eid!r}, expected an integer")
+        if eid in out:
+            raise CocoFormatError(f"{name}: {kind} {eid}: duplicate 'id' (also at index "
+                                  f"{list(out).index(eid)})")
+        out[eid] = entry
+    return out
+
+
+def _image_sizes(images: list, name: str, need_file_names: bool) -> dict[int, tuple[int, int]]:
+    sizes: dict[int, tuple[int, int]] = {}
+    for iid, img in _entries(images, "image", name).items():
+        for key in ("height", "width"):
+            v = img.get(key)
+            if type(v) is not int or v <= 0:
+                raise CocoFormatError(f"{name}: image {iid}: {key!r} is {v!r}, expected a positive integer")
+        if need_file_names or "file_name" in img:
+            f = img.get("file_name")
+            if not isinstance(f, str) or not f.strip():
+                raise CocoFormatError(f"{name}: image {iid}: 'file_name' is {f!r}, expected a non-empty string")
+        sizes[iid] = (img["height"], img["width"])
     return sizes
 
 
-def _unique_ids(entries: list, kind: str, name: str) -> set:
-    try:
-        ids = [e["id"] for e in entries]
-    except (KeyError, TypeError) as e:
-        bad = next(i for i, x in enumerate(entries) if not isinstance(x, dict) or "id" not in x)
-        raise CocoFormatError(f"{name}: {kind} at index {bad}: no 'id'") from e
-    unique = set(ids)
-    if len(unique) != len(ids):
-        dup = next(i for i, n in Counter(ids).items() if n > 1)
-        raise CocoFormatError(f"{name}: {kind} {dup}: duplicate {kind} id")
-    return unique
+def _check_bbox(bbox: Any, hw: tuple[int, int], where: str) -> None:
+    if type(bbox) is not list or len(bbox) != 4:
+        got = f"{len(bbox)} values" if type(bbox) is list else f"a {type(bbox).__name__}"
+        raise CocoFormatError(f"{where}: 'bbox' has {got}, expected [x, y, w, h]")
+    if not all(is_finite_number(v) for v in bbox):
+        raise CocoFormatError(f"{where}: 'bbox' {bbox} holds a value that is not a finite number")
+    if not (bbox[2] > 0 and bbox[3] > 0):
+        raise CocoFormatError(f"{where}: 'bbox' {bbox} has non-positive width or height; fix or drop the annotation")
+    x, y, w, h = bbox
+    if x >= hw[1] or y >= hw[0] or x + w <= 0 or y + h <= 0:
+        raise CocoFormatError(f"{where}: 'bbox' {bbox} lies outside its {hw[1]}x{hw[0]} image")
 
 
 def is_finite_number(v: Any) -> bool:
@@ -248,34 +256,12 @@ def is_finite_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def _compressed_counts(s: str | bytes) -> list[int] | None:
-    """The run lengths of a compressed COCO RLE string (pycocotools' ``rleFrString``), without
-    decoding the mask; None when the string is not one."""
-    data = s.encode("ascii", "replace") if isinstance(s, str) else s
-    counts: list[int] = []
-    p = 0
-    while p < len(data):
-        x, k, more = 0, 0, True
-        while more:
-            if p >= len(data) or not 48 <= data[p] < 48 + 64:
-                return None
-            c = data[p] - 48
-            x |= (c & 0x1F) << (5 * k)
-            more = bool(c & 0x20)
-            p += 1
-            k += 1
-            if not more and c & 0x10:
-                x |= -1 << (5 * k)
-        if len(counts) > 2:
-            x += counts[-2]
-        counts.append(x)
-    return counts
-
-
-def _check_segmentation(segm: Any, hw: tuple[int, int], name: str, ann: dict) -> None:
+def _check_segmentation(segm: Any, hw: tuple[int, int], where: str,
+                        rles: list[tuple[dict, str | bytes, int]], ann: dict) -> None:
+    """Check polygons and uncompressed RLE now; queue compressed RLE strings on ``rles`` (parsed together)."""
     if type(segm) is list:
         if not segm:
-            raise CocoFormatError(f"{_where(name, ann)}: segmentation is an empty polygon list")
+            raise CocoFormatError(f"{where}: 'segmentation' is an empty polygon list")
         for j, part in enumerate(segm):
             if type(part) is list and len(part) >= 6 and len(part) % 2 == 0 and all(map(is_finite_number, part)):
                 continue
@@ -289,41 +275,111 @@ def _check_segmentation(segm: Any, hw: tuple[int, int], name: str, ann: dict) ->
                 problem = f"polygon has an odd number of coordinates ({len(part)})"
             else:
                 problem = f"polygon has {len(part) // 2} points, needs at least 3"
-            raise CocoFormatError(f"{_where(name, ann)}: {problem}{part_of}")
+            raise CocoFormatError(f"{where}: 'segmentation' {problem}{part_of}")
     elif type(segm) is dict:
         if "counts" not in segm:
-            raise CocoFormatError(f"{_where(name, ann)}: RLE segmentation has no 'counts'")
+            raise CocoFormatError(f"{where}: 'segmentation' is an RLE without 'counts'")
         size = segm.get("size")
         h, w = hw
-        if size is None or list(size) != [h, w]:
+        if type(size) is not list or size != [h, w]:
             raise CocoFormatError(
-                f"{_where(name, ann)}: RLE size {size} does not match the image's "
-                f"[height, width] [{h}, {w}]"
+                f"{where}: 'segmentation' RLE size {size!r} does not match the image's [height, width] [{h}, {w}]"
             )
         counts = segm["counts"]
         if isinstance(counts, (str, bytes)):
-            counts = _compressed_counts(counts)
-            if counts is None:
-                raise CocoFormatError(f"{_where(name, ann)}: RLE counts string is not a compressed COCO RLE")
-        if type(counts) is list:
+            rles.append((ann, counts, h * w))
+        elif type(counts) is list:
             if not all(type(c) is int and c >= 0 for c in counts):
-                raise CocoFormatError(f"{_where(name, ann)}: RLE counts hold a value that is not an integer ≥ 0")
+                raise CocoFormatError(f"{where}: 'segmentation' RLE counts hold a value that is not an integer ≥ 0")
             total = sum(counts)
             if total != h * w:
                 raise CocoFormatError(
-                    f"{_where(name, ann)}: uncompressed RLE counts sum to {total}, "
-                    f"expected height*width = {h * w}"
+                    f"{where}: 'segmentation' uncompressed RLE counts sum to {total}, expected height*width = {h * w}"
                 )
         else:
             raise CocoFormatError(
-                f"{_where(name, ann)}: RLE counts is a {type(counts).__name__}, "
-                "expected a list or a string"
+                f"{where}: 'segmentation' RLE counts is a {type(counts).__name__}, expected a list or a string"
             )
     else:
-        raise CocoFormatError(
-            f"{_where(name, ann)}: segmentation is a {type(segm).__name__}, "
-            "expected polygons or RLE"
-        )
+        raise CocoFormatError(f"{where}: 'segmentation' is a {type(segm).__name__}, expected polygons or RLE")
+
+
+# --------------------------------------------------------------------------------------------
+# compressed RLE counts (pycocotools' rleToString / rleFrString format)
+
+# a run length is below 2**32 (pycocotools stores uint32), so its difference to the run two back
+# needs at most 34 bits with the sign: 7 characters of 5 bits; pycocotools never writes longer groups
+_RLE_MAX_CHARS = 7
+
+
+def compressed_rle_runs(strings: Sequence[str | bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Parse many compressed COCO RLE ``counts`` strings at once, without decoding any mask.
+
+    Returns ``(runs, offsets, ok)``: the run lengths of string ``i`` are ``runs[offsets[i]:offsets[i + 1]]``
+    (int64, as ``pycocotools.mask.frPyObjects`` would hold them); ``ok[i]`` is False when string ``i``
+    is not one pycocotools writes: a character outside ``'0'..'o'``, a value cut off at the end, a
+    value longer than 7 characters, or a negative run length (its runs are then meaningless).
+    Whether the runs cover the image is the caller's check (``runs sum == h * w``).
+    """
+    raw = [s.encode("utf-8", "surrogatepass") if isinstance(s, str) else bytes(s) for s in strings]
+    n = len(raw)
+    lengths = np.fromiter(map(len, raw), np.int64, n)
+    text_ends = np.cumsum(lengths)  # one past each string's last character
+    c = np.frombuffer(b"".join(raw), np.uint8) - np.uint8(48)  # '0'..'o' -> 0..63; anything else > 63
+    ok = np.ones(n, bool)
+    ok[np.searchsorted(text_ends, np.flatnonzero(c > 63), "right")] = False
+    more = (c & 0x20) > 0  # another 5-bit digit of this value follows
+    last = text_ends[lengths > 0] - 1
+    ok[lengths > 0] &= ~more[last]  # the string ends inside a value
+    more[last] = False  # a value never runs into the next string
+    ends = np.flatnonzero(~more)
+    starts = np.r_[0, ends[:-1] + 1] if len(ends) else ends
+    offsets = np.r_[0, np.searchsorted(ends, text_ends - 1, "right")]  # values of string i: offsets[i]:offsets[i+1]
+
+    def owner(value_index: np.ndarray) -> np.ndarray:
+        return np.searchsorted(offsets, value_index, "right") - 1
+
+    size = ends - starts + 1
+    ok[owner(np.flatnonzero(size > _RLE_MAX_CHARS))] = False
+    x = np.zeros(len(ends), np.int64)
+    for k in range(_RLE_MAX_CHARS):  # most values are one or two characters
+        at = np.flatnonzero(size > k)
+        if not len(at):
+            break
+        x[at] |= (c[starts[at] + k] & 0x1F).astype(np.int64) << (5 * k)
+    negative = np.flatnonzero(c[ends] & 0x10)
+    x[negative] -= np.int64(1) << (5 * np.minimum(size[negative], _RLE_MAX_CHARS))
+    # pycocotools stores value j > 2 of a string as its difference to value j - 2. With G the cumulative
+    # sum over every second value of the concatenation, run i = G[i] - G[q - 2], q the first value of
+    # i's chain (j = 1 or 2) in its string; the per-chain offsets enter as corrections at each q.
+    first = offsets[:-1, None] + np.array([1, 2])
+    q = first[first < offsets[1:, None]]
+    g = _every_second_cumsum(x)
+    base = np.where(q >= 2, g[np.maximum(q - 2, 0)], 0)
+    step = np.zeros_like(x)
+    for parity in (0, 1):
+        on = q % 2 == parity
+        step[q[on]] = np.diff(base[on], prepend=0)
+    runs = g - _every_second_cumsum(step)
+    heads = offsets[:-1][offsets[1:] > offsets[:-1]]
+    runs[heads] = x[heads]  # value 0 of each string is stored as it is
+    ok[owner(np.flatnonzero(runs < 0))] = False
+    return runs, offsets, ok
+
+
+def _every_second_cumsum(x: np.ndarray) -> np.ndarray:
+    out = np.empty_like(x)
+    out[0::2] = np.cumsum(x[0::2])
+    out[1::2] = np.cumsum(x[1::2])
+    return out
+
+
+def compressed_rle_sums(strings: Sequence[str | bytes]) -> np.ndarray:
+    """Sum of the run lengths of each compressed RLE ``counts`` string (the pixels it covers), -1 where
+    :func:`compressed_rle_runs` finds it malformed. A valid mask of an h×w image sums to h*w."""
+    runs, offsets, ok = compressed_rle_runs(strings)
+    sums = np.r_[0, np.cumsum(runs)][offsets]
+    return np.where(ok, np.diff(sums), -1)
 
 
 # --------------------------------------------------------------------------------------------

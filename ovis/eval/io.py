@@ -17,7 +17,14 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from ovis.data.coco import CocoFormatError, is_finite_number, read_json, validate_coco, write_json_atomic
+from ovis.data.coco import (
+    CocoFormatError,
+    compressed_rle_sums,
+    is_finite_number,
+    read_json,
+    validate_coco,
+    write_json_atomic,
+)
 
 __all__ = [
     "EvalInputError",
@@ -31,8 +38,6 @@ __all__ = [
 ]
 
 _SHARD = re.compile(r"\.rank(\d+)\.json$")
-# compressed RLE counts use characters 48..111 ('0'..'o'), see pycocotools' rleToString
-_RLE_BAD_CHAR = re.compile(r"[^0-o]")
 
 
 class EvalInputError(ValueError):
@@ -120,7 +125,8 @@ def check_detections(dets: list, gt: dict, iou_type: str, source: str = "detecti
     says what sizes a detection for the small / medium / large ranges: ``mask`` drops its `bbox`
     (the mask area, as detectron2), ``box`` keeps it (pycocotools on results that carry a bbox, as
     mmdetection writes them; every detection then needs one). Uncompressed RLE counts are
-    compressed. Raises EvalInputError naming the detection index and image id.
+    compressed; compressed ones are parsed (all at once) and must cover the image. Raises
+    EvalInputError naming the file, the detection index, its image id and the field.
     """
     if iou_type not in ("segm", "bbox"):
         raise EvalInputError(f"iou_type must be 'segm' or 'bbox', got {iou_type!r}")
@@ -130,27 +136,31 @@ def check_detections(dets: list, gt: dict, iou_type: str, source: str = "detecti
     bad_images: dict[Any, int] = {}
     bad_cats: dict[Any, int] = {}
     for i, d in enumerate(dets):
-        if not isinstance(d, dict) or not {"image_id", "category_id", "score"} <= d.keys():
-            raise EvalInputError(
-                f"{source}[{i}]: a detection needs image_id, category_id and score; got {d!r:.120}"
-            )
+        if not isinstance(d, dict):
+            raise EvalInputError(f"{source}[{i}]: a detection is an object, got a {type(d).__name__}")
+        missing = [k for k in ("image_id", "category_id", "score") if k not in d]
+        if missing:
+            raise EvalInputError(f"{source}[{i}]: no {missing[0]!r}; a detection needs image_id, category_id and score")
         img_id, cat_id = d["image_id"], d["category_id"]
+        for key, value in (("image_id", img_id), ("category_id", cat_id)):
+            if type(value) is not int:
+                raise EvalInputError(f"{source}[{i}]: {key!r} is {value!r:.60}, expected an integer id")
         if img_id not in sizes:
             bad_images.setdefault(img_id, i)
             continue
         if cat_id not in cat_ids:
             bad_cats.setdefault(cat_id, i)
             continue
-        if not is_finite_number(d["score"]):
-            raise EvalInputError(f"{source}[{i}] (image {img_id}): score {d['score']!r} is not a finite number")
-        clean = {"image_id": img_id, "category_id": cat_id, "score": float(d["score"])}
         where = f"{source}[{i}] (image {img_id})"
+        if not is_finite_number(d["score"]):
+            raise EvalInputError(f"{where}: 'score' {d['score']!r:.60} is not a finite number")
+        clean = {"image_id": img_id, "category_id": cat_id, "score": float(d["score"])}
         if iou_type == "bbox" or segm_area == "box":
             bb = d.get("bbox")
-            if not (isinstance(bb, (list, tuple)) and len(bb) == 4 and all(is_finite_number(v) for v in bb)):
-                raise EvalInputError(f"{where}: bbox must be 4 finite numbers [x, y, w, h], got {bb!r:.80}")
+            if not (isinstance(bb, list) and len(bb) == 4 and all(is_finite_number(v) for v in bb)):
+                raise EvalInputError(f"{where}: 'bbox' must be 4 finite numbers [x, y, w, h], got {bb!r:.80}")
             if bb[2] < 0 or bb[3] < 0:
-                raise EvalInputError(f"{where}: bbox {bb} has negative width/height; use [x, y, w, h]")
+                raise EvalInputError(f"{where}: 'bbox' {bb} has negative width/height; use [x, y, w, h]")
             clean["bbox"] = [float(v) for v in bb]
         if iou_type == "segm":
             clean["segmentation"] = _check_rle(d.get("segmentation"), sizes[img_id], where)
@@ -158,47 +168,59 @@ def check_detections(dets: list, gt: dict, iou_type: str, source: str = "detecti
     if bad_images:
         shown = ", ".join(f"{k!r} (first at {source}[{v}])" for k, v in list(bad_images.items())[:5])
         raise EvalInputError(
-            f"{len(bad_images)} image id(s) in {source} are not in the ground truth: {shown}; "
+            f"{source}: {len(bad_images)} 'image_id' value(s) are not images of the ground truth: {shown}; "
             "evaluate against the GT file the detections were produced for"
         )
     if bad_cats:
         shown = ", ".join(f"{k!r} (first at {source}[{v}])" for k, v in list(bad_cats.items())[:5])
         raise EvalInputError(
-            f"{len(bad_cats)} category id(s) in {source} are not GT categories {sorted(cat_ids)[:10]}...: "
+            f"{source}: {len(bad_cats)} 'category_id' value(s) are not GT categories {sorted(cat_ids)[:10]}...: "
             f"{shown}; map labels to the GT file's category ids (class-agnostic: use any GT id)"
         )
+    if iou_type == "segm":
+        _check_compressed(out, source)
     return out
 
 
 def _check_rle(segm: Any, hw: tuple[int, int], where: str) -> dict:
-    """Check one RLE against the image size; return it with compressed (str) counts."""
+    """Check one RLE against the image size; return it with str counts (compressed ones are
+    checked together by `_check_compressed`)."""
     if not isinstance(segm, dict) or "size" not in segm or "counts" not in segm:
         kind = "a polygon list" if isinstance(segm, list) else repr(segm)[:60]
         raise EvalInputError(
-            f"{where}: segmentation must be an RLE dict {{'size': [h, w], 'counts': ...}}, got {kind}; "
+            f"{where}: 'segmentation' must be an RLE dict {{'size': [h, w], 'counts': ...}}, got {kind}; "
             "encode masks with pycocotools.mask.encode"
         )
     size = segm["size"]
-    if not (isinstance(size, (list, tuple)) and len(size) == 2 and [int(s) for s in size] == list(hw)):
-        raise EvalInputError(f"{where}: malformed RLE, size {size!r} differs from the image's [h, w] = {list(hw)}")
+    if not (isinstance(size, list) and size == list(hw) and all(type(s) is int for s in size)):
+        raise EvalInputError(f"{where}: 'segmentation' RLE size {size!r:.40} differs from the image's [h, w] = {list(hw)}")
     counts = segm["counts"]
-    if isinstance(counts, bytes):
+    if isinstance(counts, bytes):  # pycocotools.mask.encode's own output, in-process
         counts = counts.decode("ascii", errors="replace")
     if isinstance(counts, str):
-        if not counts or _RLE_BAD_CHAR.search(counts):
-            raise EvalInputError(
-                f"{where}: malformed RLE, counts string is empty or has characters outside '0'..'o'"
-            )
-        return {"size": [hw[0], hw[1]], "counts": counts}
+        return {"size": list(hw), "counts": counts}
     if isinstance(counts, list):
-        arr = np.asarray(counts)
-        if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer) or (arr < 0).any() or arr.sum() != hw[0] * hw[1]:
+        if not all(type(c) is int and c >= 0 for c in counts) or sum(counts) != hw[0] * hw[1]:
             raise EvalInputError(
-                f"{where}: malformed RLE, uncompressed counts must be non-negative integers summing to h*w = {hw[0] * hw[1]}"
+                f"{where}: 'segmentation' uncompressed RLE counts must be integers ≥ 0 summing to h*w = {hw[0] * hw[1]}"
             )
-        rle = mask_utils.frPyObjects({"size": [hw[0], hw[1]], "counts": counts}, hw[0], hw[1])
-        return {"size": [hw[0], hw[1]], "counts": rle["counts"].decode("ascii")}
-    raise EvalInputError(f"{where}: malformed RLE, counts must be a string or a list of ints")
+        rle = mask_utils.frPyObjects({"size": list(hw), "counts": counts}, hw[0], hw[1])
+        return {"size": list(hw), "counts": rle["counts"].decode("ascii")}
+    raise EvalInputError(f"{where}: 'segmentation' RLE counts must be a string or a list of ints, got {counts!r:.40}")
+
+
+def _check_compressed(dets: list[dict], source: str) -> None:
+    """Every detection's compressed counts string must parse and cover its image (pycocotools decodes
+    uninitialised memory from a string such as '0')."""
+    sums = compressed_rle_sums([d["segmentation"]["counts"] for d in dets])
+    areas = np.array([h * w for h, w in (d["segmentation"]["size"] for d in dets)], np.int64)
+    bad = np.flatnonzero(sums != areas)
+    if len(bad):
+        d = dets[bad[0]]
+        where = f"{source}[{bad[0]}] (image {d['image_id']})"
+        problem = ("is not a compressed COCO RLE (characters '0'..'o' as pycocotools.mask.encode writes them)"
+                   if sums[bad[0]] < 0 else f"covers {sums[bad[0]]} pixels, expected h*w = {areas[bad[0]]}")
+        raise EvalInputError(f"{where}: 'segmentation' RLE counts string {problem}")
 
 
 def build_coco(gt: dict) -> COCO:
