@@ -101,7 +101,7 @@ def test_segm_area_ranges_use_mask_area_not_the_results_bbox(generalized):
     box = evaluate("coco", gt, dets, "segm", segm_area="box")
     np.testing.assert_allclose(box["metrics"]["stats"], ev.stats, rtol=0, atol=1e-12)  # pycocotools' convention
     assert box["segm_area"] == "box" and "segm size ranges from the box area" in metrics_markdown(box)
-    with pytest.raises(EvalInputError, match=r"detections\[0\] \(image \d+\): bbox must be 4 finite numbers"):
+    with pytest.raises(EvalInputError, match=r"detections\[0\] \(image \d+\): 'bbox' must be 4 finite numbers"):
         evaluate("coco", gt, [{k: v for k, v in d.items() if k != "bbox"} for d in dets], "segm", segm_area="box")
     with pytest.raises(EvalInputError, match="segm_area=box applies to the AP protocols"):
         evaluate("coco_voc_nonvoc", gt, dets, "segm", segm_area="box")
@@ -130,10 +130,10 @@ def _tiny_gt() -> dict:
 
 
 @pytest.mark.parametrize("det,iou_type,message", [
-    ({"image_id": 8, "category_id": 1, "score": 0.5, "bbox": [0, 0, 1, 1]}, "bbox", "image id(s) in detections are not in the ground truth: 8"),
-    ({"image_id": 7, "category_id": 99, "score": 0.5, "bbox": [0, 0, 1, 1]}, "bbox", "category id(s) in detections are not GT categories"),
-    ({"image_id": 7, "category_id": 1, "score": 0.5, "segmentation": {"size": [20, 30], "counts": "ab~~"}}, "segm", "malformed RLE, counts string"),
-    ({"image_id": 7, "category_id": 1, "score": 0.5, "segmentation": {"size": [30, 20], "counts": "0"}}, "segm", "malformed RLE, size [30, 20]"),
+    ({"image_id": 8, "category_id": 1, "score": 0.5, "bbox": [0, 0, 1, 1]}, "bbox", "'image_id' value(s) are not images of the ground truth: 8"),
+    ({"image_id": 7, "category_id": 99, "score": 0.5, "bbox": [0, 0, 1, 1]}, "bbox", "'category_id' value(s) are not GT categories"),
+    ({"image_id": 7, "category_id": 1, "score": 0.5, "segmentation": {"size": [20, 30], "counts": "ab~~"}}, "segm", "RLE counts string is not a compressed COCO RLE"),
+    ({"image_id": 7, "category_id": 1, "score": 0.5, "segmentation": {"size": [30, 20], "counts": "0"}}, "segm", "RLE size [30, 20] differs from the image's [h, w] = [20, 30]"),
     ({"image_id": 7, "category_id": 1, "score": 0.5, "segmentation": {"size": [20, 30], "counts": [5, 10]}}, "segm", "summing to h*w = 600"),
     ({"image_id": 7, "category_id": 1, "score": 0.5, "segmentation": [[0, 0, 1, 0, 1, 1]]}, "segm", "got a polygon list"),
     ({"image_id": 7, "category_id": 1, "score": float("nan"), "bbox": [0, 0, 1, 1]}, "bbox", "not a finite number"),

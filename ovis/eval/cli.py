@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--iou-type", default="segm", choices=("segm", "bbox"))
     parser.add_argument("--partition", default=None, help="partition.json with base/novel category lists")
     parser.add_argument("--backend", default="fast", choices=("fast", "pycocotools"),
-                        help="AR@k matcher: vectorised (default) or the pycocotools reference")
+                        help="evaluator: vectorised (default) or pycocotools' COCOeval, the reference; same numbers")
     parser.add_argument("--segm-area", default="mask", choices=("mask", "box"),
                         help="segm APs/APm/APl size a detection by its mask (detectron2, default) or by its "
                              "bbox (pycocotools on results that carry one)")

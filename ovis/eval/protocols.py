@@ -102,12 +102,9 @@ def _load_partition(partition: dict | str | Path | None) -> dict | None:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def _evaluate_coco(gt: dict, dets: list[dict], iou_type: str) -> tuple[dict, Any]:
-    ev = coco_eval(gt, dets, iou_type)
-    return {"stats": [float(s) for s in ev.stats]}, ev
-
-
-def _evaluate_ovr(protocol: Protocol, gt: dict, dets: list[dict], iou_type: str, partition: dict | None) -> tuple[dict, dict]:
+def _evaluate_ovr(
+    protocol: Protocol, gt: dict, dets: list[dict], iou_type: str, partition: dict | None, backend: str
+) -> tuple[dict, dict]:
     split = split_category_ids(protocol, partition)
     if split is None:
         raise EvalInputError(
@@ -115,12 +112,12 @@ def _evaluate_ovr(protocol: Protocol, gt: dict, dets: list[dict], iou_type: str,
             "is missing); pass partition= (the splits stage writes partition.json)"
         )
     base, novel = split
-    metrics, ev = _evaluate_coco(gt, dets, iou_type)
+    ev = coco_eval(gt, dets, iou_type, backend)
     out = {
         "AP50_base": ap50_of(ev, base),
         "AP50_novel": ap50_of(ev, novel),
         "AP50_all": ap50_of(ev, base + novel),
-        "stats": metrics["stats"],
+        "stats": ev.stats,
     }
     names = {c["id"]: c["name"] for c in gt["categories"]}
     per_class = ap50_per_class(ev, names)
@@ -182,7 +179,7 @@ def evaluate(
     gt: COCO instances json (path or dict); detections: result list, json file, or rank shards
     (folder with detections.rank*.json, or a missing X.json with X.rank*.json beside it).
     partition: dict/path with base/novel category lists (overrides the protocol's resource file).
-    backend: "fast" or "pycocotools" (only the open-world AR differs; AP always uses pycocotools).
+    backend: "fast" (vectorised, default) or "pycocotools" (COCOeval, the reference); same numbers.
     segm_area: what sizes a segm detection for APs/APm/APl: "mask" (its mask area, as detectron2) or
     "box" (its bbox, as pycocotools does for results that carry one); AP protocols only.
     Returns {"protocol", "iou_type", "backend", "metrics", "notes", "num_images",
@@ -206,10 +203,9 @@ def evaluate(
     if not dets:
         notes.append("empty detection list: every metric is 0 (or -1 where the GT has no instances)")
     if proto.kind == "coco":
-        metrics, _ = _evaluate_coco(gt_data, dets, iou_type)
-        extra: dict = {}
+        metrics, extra = {"stats": coco_eval(gt_data, dets, iou_type, backend).stats}, {}
     elif proto.kind == "ovr":
-        metrics, extra = _evaluate_ovr(proto, gt_data, dets, iou_type, part)
+        metrics, extra = _evaluate_ovr(proto, gt_data, dets, iou_type, part, backend)
     else:
         metrics, extra = _evaluate_open_world(proto, gt_data, dets, iou_type, part, backend)
     # pycocotools' -1 means "no GT to score": null, never a number to average ("stats" keeps its layout)
@@ -221,7 +217,7 @@ def evaluate(
     return {
         "protocol": proto.name,
         "iou_type": iou_type,
-        "backend": backend if proto.kind == "open_world" else "pycocotools",
+        "backend": backend,
         "metrics": metrics,
         "segm_area": segm_area if iou_type == "segm" else None,
         "notes": notes,

@@ -15,7 +15,7 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from ovis.eval.fast import AREA_LABELS, ImageGT, fast_recall
+from ovis.eval.fast import AREA_LABELS, fast_recall, prepare_inputs
 from ovis.eval.io import build_coco, results_coco
 
 AUC_BUDGETS: tuple[int, ...] = (1, 10, 30, 50, 100, 300, 500, 1000)
@@ -64,51 +64,6 @@ def reference_recall(coco_gt: COCO, dets: list[dict], iou_type: str, max_dets: t
     return ev.eval["recall"]
 
 
-def prepare_fast_inputs(
-    gt: dict, dets: list[dict], iou_type: str, max_det: int
-) -> tuple[dict[int, ImageGT], dict[int, tuple[list | np.ndarray, np.ndarray]]]:
-    """Per-image GT and score-ordered top-`max_det` detections in pycocotools' class-agnostic order.
-
-    `gt` must carry `ignored_split` flags already. Orders: GT by category id then file order;
-    detections by score (descending, stable) after category id then file order.
-    """
-    coco = build_coco(gt)
-    cat_ids = sorted(coco.getCatIds())
-    cat_rank = {c: i for i, c in enumerate(cat_ids)}
-    gts: dict[int, ImageGT] = {}
-    for img_id in sorted(coco.getImgIds()):
-        anns = [a for a in coco.imgToAnns.get(img_id, []) if a["category_id"] in cat_rank]
-        anns.sort(key=lambda a: cat_rank[a["category_id"]])  # stable: file order within a category
-        if iou_type == "segm":
-            geometry: list | np.ndarray = [coco.annToRLE(a) for a in anns]
-        else:
-            geometry = np.asarray([a["bbox"] for a in anns], dtype=np.float64).reshape(-1, 4)
-        gts[img_id] = ImageGT(
-            ids=np.asarray([a["id"] for a in anns], dtype=np.int64),
-            geometry=geometry,
-            iscrowd=np.asarray([int(a.get("iscrowd", 0)) for a in anns], dtype=np.uint8),
-            area=np.asarray([a["area"] for a in anns], dtype=np.float64),
-            seen=np.asarray([bool(a.get("ignored_split", 0)) for a in anns], dtype=bool),
-        )
-    out: dict[int, tuple[list | np.ndarray, np.ndarray]] = {}
-    if not dets:
-        return gts, out
-    img_ids = np.asarray([d["image_id"] for d in dets])
-    scores = np.asarray([d["score"] for d in dets], dtype=np.float64)
-    ranks = np.asarray([cat_rank[d["category_id"]] for d in dets])
-    order = np.lexsort((np.arange(len(dets)), ranks, -scores, img_ids))
-    sorted_imgs = img_ids[order]
-    bounds = np.flatnonzero(np.r_[True, sorted_imgs[1:] != sorted_imgs[:-1], True])
-    for lo, hi in zip(bounds[:-1], bounds[1:]):
-        idx = order[lo : min(hi, lo + max_det)]
-        if iou_type == "segm":
-            geometry = [dets[i]["segmentation"] for i in idx]
-        else:
-            geometry = np.asarray([dets[i]["bbox"] for i in idx], dtype=np.float64)
-        out[sorted_imgs[lo].item()] = (geometry, scores[idx])
-    return gts, out
-
-
 def compute_recall(
     gt: dict, dets: list[dict], iou_type: str, max_dets: tuple[int, ...], backend: str = "fast"
 ) -> np.ndarray:
@@ -121,8 +76,8 @@ def compute_recall(
         return reference_recall(build_coco(gt), dets, iou_type, max_dets)
     if backend != "fast":
         raise ValueError(f"backend must be 'fast' or 'pycocotools', got {backend!r}")
-    gts, per_image = prepare_fast_inputs(gt, dets, iou_type, max(max_dets))
-    return fast_recall(gts, per_image, iou_type, tuple(max_dets))
+    _, gts, per_image = prepare_inputs(gt, dets, iou_type)
+    return fast_recall(gts, per_image, tuple(max_dets))
 
 
 def mean_recall(recall: np.ndarray, max_dets: tuple[int, ...], k: int, area: str = "all") -> float:
