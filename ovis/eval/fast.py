@@ -306,6 +306,18 @@ def _image_outcomes(
     return matched & ~ignored, ~matched & ~ignored
 
 
+def _suffix_max(values: np.ndarray, group_end: np.ndarray) -> np.ndarray:
+    """Running maximum from the right within contiguous groups: out[i] = max(values[i:group_end[i]])."""
+    out = values.copy()
+    pos = np.arange(values.size)
+    span = 1
+    while values.size and span < int((group_end - pos).max()):
+        ok = np.flatnonzero(pos + span < group_end)
+        out[ok] = np.maximum(out[ok], out[ok + span])
+        span *= 2
+    return out
+
+
 def fast_precision(
     gts: dict[int, ImageGT],
     dets: dict[int, ImageDets],
@@ -366,34 +378,34 @@ def fast_precision(
     for _ in range(4):
         need += need / n < rec_thrs
     need = need.astype(np.int64)  # [A, K, R]
-    lane_row = np.arange(n_area * n_thr).reshape(n_area, n_thr, 1)
+    n_groups = n_area * n_thr * num_cats
     for mi, max_det in enumerate(max_dets):
         sel = np.flatnonzero(rank < max_det)
         if sel.size == 0:
             continue  # no detections under this budget: precision and recall stay 0
-        length = np.bincount(cat[sel], minlength=num_cats)  # [K] detections per category segment
+        c = cat[sel]
+        length = np.bincount(c, minlength=num_cats)  # [K] detections per category segment
         start = np.r_[0, np.cumsum(length)[:-1]]
-        last = np.maximum(start + length - 1, 0)
         tp, fp = tp_all[:, :, sel], fp_all[:, :, sel]
-        tp_count, fp_count = np.cumsum(tp, axis=2), np.cumsum(fp, axis=2)
-        tp_before = np.where(start > 0, tp_count[:, :, start - 1], 0)  # [A, T, K]
-        fp_before = np.where(start > 0, fp_count[:, :, start - 1], 0)
-        tp_count -= tp_before[:, :, cat[sel]]  # counts restart in every category's segment
-        fp_count -= fp_before[:, :, cat[sel]]
-        tp_sum, fp_sum = tp_count.astype(float), fp_count.astype(float)
-        pr = tp_sum / (fp_sum + tp_sum + np.spacing(1))
-        for k in np.flatnonzero(length > 1):  # interpolated precision: running max from the right
-            seg = pr[:, :, start[k] : start[k] + length[k]]
-            seg[...] = np.maximum.accumulate(seg[:, :, ::-1], axis=2)[:, :, ::-1]
-        tp_total = np.where(length > 0, tp_count[:, :, last], 0)  # [A, T, K]
+        fp_count = np.cumsum(fp, axis=2, dtype=np.int32)
+        fp_before = np.where(start > 0, fp_count[:, :, start - 1], 0)  # [A, T, K]
+        # Precision only rises at a true positive and recall is read there (or at a segment's first
+        # detection), so the interpolated curve is needed at true positives only.
+        hits = np.flatnonzero(tp.ravel())  # in (area, threshold, category, score) order
+        lane, col = np.divmod(hits, sel.size)
+        group = lane * num_cats + c[col]  # the (area, threshold, category) curve of each true positive
+        per_group = np.bincount(group, minlength=n_groups)
+        group_start = np.r_[0, np.cumsum(per_group)[:-1]]
+        tp_sum = (np.arange(hits.size) - group_start[group] + 1).astype(float)
+        fp_sum = (fp_count.ravel()[hits] - fp_before.ravel()[group]).astype(float)
+        pr = _suffix_max(tp_sum / (fp_sum + tp_sum + np.spacing(1)), (group_start + per_group)[group])
+        tp_total = per_group.reshape(n_area, n_thr, num_cats)
         recall[..., mi] = tp_total / n[..., 0][:, None, :]
-        # recall first reaches r at the need-th true positive of the segment (need 0: its first detection)
-        tp_pos = np.r_[np.flatnonzero(tp.ravel()), 0]  # flat positions in [A, T, S]; 0: a sentinel
-        row_before = (np.cumsum(tp_total.sum(axis=2).ravel()) - tp_total.sum(axis=2).ravel()).reshape(lane_row.shape)
-        nth = np.clip((row_before + tp_before)[..., None] + need[:, None] - 1, 0, tp_pos.size - 1)
-        found = np.where(need[:, None] > 0, tp_pos[nth], (lane_row * sel.size + start)[..., None])
-        hit = (need[:, None] <= tp_total[..., None]) & (length[:, None] > 0)
-        precision[..., mi] = np.where(hit, pr.ravel()[found], 0.0)
+        # recall first reaches r at the need-th true positive (need 0: the first detection, where the
+        # interpolated precision is that of the first true positive, or 0 without one)
+        nth = np.maximum(need, 1)[:, None]  # [A, 1, K, R]
+        at = group_start.reshape(tp_total.shape)[..., None] + nth - 1
+        precision[..., mi] = np.where(nth <= tp_total[..., None], np.r_[pr, 0.0][np.minimum(at, hits.size)], 0.0)
     absent = (npig == 0)[:, None, :]  # [A, 1, K]: no GT to recall
     precision = np.where(absent[..., None, None], -1.0, precision)
     recall = np.where(absent[..., None], -1.0, recall)
