@@ -3,13 +3,27 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import tiny
 
+from ovis.cli import main as ovis
 from ovis.config import load_recipe
 from ovis.data.splits import run_splits_stage
-from ovis.runs import STAGES, mark_stage_done, stage_done, stage_hash, training_stages
+from ovis.runs import LOCK, STAGES, FolderInUse, folder_lock, mark_stage_done, stage_done, stage_hash, training_stages
+
+ANN = Path(__file__).parent / "data" / "real" / "coco_mini" / "annotations"
+HOLDER = """
+import sys, time
+from ovis.runs import folder_lock
+with folder_lock(sys.argv[1]):
+    print("locked", flush=True)
+    time.sleep(120)
+"""
 
 
 def test_changing_eval_does_not_retrain_and_changing_the_teacher_redoes_everything_after_it():
@@ -91,3 +105,57 @@ def test_splits_stage_reruns_when_a_source_file_changes(tmp_path):
     assert not stage_done(run, "splits", recipe)
     run_splits_stage(recipe, run)
     assert stage_done(run, "splits", recipe)
+
+
+def _hold(folder: Path) -> subprocess.Popen:
+    """Another process that holds the lock on ``folder`` until killed."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env.pop("OVIS_HELD_LOCKS", None)
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(folder)], stdout=subprocess.PIPE, text=True, env=env)
+    assert proc.stdout.readline() == "locked\n"
+    return proc
+
+
+def _contents(folder: Path) -> dict[str, tuple[bytes, int]]:
+    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.iterdir()}
+
+
+def test_a_second_splits_into_a_folder_in_use_fails_at_once_naming_it_and_the_holder(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    args = ["splits", "--protocol", "coco_voc_nonvoc", "--train-instances", str(ANN / "instances_train2017.json"),
+            "--val-instances", str(ANN / "instances_val2017.json"), "--out", str(out)]
+    holder = _hold(out)
+    try:
+        before = _contents(out)
+        assert ovis(args) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == (f"ovis splits: error: {out} is in use by another ovis process (pid {holder.pid}); "
+                       "wait for it to finish or write into another folder")
+        assert _contents(out) == before
+    finally:
+        holder.send_signal(signal.SIGKILL)  # a killed holder leaves its lock file, but no lock
+        holder.wait()
+    assert (out / LOCK).exists()
+    assert ovis(args) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "partition.json", "train_base.json", "val.json"]
+
+
+def test_a_child_of_the_holder_may_write_into_its_folder_and_nobody_else(tmp_path):
+    run = tmp_path / "run"
+    child = [sys.executable, "-c", "import sys; from ovis.runs import folder_lock\nwith folder_lock(sys.argv[1]): pass",
+             str(run)]
+    with folder_lock(run) as locked:
+        assert locked == run and (run / LOCK).read_text() == str(os.getpid())
+        with folder_lock(run):  # nested in this process
+            pass
+        assert (run / LOCK).is_file()
+        inherit = subprocess.run(child, capture_output=True, text=True)  # e.g. the notebook kernel of a reproduce
+        assert inherit.returncode == 0, inherit.stderr
+        outsider = subprocess.run(child, capture_output=True, text=True,
+                                  env={k: v for k, v in os.environ.items() if k != "OVIS_HELD_LOCKS"})
+        assert outsider.returncode == 1 and FolderInUse.__name__ in outsider.stderr
+        assert f"{run} is in use by another ovis process (pid {os.getpid()})" in outsider.stderr
+    assert not run.exists()  # created for the lock, left empty: removed
+    assert "OVIS_HELD_LOCKS" not in os.environ
