@@ -1,7 +1,7 @@
 """The named evaluation protocols: the single place where each protocol's settings live.
 
 Kinds:
-- ``coco``: plain COCOeval, the 12 standard stats.
+- ``coco``: COCOeval's 12 standard stats (computed by `ovis.eval.ap`, equal to COCOeval).
 - ``ovr`` (CPL/XPM, docs/protocols.md#41-open-vocabulary-ap): the 12 stats plus AP50 averaged over the base, novel and
   base+novel categories of the split.
 - ``open_world`` (OLN/GGN, docs/protocols.md#42-open-world-ar): class-agnostic AR@k with seen-class GT ignored and
