@@ -65,6 +65,7 @@ class ModelConfig:
     heads: str = "standard"  # standard | oln
     text_encoder: str = "minilm"
     embedding_dim: int | None = None  # text space size; None = the encoder's
+    embedding_temperature: float = 1.0  # embedding classifier: logits = <projection(f), t_c> / T (1 = upstream)
     min_size: int = 800
     max_size: int = 1333
     anchor_sizes: list[int] = field(default_factory=lambda: [32, 64, 128, 256, 512])

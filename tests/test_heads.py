@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.image_list import ImageList
@@ -12,6 +13,7 @@ from torchvision.ops import boxes as box_ops
 from ovis.config import ModelConfig
 from ovis.models.detector import build_detector
 from ovis.models.heads import (
+    EmbeddingClassifier,
     OLNRegionProposalNetwork,
     OLNRPNHead,
     background_weighted_ce,
@@ -164,3 +166,23 @@ def test_oln_final_score_is_sqrt_of_objectness_times_iou_score():
         torch.cat([iou_logits, torch.tensor([-3.0])]), torch.zeros(4, 4), dup, [torch.cat([objectness[0], torch.tensor([0.9])])], [(64, 64)]
     )
     assert len(scores[0]) == 3
+
+
+def test_embedding_temperature_divides_logits_and_region_embeddings_alike():
+    torch.manual_seed(0)
+    emb = torch.randn(3, 8)
+    plain = EmbeddingClassifier(16, 8, emb)
+    cooled = EmbeddingClassifier(16, 8, emb, temperature=10.0)
+    cooled.load_state_dict(plain.state_dict())
+    x = torch.randn(5, 16)
+    (lp, dp), (lc, dc) = plain(x), cooled(x)
+    torch.testing.assert_close(lc, lp / 10)
+    torch.testing.assert_close(lc[:, 0], torch.zeros(5))  # background stays 0
+    torch.testing.assert_close(dc, dp)  # box deltas do not depend on it
+    torch.testing.assert_close(cooled.embed(x), plain.embed(x) / 10)  # pseudo-label scores use the same scale
+
+
+def test_embedding_temperature_must_be_positive():
+    cfg = ModelConfig(arch="c4", backbone="resnet18", embedding_temperature=0.0)
+    with pytest.raises(ValueError, match="model.embedding_temperature=0.0: must be > 0"):
+        build_detector(cfg, torch.zeros(2, 8))

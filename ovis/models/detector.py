@@ -77,6 +77,8 @@ def _check(cfg: ModelConfig) -> None:
     if cfg.norm == "gn" and cfg.backbone_weights:
         raise ValueError("model.norm=gn trains GroupNorm from scratch; pretrained model.backbone_weights carry "
                          "BatchNorm statistics: use model.norm=frozen_bn with them")
+    if not cfg.embedding_temperature > 0:
+        raise ValueError(f"model.embedding_temperature={cfg.embedding_temperature}: must be > 0")
     if cfg.arch == "fpn" and len(cfg.anchor_sizes) != len(FPN_LEVELS) + 1:
         raise ValueError(f"model.anchor_sizes: FPN needs one size per level (5: P2..P6), got {cfg.anchor_sizes}")
     if cfg.heads == "oln" and len(cfg.aspect_ratios) != 1:
@@ -125,7 +127,7 @@ def build_detector(
             raise ValueError("embedding classifier: pass class_embeddings [K, d] or set model.embedding_dim")
         if class_embeddings is not None and class_embeddings.shape[1] != dim:
             raise ValueError(f"class_embeddings are {class_embeddings.shape[1]}-d but model.embedding_dim={dim}")
-        predictor = EmbeddingClassifier(box_dim, dim, class_embeddings)
+        predictor = EmbeddingClassifier(box_dim, dim, class_embeddings, cfg.embedding_temperature)
         roi_cls, expected = EmbeddingRoIHeads, predictor.num_classes
     if num_classes is not None and num_classes != expected:
         raise ValueError(f"num_classes={num_classes} but the {cfg.classifier}/{cfg.heads} classifier has {expected}")

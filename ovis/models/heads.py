@@ -33,15 +33,22 @@ OLN_OBJECTNESS_NEG_IOU = 0.1
 
 
 class EmbeddingClassifier(nn.Module):
-    """Open-vocabulary box predictor: logits = ⟨projection(f), t_c⟩ with t_0 = 0 (background).
+    """Open-vocabulary box predictor: logits = ⟨projection(f), t_c⟩ / temperature with t_0 = 0 (background).
+
+    ``temperature`` 1 is upstream's teacher; grounding's own temperature (10) keeps a frozen grounding
+    projection's scores at the scale grounding trained them at (docs/deviations.md#99-demo-recipes).
 
     Input ``[R, C]`` region features; output ``(logits [R, K+1], deltas [R, 4])``. Class embeddings
     ``[K, d]`` are a non-persistent buffer (not a parameter, not saved in checkpoints): set them with
     :meth:`set_class_embeddings`; predicted labels 1..K index that list.
     """
 
-    def __init__(self, in_features: int, embedding_dim: int, class_embeddings: Tensor | None = None) -> None:
+    def __init__(self, in_features: int, embedding_dim: int, class_embeddings: Tensor | None = None,
+                 temperature: float = 1.0) -> None:
         super().__init__()
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.temperature = float(temperature)
         self.projection = nn.Linear(in_features, embedding_dim)
         self.bbox_pred = nn.Linear(in_features, 4)
         nn.init.normal_(self.projection.weight, std=0.01)
@@ -67,12 +74,12 @@ class EmbeddingClassifier(nn.Module):
         self.class_embeddings = torch.cat([emb.new_zeros(1, d), emb])
 
     def embed(self, x: Tensor) -> Tensor:
-        """Region features ``[R, C]`` → region embeddings ``[R, d]`` (not normalised)."""
-        return self.projection(x.flatten(1))
+        """Region features ``[R, C]`` → region embeddings ``[R, d]`` (not normalised), divided by the temperature."""
+        return self.projection(x.flatten(1)) / self.temperature
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         x = x.flatten(1)
-        return self.projection(x) @ self.class_embeddings.T, self.bbox_pred(x)
+        return self.embed(x) @ self.class_embeddings.T, self.bbox_pred(x)
 
 
 class AgnosticClassifier(nn.Module):
