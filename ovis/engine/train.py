@@ -300,13 +300,23 @@ def save_atomic(obj: Any, path: Path) -> Path:
     return path
 
 
-def load_checkpoint(path: Path, mmap: bool = False) -> dict[str, Any]:
+class CheckpointError(RuntimeError, ValueError):
+    """A checkpoint file that cannot be read or is not one ovis wrote; the message names the file."""
+
+
+def load_checkpoint(path: Path, mmap: bool = False, keys: Sequence[str] = ()) -> dict[str, Any]:
     """A checkpoint written by :func:`train`, on CPU (``mmap``: tensors read lazily, for a look at its
-    metadata); a clear error naming the file when it is unreadable."""
+    metadata); it must be a dict holding ``keys``. A CheckpointError names the file otherwise."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means the same thing here
-        raise RuntimeError(f"cannot read checkpoint {path} ({type(e).__name__}: {e}); delete it to start over") from None
+        raise CheckpointError(f"cannot read checkpoint {path} ({type(e).__name__}: {' '.join(str(e).split())[:200]}); "
+                              "delete it to start over") from None
+    missing = [k for k in keys if k not in state] if isinstance(state, dict) else list(keys)
+    if not isinstance(state, dict) or missing:
+        what = f"a {type(state).__name__}" if not isinstance(state, dict) else f"a dict without {missing}"
+        raise CheckpointError(f"checkpoint {path} is {what}, not a checkpoint ovis wrote; delete it to start over")
+    return state
 
 
 def final_is_current(out_dir: Path, recipe_hash: str | None) -> bool:
@@ -418,13 +428,17 @@ def train(task: TrainTask, out_dir: str | Path, device: str = "auto", resume: bo
         n_frozen, n_all = freeze(model, cfg.freeze)
         n_values = sum(p.numel() for p in model.parameters() if not p.requires_grad)
         log(f"froze {n_frozen} of {n_all} parameter tensors ({n_values:,} values) under {list(cfg.freeze)}")
-    ckpt = load_checkpoint(last) if resume and last.is_file() else None
+    ckpt = load_checkpoint(last, keys=("model", "optimizer", "scheduler", "iteration")) if resume and last.is_file() else None
     if ckpt is not None and recipe_hash is not None and ckpt.get("recipe_hash") not in (None, recipe_hash):
         # what it trained on (data, pseudo masks, schedule) may differ: resuming would keep stale weights
         log(f"{last} was written under recipe hash {ckpt['recipe_hash']}, not {recipe_hash}: starting over")
         ckpt = None
     if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
+        try:
+            model.load_state_dict(ckpt["model"])
+        except RuntimeError as e:
+            raise CheckpointError(f"checkpoint {last} does not fit the model ({' '.join(str(e).split())[:200]}); delete it to start over"
+                                  ) from None
     elif cfg.init:
         init = Path(cfg.init) if Path(cfg.init).is_absolute() else out_dir.parent / cfg.init
         report = load_init(model, init)

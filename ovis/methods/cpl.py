@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from ovis.config import Recipe
-from ovis.data.coco import write_json_atomic, write_text_atomic
+from ovis.data.coco import CocoFormatError, read_json, write_json_atomic, write_text_atomic
 from ovis.data.dataset import CocoDetection, collate_fn
 from ovis.data.transforms import RandomHorizontalFlip
 from ovis.models.detector import build_detector, set_class_embeddings
@@ -104,7 +104,10 @@ def _partition(run_dir: Path) -> dict:
     path = run_dir / "splits" / "partition.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found; run the splits stage first")
-    return json.loads(path.read_text())
+    partition = read_json(path)
+    if not isinstance(partition, dict) or not all(isinstance(partition.get(k), list) for k in ("base", "novel")):
+        raise CocoFormatError(f"{path}: expected an object with 'base' and 'novel' category lists (re-run the splits stage)")
+    return partition
 
 
 def _need(path: Path, what: str) -> Path:
@@ -361,7 +364,7 @@ def load_model(recipe: Recipe, run_dir: str | Path, which: str = "student") -> n
         raise ValueError(f"load_model: which={which!r}; use 'teacher' or 'student'")
     path = _need(run_dir / which / "model_final.pth", f"train the {which} first (run_{which})")
     model = build_teacher(recipe, run_dir) if which == "teacher" else build_student(recipe, run_dir)
-    model.load_state_dict(load_checkpoint(path)["model"])
+    model.load_state_dict(load_checkpoint(path, keys=("model",))["model"])
     return model.eval()
 
 

@@ -51,7 +51,7 @@ from ovis.data.coco import (
 from ovis.data.dataset import CocoDetection
 from ovis.data.transforms import RandomHorizontalFlip
 from ovis.engine.dist import resolve_device
-from ovis.engine.train import FINAL, LAST, METRICS, TrainResult, TrainTask, load_checkpoint
+from ovis.engine.train import FINAL, LAST, METRICS, CheckpointError, TrainResult, TrainTask, load_checkpoint
 from ovis.models.affinity import AffinityNet, affinity_target, palette_from_masks
 from ovis.models.detector import build_detector
 from ovis.pseudo.grouping import (
@@ -202,11 +202,11 @@ def load_model(recipe: Recipe, run_dir: str | Path, which: str) -> nn.Module:
     else:  # the checkpoint holds every weight: skip the backbone's pretrained initialisation
         cfg = oln_recipe(recipe).model if which in OLN_VARIANTS else recipe.model
         model = build_detector(dataclasses.replace(cfg, backbone_weights=None), num_classes=1)
-    state = load_checkpoint(path)
+    state = load_checkpoint(path, keys=("model",))
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as e:
-        raise RuntimeError(f"{path} does not fit the recipe's model ({recipe.name}): {str(e)[:300]}; "
+        raise CheckpointError(f"{path} does not fit the recipe's model ({recipe.name}): {' '.join(str(e).split())[:300]}; "
                            "was it trained with another recipe? Re-run the stage") from None
     return model.eval()
 
@@ -443,17 +443,18 @@ def extract_shard(recipe: Recipe, run_dir: str | Path, shard: int, num_shards: i
             stream(f"shard {shard}/{num_shards}: {final.name} is complete, reused")
             return final
     done = _read_progress(partial, key, mine)
+    todo = [i for i in mine if i not in done]
+    if todo:  # before the first write: an unreadable teacher leaves the pseudo folder as it was
+        device = resolve_device(recipe.launch.device, int(os.environ.get("LOCAL_RANK", "0")))
+        model = load_model(recipe, run_dir, "teacher").to(device)
     # rewrite header + intact records, so appends never follow a torn line
     header = json.dumps({"key": key, "shard": shard, "num_shards": num_shards, "image_ids": mine})
     write_text_atomic("".join([header + "\n"] + [json.dumps(r) + "\n" for r in done.values()]), partial)
-    todo = [i for i in mine if i not in done]
     stream(f"shard {shard}/{num_shards}: {len(mine)} images, {len(done)} done before, {len(todo)} to extract")
 
     if todo:
         index = {image_id: k for k, image_id in enumerate(ds.ids)}
         params = grouping_params(recipe)
-        device = resolve_device(recipe.launch.device, int(os.environ.get("LOCAL_RANK", "0")))
-        model = load_model(recipe, run_dir, "teacher").to(device)
         workers = _worker_count(recipe)
         buffer: list[dict] = []
         t_start = t_last = time.perf_counter()

@@ -49,7 +49,7 @@ from ovis.data.captions import (
     load_lvis_categories,
     lvis_matches,
 )
-from ovis.data.coco import ann_to_rle, masks_to_rles, write_json_atomic
+from ovis.data.coco import CocoFormatError, ann_to_rle, load_coco, masks_to_rles, read_json, write_json_atomic
 from ovis.models.text import TextEncoder
 from ovis.runs import stage_hash
 
@@ -228,7 +228,7 @@ def pseudo_vocabulary(recipe: Recipe, run_dir: str | Path) -> PseudoVocabulary:
         path = Path(run_dir) / "splits" / "val.json"
         if not path.is_file():
             raise FileNotFoundError(f"pseudo.vocabulary=dataset: {path} not found; run the splits stage first")
-        cats = json.loads(path.read_text())["categories"]
+        cats = load_coco(path)["categories"]
         keep = ("id", "name", "supercategory", "synonyms", "split")
         return PseudoVocabulary(kind, Vocabulary.from_categories(cats), [
             {**{k: c[k] for k in keep if k in c}, "pseudo_vocabulary": True} for c in cats])
@@ -242,12 +242,22 @@ def pseudo_image_ids(recipe: Recipe, run_dir: str | Path) -> tuple[list[int], di
     for f in ("train_base.json", "captions.json"):
         if not (splits / f).is_file():
             raise FileNotFoundError(f"pseudo: {splits / f} not found; run the splits stage (with data.train_captions)")
-    caps = {int(k): v for k, v in json.loads((splits / "captions.json").read_text()).items() if v}
-    images = json.loads((splits / "train_base.json").read_text())["images"]
+    caps = {int(k): v for k, v in _captions_json(splits / "captions.json").items() if v}
+    images = load_coco(splits / "train_base.json")["images"]
     ids = [im["id"] for im in images if im["id"] in caps]
     if recipe.pseudo.max_images is not None:
         ids = ids[: recipe.pseudo.max_images]
     return ids, {i: caps[i] for i in ids}
+
+
+def _captions_json(path: Path) -> dict[str, list[str]]:
+    """``splits/captions.json`` (image id → captions, as the splits stage writes it), checked."""
+    data = read_json(path)
+    for key, caps in data.items() if isinstance(data, dict) else [("top level", data)]:
+        if not key.isdigit() or not isinstance(caps, list) or not all(isinstance(c, str) for c in caps):
+            raise CocoFormatError(f"{path}: entry {key!r}: expected an image id mapped to a list of caption strings "
+                                  "(re-run the splits stage)")
+    return data
 
 
 def resolve_shard(shard: int | None = None, num_shards: int | None = None) -> tuple[int, int]:

@@ -32,12 +32,12 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--shard {args.shard} is outside 0..{args.num_shards - 1}")
     try:
         recipe = load_recipe(args.recipe, args.overrides)
-    except RecipeError as e:
+        run_dir = args.run_dir or default_run_dir(recipe)
+        stats = for_recipe(recipe).run_pseudo(recipe, run_dir, shard=args.shard, num_shards=args.num_shards,
+                                              force=args.force)
+    except (RecipeError, ValueError) as e:  # a recipe, split file or checkpoint that cannot be used
         print(f"ovis pseudo: error: {e}", file=sys.stderr)
         return 2
-    run_dir = args.run_dir or default_run_dir(recipe)
-    stats = for_recipe(recipe).run_pseudo(recipe, run_dir, shard=args.shard, num_shards=args.num_shards,
-                                          force=args.force)
     print(json.dumps(stats))
     return 0
 
