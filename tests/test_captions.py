@@ -229,9 +229,11 @@ def test_parse_caption_file_reads_real_coco_captions(real_captions):
 @pytest.mark.parametrize("content,message", [
     ("{not json", "not valid JSON"),
     ('{"images": []}', "no 'annotations' list"),
-    ('{"annotations": [{"id": 42, "image_id": 1}]}', "annotation 42: needs an integer 'image_id' and a string 'caption'"),
+    ('{"annotations": [{"id": 42, "image_id": 1}]}', "annotation 42: 'caption' is None, expected a non-empty string"),
+    ('{"annotations": [{"id": 4, "image_id": 1, "caption": " "}]}', "annotation 4: 'caption' is ' '"),
+    ('{"annotations": [{"image_id": 1, "caption": "a dog"}]}', "annotation at index 0: 'id' is None"),
     ('{"images": [{"id": 1}], "annotations": [{"id": 3, "image_id": 2, "caption": "a dog"}]}',
-     "annotation 3: image id 2 is not in 'images'"),
+     "annotation 3: 'image_id' 2 is not an image id in 'images'"),
 ])
 def test_parse_caption_file_names_file_and_annotation_on_bad_input(tmp_path, content, message):
     path = tmp_path / "captions_bad.json"

@@ -291,8 +291,10 @@ def find_words(captions: Sequence[str], vocab: Vocabulary) -> list[WordMatch]:
 def parse_caption_file(path: str | Path) -> dict[int, list[str]]:
     """COCO captions JSON → image id → its captions (file order, whitespace stripped).
 
-    Images listed under ``images`` without captions map to ``[]``. Raises
-    :class:`~ovis.data.coco.CocoFormatError` naming the file (and annotation) on bad input.
+    Images listed under ``images`` without captions map to ``[]``. Every caption needs a unique integer
+    ``id``, an integer ``image_id`` (one of ``images`` when the file lists them) and a non-empty string
+    ``caption``; unknown keys are allowed. Raises :class:`~ovis.data.coco.CocoFormatError` naming the
+    file, the annotation (id or index) and the field on bad input.
     """
     name = os.fspath(path)
     data = read_json(path)
@@ -303,22 +305,29 @@ def parse_caption_file(path: str | Path) -> dict[int, list[str]]:
     if not isinstance(images, list):
         raise CocoFormatError(f"{name}: 'images' is a {type(images).__name__}, expected a list")
     for i, img in enumerate(images):
-        if not isinstance(img, dict) or not isinstance(img.get("id"), int):
-            raise CocoFormatError(f"{name}: image entry {i} has no integer 'id'")
-        out.setdefault(img["id"], [])
+        iid = img.get("id") if isinstance(img, dict) else None
+        if type(iid) is not int:
+            raise CocoFormatError(f"{name}: image at index {i}: 'id' is {iid!r:.40}, expected an integer")
+        if iid in out:
+            raise CocoFormatError(f"{name}: image {iid}: duplicate 'id'")
+        out[iid] = []
+    seen: set[int] = set()
     for i, ann in enumerate(data["annotations"]):
         if not isinstance(ann, dict):
-            raise CocoFormatError(f"{name}: annotation {i} is a {type(ann).__name__}, expected an object")
+            raise CocoFormatError(f"{name}: annotation at index {i} is a {type(ann).__name__}, expected an object")
+        aid = ann.get("id")
+        if type(aid) is not int:
+            raise CocoFormatError(f"{name}: annotation at index {i}: 'id' is {aid!r:.40}, expected an integer")
+        if aid in seen:
+            raise CocoFormatError(f"{name}: annotation {aid}: duplicate 'id'")
+        seen.add(aid)
         image_id, caption = ann.get("image_id"), ann.get("caption")
-        if not isinstance(image_id, int) or not isinstance(caption, str):
-            raise CocoFormatError(
-                f"{name}: annotation {ann.get('id', f'#{i}')}: needs an integer 'image_id' and a "
-                f"string 'caption' (got {image_id!r}, {type(caption).__name__}); is this a captions file?"
-            )
-        if images and image_id not in out:
-            raise CocoFormatError(
-                f"{name}: annotation {ann.get('id', f'#{i}')}: image id {image_id} is not in 'images'"
-            )
+        if type(image_id) is not int or (images and image_id not in out):
+            expected = "an image id in 'images'" if images else "an integer"
+            raise CocoFormatError(f"{name}: annotation {aid}: 'image_id' {image_id!r:.40} is not {expected}")
+        if not isinstance(caption, str) or not caption.strip():
+            raise CocoFormatError(f"{name}: annotation {aid}: 'caption' is {caption!r:.40}, expected a non-empty "
+                                  "string; is this a captions file?")
         out.setdefault(image_id, []).append(caption.strip())
     return out
 

@@ -79,23 +79,27 @@ class _NonFinite:
         self.literal = literal
 
 
+_ENTRY = {"images": "image", "annotations": "annotation", "categories": "category"}
+
+
 def _locate(obj: Any, target: object, path: str = "") -> str:
-    """Where ``target`` sits in ``obj``: e.g. ``annotations id 7: field 'bbox'``."""
+    """Where ``target`` sits in ``obj``, named as the validators name it: ``annotation 7: field 'bbox'[0]``,
+    ``image at index 3: field 'id'``, ``top level[5]: field 'score'``."""
     items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else ()
     for key, value in items:
+        if isinstance(key, str):
+            here = f"{path}: field {key!r}" if path else key
+        elif path in _ENTRY and isinstance(value, dict) and type(value.get("id")) is int:
+            here = f"{_ENTRY[path]} {value['id']}"
+        elif path in _ENTRY:
+            here = f"{_ENTRY[path]} at index {key}"
+        else:
+            here = f"{path or 'top level'}[{key}]"
         if value is target:
-            return f"{path}: field {key!r}" if isinstance(key, str) and path else f"{path or 'top level'}[{key!r}]"
-        if isinstance(value, (dict, list)):
-            here = path
-            if isinstance(key, str):
-                here = f"{path}.{key}" if path else key
-            elif isinstance(value, dict) and "id" in value:
-                here = f"{path} id {value['id']}"
-            else:
-                here = f"{path}[{key}]"
-            found = _locate(value, target, here)
-            if found:
-                return found
+            return here
+        found = _locate(value, target, here) if isinstance(value, (dict, list)) else ""
+        if found:
+            return found
     return ""
 
 
