@@ -33,7 +33,7 @@ from pathlib import Path
 
 from lemminflect import getAllLemmas, getLemma
 
-from ovis.data.coco import CocoFormatError, read_json
+from ovis.data.coco import CocoFormatError, is_coco_id, read_json
 
 __all__ = [
     "COCO_EXTRA_SYNONYMS",
@@ -306,8 +306,8 @@ def parse_caption_file(path: str | Path) -> dict[int, list[str]]:
         raise CocoFormatError(f"{name}: 'images' is a {type(images).__name__}, expected a list")
     for i, img in enumerate(images):
         iid = img.get("id") if isinstance(img, dict) else None
-        if type(iid) is not int:
-            raise CocoFormatError(f"{name}: image at index {i}: 'id' is {iid!r:.40}, expected an integer")
+        if not is_coco_id(iid):
+            raise CocoFormatError(f"{name}: image at index {i}: 'id' is {iid!r:.40}, expected a 64-bit integer")
         if iid in out:
             raise CocoFormatError(f"{name}: image {iid}: duplicate 'id'")
         out[iid] = []
@@ -316,13 +316,13 @@ def parse_caption_file(path: str | Path) -> dict[int, list[str]]:
         if not isinstance(ann, dict):
             raise CocoFormatError(f"{name}: annotation at index {i} is a {type(ann).__name__}, expected an object")
         aid = ann.get("id")
-        if type(aid) is not int:
-            raise CocoFormatError(f"{name}: annotation at index {i}: 'id' is {aid!r:.40}, expected an integer")
+        if not is_coco_id(aid):
+            raise CocoFormatError(f"{name}: annotation at index {i}: 'id' is {aid!r:.40}, expected a 64-bit integer")
         if aid in seen:
             raise CocoFormatError(f"{name}: annotation {aid}: duplicate 'id'")
         seen.add(aid)
         image_id, caption = ann.get("image_id"), ann.get("caption")
-        if type(image_id) is not int or (images and image_id not in out):
+        if not is_coco_id(image_id) or (images and image_id not in out):
             expected = "an image id in 'images'" if images else "an integer"
             raise CocoFormatError(f"{name}: annotation {aid}: 'image_id' {image_id!r:.40} is not {expected}")
         if not isinstance(caption, str) or not caption.strip():

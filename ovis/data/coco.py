@@ -26,6 +26,7 @@ __all__ = [
     "ann_to_mask",
     "compressed_rle_runs",
     "compressed_rle_sums",
+    "is_coco_id",
     "is_finite_number",
     "ann_to_rle",
     "load_coco",
@@ -131,7 +132,8 @@ def load_coco(
     return data
 
 
-def validate_coco(data: Any, name: str = "<dataset>", need_file_names: bool = False) -> None:
+def validate_coco(data: Any, name: str = "<dataset>", need_file_names: bool = False,
+                  annotation_keys: Sequence[str] = ()) -> None:
     """Validate a parsed COCO instances dict; ``name`` is the file named in errors.
 
     Checks: top-level keys and section types; integer ids, unique per section; images with
@@ -141,7 +143,9 @@ def validate_coco(data: Any, name: str = "<dataset>", need_file_names: bool = Fa
     its image; ``iscrowd`` 0/1 and ``area`` ≥ 0 when present; polygons of finite numbers with >= 3
     points per part; RLE with ``counts`` and a ``size`` equal to the image's ``[height, width]``
     whose run lengths (compressed strings parsed, not decoded) sum to h*w; a non-empty name per
-    category. Unknown keys are allowed, as in COCO. Every error is one line naming the file, the
+    category; every key of ``annotation_keys`` in every annotation. Ids are 64-bit integers and an image
+    has fewer than 2**32 pixels (pycocotools' RLE holds uint32 runs). Unknown keys are allowed, as in
+    COCO. Every error is one line naming the file, the
     entry (image / annotation / category id, or its index) and the field.
     Sets ``data["annotations"] = []`` when the key is absent.
     """
@@ -173,14 +177,15 @@ def validate_coco(data: Any, name: str = "<dataset>", need_file_names: bool = Fa
     rles: list[tuple[dict, str | bytes, int]] = []  # compressed RLEs, checked together below
     for aid, ann in _entries(data["annotations"], "annotation", name).items():
         where = f"{name}: annotation {aid}"
-        for key in ("image_id", "category_id", "bbox"):
+        for key in ("image_id", "category_id", "bbox", *annotation_keys):
             if key not in ann:
-                raise CocoFormatError(f"{where}: no {key!r}; an annotation needs id, image_id, category_id, bbox")
-        hw = sizes.get(ann["image_id"]) if _is_id(ann["image_id"]) else None
+                needed = ", ".join(("id", "image_id", "category_id", "bbox", *annotation_keys))
+                raise CocoFormatError(f"{where}: no {key!r}; an annotation here needs {needed}")
+        hw = sizes.get(ann["image_id"]) if is_coco_id(ann["image_id"]) else None
         if hw is None:
             raise CocoFormatError(f"{where}: 'image_id' {ann['image_id']!r} is not an image id in 'images'")
         where = f"{where} (image {ann['image_id']})"
-        if not _is_id(ann["category_id"]) or ann["category_id"] not in categories:
+        if not is_coco_id(ann["category_id"]) or ann["category_id"] not in categories:
             raise CocoFormatError(f"{where}: 'category_id' {ann['category_id']!r} is not a category id in 'categories'")
         _check_bbox(ann["bbox"], hw, where)
         if "iscrowd" in ann and (type(ann["iscrowd"]) is not int or ann["iscrowd"] not in (0, 1)):
@@ -205,8 +210,9 @@ def _rle_problem(total: int, area: int) -> str:
     return f"RLE counts string covers {total} pixels, expected height*width = {area}"
 
 
-def _is_id(value: Any) -> bool:
-    return type(value) is int
+def is_coco_id(value: Any) -> bool:
+    """An id COCO tools can hold: a 64-bit integer (not a bool, float or string)."""
+    return type(value) is int and -(2**63) <= value < 2**63
 
 
 def _entries(entries: list, kind: str, name: str) -> dict[int, dict]:
@@ -218,8 +224,8 @@ def _entries(entries: list, kind: str, name: str) -> dict[int, dict]:
         if "id" not in entry:
             raise CocoFormatError(f"{name}: {kind} at index {i}: no 'id'")
         eid = entry["id"]
-        if not _is_id(eid):
-            raise CocoFormatError(f"{name}: {kind} at index {i}: 'id' is {eid!r}, expected an integer")
+        if not is_coco_id(eid):
+            raise CocoFormatError(f"{name}: {kind} at index {i}: 'id' is {eid!r:.40}, expected a 64-bit integer")
         if eid in out:
             raise CocoFormatError(f"{name}: {kind} {eid}: duplicate 'id' (also at index "
                                   f"{list(out).index(eid)})")
@@ -238,6 +244,9 @@ def _image_sizes(images: list, name: str, need_file_names: bool) -> dict[int, tu
             f = img.get("file_name")
             if not isinstance(f, str) or not f.strip():
                 raise CocoFormatError(f"{name}: image {iid}: 'file_name' is {f!r}, expected a non-empty string")
+        if img["height"] * img["width"] >= 2**32:
+            raise CocoFormatError(f"{name}: image {iid}: 'height' x 'width' = {img['height']} x {img['width']} is "
+                                  "more pixels than a COCO RLE mask can hold (2**32)")
         sizes[iid] = (img["height"], img["width"])
     return sizes
 

@@ -54,8 +54,12 @@ def load_gt(gt: str | Path | dict) -> dict:
         if not path.is_file():
             raise EvalInputError(f"ground-truth file {path} does not exist")
         data, name = _read(path), str(path)
+    # COCOeval reads every GT's area and iscrowd, and the segmentation of each under segm: a file that
+    # has masks must have one per annotation
+    anns = data.get("annotations") if isinstance(data, dict) else None
+    masks = isinstance(anns, list) and any(isinstance(a, dict) and "segmentation" in a for a in anns)
     try:  # the rules the splits stage applies: unknown images, duplicate ids, sizes, masks, ...
-        validate_coco(data, name)
+        validate_coco(data, name, annotation_keys=("area", "iscrowd") + (("segmentation",) if masks else ()))
     except CocoFormatError as e:
         raise EvalInputError(str(e)) from None
     return data
