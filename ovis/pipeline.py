@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ovis.config import Recipe, RecipeError, list_recipes, load_recipe
+from ovis.data.splits import check_data_files
 from ovis.runs import STAGES, default_run_dir, stage_done
 
 NOTEBOOKS = {
@@ -118,6 +119,8 @@ def reproduce(recipe_ref: str, stages: list[str] | None = None, run_dir: str | P
     run_dir = Path(run_dir) if run_dir else default_run_dir(recipe)
     results = []
     todo = stages or list(STAGES)
+    if "splits" in todo and (force or not stage_done(run_dir, "splits", recipe)):
+        check_data_files(recipe.data)  # a bad data file stops the run before a kernel starts or a file is written
     for i, stage in enumerate(todo, 1):
         log(f"[{i}/{len(todo)}] {stage}: running {NOTEBOOKS[stage]} ...")
         result = run_stage(stage, recipe, recipe_ref, run_dir, overrides, force)
