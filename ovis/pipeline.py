@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ovis.config import Recipe, RecipeError, list_recipes, load_recipe
 from ovis.data.splits import check_data_files
-from ovis.runs import STAGES, default_run_dir, stage_done
+from ovis.runs import STAGES, FolderInUse, default_run_dir, folder_lock, stage_done
 
 NOTEBOOKS = {
     "splits": "00_splits.ipynb",
@@ -113,7 +113,8 @@ def run_stage(stage: str, recipe: Recipe, recipe_ref: str, run_dir: Path, overri
 
 def reproduce(recipe_ref: str, stages: list[str] | None = None, run_dir: str | Path | None = None,
               overrides: list[str] | None = None, force: bool = False, log=print) -> list[StageResult]:
-    """Run ``stages`` (default: all six) of a recipe; returns what ran and what was skipped."""
+    """Run ``stages`` (default: all six) of a recipe; returns what ran and what was skipped. Holds the
+    run dir's lock throughout (its notebook kernels inherit it): a concurrent run into it fails at once."""
     overrides = list(overrides or [])
     recipe = load_recipe(recipe_ref, overrides)
     run_dir = Path(run_dir) if run_dir else default_run_dir(recipe)
@@ -121,12 +122,13 @@ def reproduce(recipe_ref: str, stages: list[str] | None = None, run_dir: str | P
     todo = stages or list(STAGES)
     if "splits" in todo and (force or not stage_done(run_dir, "splits", recipe)):
         check_data_files(recipe.data)  # a bad data file stops the run before a kernel starts or a file is written
-    for i, stage in enumerate(todo, 1):
-        log(f"[{i}/{len(todo)}] {stage}: running {NOTEBOOKS[stage]} ...")
-        result = run_stage(stage, recipe, recipe_ref, run_dir, overrides, force)
-        what = "skipped (outputs match recipe hash)" if result.status == "skipped" else f"done in {result.seconds:.1f} s"
-        log(f"[{i}/{len(todo)}] {stage}: {what}")
-        results.append(result)
+    with folder_lock(run_dir):
+        for i, stage in enumerate(todo, 1):
+            log(f"[{i}/{len(todo)}] {stage}: running {NOTEBOOKS[stage]} ...")
+            result = run_stage(stage, recipe, recipe_ref, run_dir, overrides, force)
+            what = "skipped (outputs match recipe hash)" if result.status == "skipped" else f"done in {result.seconds:.1f} s"
+            log(f"[{i}/{len(todo)}] {stage}: {what}")
+            results.append(result)
     return results
 
 
@@ -183,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.recipe:
             ap.error("a recipe is required (see --list)")
         reproduce(args.recipe, stages, args.run_dir, args.overrides, args.force)
-    except (RecipeError, ValueError) as e:
+    except (RecipeError, ValueError, FolderInUse) as e:
         print(f"ovis reproduce: error: {e}", file=sys.stderr)
         return 2
     except StageFailed as e:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import tiny
 
 from ovis.cli import main as ovis
@@ -159,3 +160,22 @@ def test_a_child_of_the_holder_may_write_into_its_folder_and_nobody_else(tmp_pat
         assert f"{run} is in use by another ovis process (pid {os.getpid()})" in outsider.stderr
     assert not run.exists()  # created for the lock, left empty: removed
     assert "OVIS_HELD_LOCKS" not in os.environ
+
+
+@pytest.mark.parametrize("command", [["train", "--recipe", "demo_ggn", "--stage", "teacher"],
+                                     ["reproduce", "demo_ggn", "--stages", "eval"]])
+def test_a_second_training_or_reproduce_run_into_a_run_dir_in_use_fails_at_once(tmp_path, capsys, command):
+    run = tmp_path / "runs" / "demo_ggn"
+    (run / "teacher").mkdir(parents=True)
+    (run / "teacher" / "last.pth").write_bytes(b"the other run's checkpoint")
+    holder = _hold(run)
+    try:
+        before = {p.relative_to(run): (p.read_bytes(), p.stat().st_mtime_ns) for p in run.rglob("*") if p.is_file()}
+        assert ovis([*command, "--run-dir", str(run)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == (f"ovis {command[0]}: error: {run} is in use by another ovis process (pid {holder.pid}); "
+                       "wait for it to finish or write into another folder")
+        assert {p.relative_to(run): (p.read_bytes(), p.stat().st_mtime_ns) for p in run.rglob("*") if p.is_file()} == before
+    finally:
+        holder.kill()
+        holder.wait()

@@ -7,12 +7,15 @@ import logging
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 import torch
 from toy_task import SquareDataset, SquareNet
 
+import ovis.engine.train as engine
 from ovis.config import Recipe, TrainConfig, load_recipe
 from ovis.engine.schedule import build_lr_scheduler, build_optimizer, lr_factor
 from ovis.engine.train import (
@@ -24,6 +27,7 @@ from ovis.engine.train import (
     load_task_builder,
     main,
     run_stage,
+    save_atomic,
     train,
 )
 
@@ -192,6 +196,7 @@ def test_stage_seeds_the_initial_weights_whatever_ran_before(tmp_path):
         torch.manual_seed(noise)  # a notebook or library touched the global RNG before the stage
         res = run_stage(recipe, "teacher", tmp_path / run, task=spec, device="cpu", progress=False)
         finals.append(torch.load(res.final, weights_only=True)["model"])
+        assert not (tmp_path / run / ".ovis.lock").exists()  # the run dir's lock goes with the run
     assert finals[0].keys() == finals[1].keys()
     assert all(torch.equal(finals[0][k], finals[1][k]) for k in finals[0])
 
@@ -219,3 +224,63 @@ def test_a_stage_without_its_inputs_writes_nothing(tmp_path):
     with pytest.raises(FileNotFoundError, match="run the splits stage first"):
         run_stage(recipe, "teacher", tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_checkpoint_written_in_the_background_holds_its_iteration_while_training_goes_on(tmp_path, monkeypatch):
+    seen = {}
+    task = _task(_cfg(max_iter=10, checkpoint_period=5))
+
+    def slow_save(obj, path):
+        if path.name == "last.pth":
+            time.sleep(0.5)  # serialising a large model
+            seen[obj["iteration"]] = ({k: v.clone() for k, v in obj["model"].items()}, task.model.calls,
+                                      threading.current_thread() is threading.main_thread())
+        return save_atomic(obj, path)
+
+    monkeypatch.setattr(engine, "save_atomic", slow_save)
+    train(task, tmp_path / "async", progress=False)
+    weights, calls_meanwhile, on_main_thread = seen[5]
+    assert calls_meanwhile > 5 and not on_main_thread  # training went on while iteration 5 was being written
+    ref = torch.load(train(_task(_cfg(max_iter=5)), tmp_path / "ref", progress=False).final, weights_only=True)["model"]
+    assert all(torch.equal(weights[k], ref[k]) for k in ref)  # a copy taken at iteration 5, not the live weights
+    assert torch.load(tmp_path / "async" / "last.pth", weights_only=True)["iteration"] == 10
+
+
+def test_a_failed_background_write_stops_the_run_on_its_thread_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    def full_disk_at_10(obj, path):
+        if obj["iteration"] == 10:
+            raise OSError(28, "No space left on device", str(path))
+        return save_atomic(obj, path)
+
+    monkeypatch.setattr(engine, "save_atomic", full_disk_at_10)
+    task = _task(_cfg(max_iter=30, checkpoint_period=5))
+    with pytest.raises(OSError, match="No space left on device") as err:
+        train(task, tmp_path, progress=False)
+    assert f"while writing {tmp_path / 'last.pth'} in the background, iteration 10" in err.value.__notes__[0]
+    assert 10 <= task.model.calls <= 15  # raised at the next check, by the next checkpoint at the latest
+    assert torch.load(tmp_path / "last.pth", weights_only=True)["iteration"] == 5
+    assert not (tmp_path / "model_final.pth").exists()
+
+
+def test_a_crash_while_a_write_is_in_flight_lets_it_finish_and_reports_its_failure_too(tmp_path, monkeypatch):
+    def slow(obj, path):
+        time.sleep(0.3)
+        if obj["iteration"] == 10:
+            raise OSError(28, "No space left on device", str(path))
+        return save_atomic(obj, path)
+
+    crashes = [6, 11]  # one per run: the second resumes from iteration 5
+
+    def crash(iteration: int, model: torch.nn.Module) -> None:
+        if iteration == crashes[0]:
+            raise RuntimeError(f"simulated crash at {crashes.pop(0)}")
+
+    monkeypatch.setattr(engine, "save_atomic", slow)
+    with pytest.raises(RuntimeError, match="simulated crash at 6") as err:
+        train(_task(_cfg(max_iter=20), after_step=crash), tmp_path / "a", progress=False)
+    assert not hasattr(err.value, "__notes__")
+    assert torch.load(tmp_path / "a" / "last.pth", weights_only=True)["iteration"] == 5  # finished after the crash
+    with pytest.raises(RuntimeError, match="simulated crash at 11") as err:
+        train(_task(_cfg(max_iter=20), after_step=crash), tmp_path / "a", progress=False)
+    assert err.value.__notes__ == [f"the background write of {tmp_path / 'a' / 'last.pth'} failed too: OSError: "
+                                   f"[Errno 28] No space left on device: '{tmp_path / 'a' / 'last.pth'}'"]

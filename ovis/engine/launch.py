@@ -26,6 +26,7 @@ import submitit
 from ovis.config import Recipe, load_recipe, parse_overrides, recipe_from_dict
 from ovis.engine import dist as odist
 from ovis.engine.train import FINAL, LAST, METRICS, TrainResult, load_checkpoint, run_stage
+from ovis.runs import folder_lock
 
 LAUNCHERS = ("local", "torchrun", "slurm")
 
@@ -166,9 +167,10 @@ def launch(recipe: str | Path | Recipe, stage: str, run_dir: str | Path | None =
     nproc = nproc or cfg.nproc
     out_dir = run_dir / stage
     if launcher == "torchrun":
-        recipe_path = rec.save(out_dir)  # the child loads exactly this resolved recipe
-        cmd = torchrun_command(recipe_path, stage, run_dir, nproc, nodes, cfg.rdzv_endpoint, task, device, resume)
-        rc, tail = stream_process(cmd, stream)
+        with folder_lock(run_dir):  # held from the recipe copy on; the workers inherit it
+            recipe_path = rec.save(out_dir)  # the child loads exactly this resolved recipe
+            cmd = torchrun_command(recipe_path, stage, run_dir, nproc, nodes, cfg.rdzv_endpoint, task, device, resume)
+            rc, tail = stream_process(cmd, stream)
         if rc != 0:
             raise LaunchError(f"torchrun ({nproc} processes, stage {stage!r}) exited with code {rc}; last lines:\n"
                               + "\n".join(tail))

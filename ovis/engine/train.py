@@ -11,7 +11,8 @@ loop does the rest, the same way on CPU, one GPU, torchrun or Slurm:
 * ``last.pth`` (model, optimizer, scheduler, scaler, every rank's RNG, iteration) every
   ``checkpoint_period`` and at the end, picked up automatically on the next run; ``model_final.pth``
   (weights, iteration, recipe hash); ``metrics.jsonl`` one line per ``log_period``; all written
-  atomically by rank 0;
+  atomically by rank 0; ``last.pth`` is copied on the training thread and written (fsynced) on a
+  background thread while training goes on;
 * a non-finite loss stops the run with :class:`TrainingDiverged` before anything is overwritten.
 
 The model follows torchvision's detection API: in train mode ``model(images, targets)`` returns a
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import dataclasses
 import importlib
 import importlib.util
@@ -37,6 +39,7 @@ import os
 import random
 import resource
 import sys
+import threading
 import time
 import warnings
 from collections import defaultdict
@@ -56,7 +59,7 @@ from ovis.config import Recipe, TrainConfig, load_recipe
 from ovis.data.coco import remove_stale_temps
 from ovis.engine import dist as odist
 from ovis.engine.schedule import build_lr_scheduler, build_optimizer
-from ovis.runs import TRAINING_STAGES, stage_hash
+from ovis.runs import TRAINING_STAGES, FolderInUse, folder_lock, stage_hash
 
 logger = logging.getLogger(__name__)
 
@@ -289,15 +292,80 @@ def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
 
 
 def save_atomic(obj: Any, path: Path) -> Path:
-    """``torch.save`` to a temp file in the same folder, then rename over ``path``."""
+    """``torch.save`` to a temp file in the same folder, fsync it, rename it over ``path``, fsync the
+    folder: a crash at any moment leaves the old file or the new one, never a part of one."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         torch.save(obj, tmp)
+        _fsync(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    _fsync(path.parent)  # the rename itself survives a power cut
     return path
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def snapshot(state: Any) -> Any:
+    """A copy of a nested state (dicts, lists, tuples) whose tensors are detached CPU copies: what the
+    training thread hands to a background write while it goes on updating the originals in place."""
+    if isinstance(state, torch.Tensor):
+        return state.detach().to("cpu", copy=True)
+    if isinstance(state, dict):
+        out = copy.copy(state)  # keeps the type and attributes (a module state dict's _metadata)
+        for k, v in state.items():
+            out[k] = snapshot(v)
+        return out
+    if type(state) in (list, tuple):
+        return type(state)(snapshot(v) for v in state)
+    return state
+
+
+class CheckpointWriter:
+    """Writes checkpoints with :func:`save_atomic` on a background thread, one at a time.
+
+    ``submit`` first waits for the write in flight: checkpoints reach the disk in order, and training
+    runs at most one period ahead of the last one begun. A failed write is raised on the calling
+    thread by the next ``check``, ``submit`` or ``wait``.
+    """
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def submit(self, state: dict[str, Any], path: Path) -> None:
+        """Write ``state`` to ``path`` in the background; nothing may change ``state`` afterwards (:func:`snapshot`)."""
+        self.wait()
+        self._thread = threading.Thread(target=self._write, args=(state, path), name=f"ovis-write-{path.name}")
+        self._thread.start()
+
+    def _write(self, state: dict[str, Any], path: Path) -> None:
+        try:
+            save_atomic(state, path)
+        except BaseException as e:  # noqa: BLE001 - handed to the training thread by check()
+            e.add_note(f"(while writing {path} in the background, iteration {state.get('iteration')})")
+            self._error = e
+
+    def check(self) -> None:
+        """Raise the error of a failed background write, without waiting for one in flight."""
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def wait(self) -> None:
+        """Block until the write in flight is on disk; raise its error."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        self.check()
 
 
 class CheckpointError(RuntimeError, ValueError):
@@ -498,8 +566,10 @@ def train(task: TrainTask, out_dir: str | Path, device: str = "auto", resume: bo
     window_n, run_t0 = 0, time.perf_counter()
     net.train()
     data_iter = iter(loader) if start_iter < cfg.max_iter else None
+    writer = CheckpointWriter()
     try:
         for it in range(start_iter, cfg.max_iter):
+            writer.check()
             t0 = time.perf_counter()
             images, targets = _to_device(next(data_iter), dev)
             t_data = time.perf_counter() - t0
@@ -543,11 +613,21 @@ def train(task: TrainTask, out_dir: str | Path, device: str = "auto", resume: bo
             if iteration % cfg.checkpoint_period == 0 or iteration == cfg.max_iter:
                 rngs = odist.all_gather_object(_rng_state(dev))
                 if info.is_main:
-                    save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                                 "rng": rngs, "iteration": iteration, "world_size": info.world_size,
-                                 "recipe_hash": recipe_hash, "cfg": dataclasses.asdict(cfg)}, last)
+                    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict()}
+                    # copied now, consistent with `iteration`, and written while training goes on (after
+                    # the last step nothing changes: no copy)
+                    writer.submit((state if iteration == cfg.max_iter else snapshot(state))
+                                  | {"rng": rngs, "iteration": iteration, "world_size": info.world_size,
+                                     "recipe_hash": recipe_hash, "cfg": dataclasses.asdict(cfg)}, last)
                 saved_iter = iteration
+        writer.wait()  # last.pth complete before model_final.pth
+    except BaseException as e:
+        try:
+            writer.wait()  # the checkpoint in flight still reaches the disk
+        except Exception as write_error:  # noqa: BLE001 - reported with the error that stopped the run
+            e.add_note(f"the background write of {last} failed too: {type(write_error).__name__}: {write_error}")
+        raise
     finally:
         bar.close()
         del data_iter  # stops loader workers
@@ -608,22 +688,24 @@ def run_stage(recipe: Recipe, stage: str, run_dir: str | Path, task: str | None 
     out_dir = run_dir / stage
     info = odist.init_distributed(device)
     recipe_hash = stage_hash(recipe, stage)
-    if resume and final_is_current(out_dir, recipe_hash):  # before building the task, which may be costly
-        _ensure_logging()
-        if info.is_main:
-            logger.info(f"{out_dir / FINAL} matches recipe hash {recipe_hash}: nothing to train")
-        it = int(load_checkpoint(out_dir / FINAL, mmap=True).get("iteration", 0))
-        return TrainResult(out_dir / FINAL, out_dir / LAST, out_dir / METRICS, it, skipped=True)
-    spec = task or default_task(recipe.method, stage)
-    builder = load_task_builder(spec)
-    # the same initial weights in every process; baseline and oln have no section: they train with recipe.student
-    _seed_all((getattr(recipe, stage, None) or recipe.student).seed)
-    train_task = builder(recipe, run_dir, stage)
-    if not isinstance(train_task, TrainTask):
-        raise TaskError(f"task builder {spec} returned {type(train_task).__name__}, expected ovis.engine.train.TrainTask")
-    if info.is_main:  # only once the task is built: a missing input leaves no stage folder behind
-        recipe.save(out_dir)
-    return train(train_task, out_dir, device=device, resume=resume, progress=progress, recipe_hash=recipe_hash)
+    # one run at a time in a run dir (rank 0 stands for its job): a second fails here, having changed nothing
+    with folder_lock(run_dir) if info.is_main else contextlib.nullcontext():
+        if resume and final_is_current(out_dir, recipe_hash):  # before building the task, which may be costly
+            _ensure_logging()
+            if info.is_main:
+                logger.info(f"{out_dir / FINAL} matches recipe hash {recipe_hash}: nothing to train")
+            it = int(load_checkpoint(out_dir / FINAL, mmap=True).get("iteration", 0))
+            return TrainResult(out_dir / FINAL, out_dir / LAST, out_dir / METRICS, it, skipped=True)
+        spec = task or default_task(recipe.method, stage)
+        builder = load_task_builder(spec)
+        # the same initial weights in every process; baseline and oln have no section: they train with recipe.student
+        _seed_all((getattr(recipe, stage, None) or recipe.student).seed)
+        train_task = builder(recipe, run_dir, stage)
+        if not isinstance(train_task, TrainTask):
+            raise TaskError(f"task builder {spec} returned {type(train_task).__name__}, expected ovis.engine.train.TrainTask")
+        if info.is_main:  # only once the task is built: a missing input leaves no stage folder behind
+            recipe.save(out_dir)
+        return train(train_task, out_dir, device=device, resume=resume, progress=progress, recipe_hash=recipe_hash)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -643,7 +725,7 @@ def main(argv: list[str] | None = None) -> int:
         run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / recipe.name
         run_stage(recipe, args.stage, run_dir, task=args.task, device=args.device or recipe.launch.device,
                   resume=not args.no_resume, progress=not args.no_progress)
-    except (ValueError, FileNotFoundError) as e:  # recipe, task spec, missing inputs (RecipeError, TaskError)
+    except (ValueError, FileNotFoundError, FolderInUse) as e:  # recipe, task spec, missing inputs, a run dir in use
         print(f"ovis train: error: {e}", file=sys.stderr)
         return 2
     except TrainingDiverged as e:
