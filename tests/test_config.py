@@ -57,6 +57,16 @@ def test_dotted_overrides_are_typed_and_change_the_hash():
         (["teacher.flip_prob=1.5"], r"flip_prob=1\.5 must be in \[0, 1\]"),
         (["student.steps=[-1]"], r"steps=\[-1\] must be iterations ≥ 0"),
         (["teacher.clip_grad_norm=0"], r"clip_grad_norm=0\.0 must be > 0 or null"),
+        (["method=sam"], r"demo_cpl: method='sam' must be one of cpl, ggn, oln"),
+        (["splits.protocol=coco_48"], r"demo_cpl\.splits: protocol='coco_48' must be one of .*coco_ovr_48_17"),
+        (["eval.iou_types=[mask]"], r"demo_cpl\.eval: iou_types=\['mask'\] must be a non-empty list of segm, bbox"),
+        (["model.backbone=resnet51"], r"demo_cpl\.model: backbone='resnet51' must be one of resnet18, "),
+        (["model.rpn_nms_thresh=1.5"], r"rpn_nms_thresh=1\.5 must be in \[0, 1\]"),
+        (["pseudo.workers=-2"], r"demo_cpl\.pseudo: workers=-2 must be ≥ 0 or null"),
+        (["pseudo.max_images=0"], r"max_images=0 must be ≥ 1 or null"),
+        (["launch.device=tpu"], r"demo_cpl\.launch: device='tpu' must be auto, cpu, cuda or cuda:N"),
+        (["teacher.amp=fp8"], r"demo_cpl\.teacher: amp='fp8' must be one of none, bf16, fp16"),
+        (["teacher.max_iter=[1,"], r"value is not valid YAML at line 1, column \d+: "),
     ],
 )
 def test_bad_overrides_are_explained(override, message):
