@@ -230,27 +230,30 @@ def test_a_checkpoint_written_in_the_background_holds_its_iteration_while_traini
     seen = {}
     task = _task(_cfg(max_iter=10, checkpoint_period=5))
 
-    def slow_save(obj, path):
+    def slow_save(obj, path, **kw):
         if path.name == "last.pth":
             time.sleep(0.5)  # serialising a large model
+            finals = sorted(p.name for p in path.parent.glob("*model_final.pth*"))
             seen[obj["iteration"]] = ({k: v.clone() for k, v in obj["model"].items()}, task.model.calls,
-                                      threading.current_thread() is threading.main_thread())
-        return save_atomic(obj, path)
+                                      threading.current_thread() is threading.main_thread(), finals)
+        return save_atomic(obj, path, **kw)
 
     monkeypatch.setattr(engine, "save_atomic", slow_save)
     train(task, tmp_path / "async", progress=False)
-    weights, calls_meanwhile, on_main_thread = seen[5]
+    weights, calls_meanwhile, on_main_thread, _ = seen[5]
     assert calls_meanwhile > 5 and not on_main_thread  # training went on while iteration 5 was being written
+    # the final weights are written meanwhile, and renamed into place only once last.pth is complete
+    assert seen[10][3] == [f".model_final.pth.{os.getpid()}.tmp"]
     ref = torch.load(train(_task(_cfg(max_iter=5)), tmp_path / "ref", progress=False).final, weights_only=True)["model"]
     assert all(torch.equal(weights[k], ref[k]) for k in ref)  # a copy taken at iteration 5, not the live weights
     assert torch.load(tmp_path / "async" / "last.pth", weights_only=True)["iteration"] == 10
 
 
 def test_a_failed_background_write_stops_the_run_on_its_thread_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
-    def full_disk_at_10(obj, path):
+    def full_disk_at_10(obj, path, **kw):
         if obj["iteration"] == 10:
             raise OSError(28, "No space left on device", str(path))
-        return save_atomic(obj, path)
+        return save_atomic(obj, path, **kw)
 
     monkeypatch.setattr(engine, "save_atomic", full_disk_at_10)
     task = _task(_cfg(max_iter=30, checkpoint_period=5))
@@ -263,11 +266,11 @@ def test_a_failed_background_write_stops_the_run_on_its_thread_and_keeps_the_pre
 
 
 def test_a_crash_while_a_write_is_in_flight_lets_it_finish_and_reports_its_failure_too(tmp_path, monkeypatch):
-    def slow(obj, path):
+    def slow(obj, path, **kw):
         time.sleep(0.3)
         if obj["iteration"] == 10:
             raise OSError(28, "No space left on device", str(path))
-        return save_atomic(obj, path)
+        return save_atomic(obj, path, **kw)
 
     crashes = [6, 11]  # one per run: the second resumes from iteration 5
 

@@ -291,13 +291,16 @@ def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
 # checkpoints and metrics
 
 
-def save_atomic(obj: Any, path: Path) -> Path:
+def save_atomic(obj: Any, path: Path, before_rename: Callable[[], None] | None = None) -> Path:
     """``torch.save`` to a temp file in the same folder, fsync it, rename it over ``path``, fsync the
-    folder: a crash at any moment leaves the old file or the new one, never a part of one."""
+    folder: a crash at any moment leaves the old file or the new one, never a part of one.
+    ``before_rename`` runs just before the rename (waiting for a file that must be complete first)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         torch.save(obj, tmp)
         _fsync(tmp)
+        if before_rename is not None:
+            before_rename()
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -621,7 +624,11 @@ def train(task: TrainTask, out_dir: str | Path, device: str = "auto", resume: bo
                                   | {"rng": rngs, "iteration": iteration, "world_size": info.world_size,
                                      "recipe_hash": recipe_hash, "cfg": dataclasses.asdict(cfg)}, last)
                 saved_iter = iteration
-        writer.wait()  # last.pth complete before model_final.pth
+        done = max(start_iter, cfg.max_iter)
+        if info.is_main:
+            # written while last.pth may still be in flight, renamed into place once last.pth is complete
+            save_atomic({"model": model.state_dict(), "iteration": done, "recipe_hash": recipe_hash}, final,
+                        before_rename=writer.wait)
     except BaseException as e:
         try:
             writer.wait()  # the checkpoint in flight still reaches the disk
@@ -632,10 +639,7 @@ def train(task: TrainTask, out_dir: str | Path, device: str = "auto", resume: bo
         bar.close()
         del data_iter  # stops loader workers
 
-    done = max(start_iter, cfg.max_iter)
-    if info.is_main:
-        save_atomic({"model": model.state_dict(), "iteration": done, "recipe_hash": recipe_hash}, final)
-        log(f"trained {done - start_iter} iterations in {time.perf_counter() - run_t0:.1f} s; wrote {final}")
+    log(f"trained {done - start_iter} iterations in {time.perf_counter() - run_t0:.1f} s; wrote {final}")
     odist.barrier()
     return TrainResult(final, last, metrics_path, done)
 
