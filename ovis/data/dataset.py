@@ -74,6 +74,9 @@ class CocoDetection(Dataset):
         self.with_masks = with_masks
         self.coco = load_coco(ann_file)
         name = os.fspath(ann_file)
+        if not self.image_root.is_dir():
+            raise CocoFormatError(f"{name}: image folder {self.image_root} not found; check data.root and the "
+                                  "recipe's image folder")
 
         file_cat_ids = {c["id"] for c in self.coco["categories"]}
         if category_ids is None:
@@ -122,6 +125,15 @@ class CocoDetection(Dataset):
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def check_image_files(self, image_ids: Iterable[int] | None = None) -> None:
+        """Every image file of ``image_ids`` (default: all items) exists, else a CocoFormatError naming the
+        first missing one: a stage calls this before it writes anything."""
+        for image_id in self.ids if image_ids is None else image_ids:
+            path = self.image_root / self._images[image_id]["file_name"]
+            if not path.is_file():
+                raise CocoFormatError(f"{os.fspath(self.ann_file)}: image {image_id}: file {path} not found; "
+                                      "check data.root and the recipe's image folder")
 
     def load_image(self, image_id: int) -> torch.Tensor:
         """RGB image float32 [3, H, W] in 0..1; checks the file against the JSON's size."""

@@ -147,8 +147,10 @@ def grounding_to_detector(state: dict[str, Tensor], detector: nn.Module) -> dict
 
 
 def _train_dataset(recipe: Recipe, ann_file: Path, category_ids: Sequence[int] | None, flip_prob: float) -> CocoDetection:
-    return CocoDetection(ann_file, recipe.data.path(recipe.data.train_images), category_ids=category_ids,
-                         transforms=RandomHorizontalFlip(flip_prob) if flip_prob > 0 else None, skip_empty=True)
+    ds = CocoDetection(ann_file, recipe.data.path(recipe.data.train_images), category_ids=category_ids,
+                       transforms=RandomHorizontalFlip(flip_prob) if flip_prob > 0 else None, skip_empty=True)
+    ds.check_image_files()  # before the training stage writes anything
+    return ds
 
 
 def _ratios(ds: CocoDetection) -> list[float]:

@@ -137,6 +137,7 @@ def teacher_task(recipe: Recipe, run_dir: str | Path, stage: str) -> TrainTask:
     Flip only if ``recipe.teacher.flip_prob`` > 0 (the paper recipe: 0).
     """
     ds = _train_dataset(recipe, _splits(run_dir, "train_base.json"), recipe.teacher.flip_prob)
+    ds.check_image_files()  # before the stage writes anything
     model = affinity_net(recipe, recipe.model.backbone_weights)
     return TrainTask(model, ds, recipe.teacher, aspect_ratios=_aspect_ratios(ds))
 
@@ -146,6 +147,7 @@ def _detector_task(recipe: Recipe, ann_file: Path) -> TrainTask:
         raise ValueError(f"recipe {recipe.name}: the GGN/OLN student is class-agnostic; set model.classifier=agnostic "
                          f"(got {recipe.model.classifier!r})")
     ds = _train_dataset(recipe, ann_file, recipe.student.flip_prob, with_masks=recipe.model.mask)
+    ds.check_image_files()  # before the stage writes anything
     model = build_detector(recipe.model, num_classes=1)
     return TrainTask(model, ds, recipe.student, aspect_ratios=_aspect_ratios(ds))
 
@@ -444,7 +446,8 @@ def extract_shard(recipe: Recipe, run_dir: str | Path, shard: int, num_shards: i
             return final
     done = _read_progress(partial, key, mine)
     todo = [i for i in mine if i not in done]
-    if todo:  # before the first write: an unreadable teacher leaves the pseudo folder as it was
+    if todo:  # before the first write: a missing image or an unreadable teacher leaves the pseudo folder as it was
+        ds.check_image_files(todo)
         device = resolve_device(recipe.launch.device, int(os.environ.get("LOCAL_RANK", "0")))
         model = load_model(recipe, run_dir, "teacher").to(device)
     # rewrite header + intact records, so appends never follow a torn line
