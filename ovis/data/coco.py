@@ -269,6 +269,10 @@ def is_finite_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+# pycocotools rasterises polygons at 5x in 32-bit ints: a coordinate beyond this overflows them
+_POLYGON_LIMIT = 2**31 / 5
+
+
 def _check_segmentation(segm: Any, hw: tuple[int, int], where: str,
                         rles: list[tuple[dict, str | bytes, int]], ann: dict) -> None:
     """Check polygons and uncompressed RLE now; queue compressed RLE strings on ``rles`` (parsed together)."""
@@ -276,7 +280,8 @@ def _check_segmentation(segm: Any, hw: tuple[int, int], where: str,
         if not segm:
             raise CocoFormatError(f"{where}: 'segmentation' is an empty polygon list")
         for j, part in enumerate(segm):
-            if type(part) is list and len(part) >= 6 and len(part) % 2 == 0 and all(map(is_finite_number, part)):
+            if (type(part) is list and len(part) >= 6 and len(part) % 2 == 0 and all(map(is_finite_number, part))
+                    and max(map(abs, part)) < _POLYGON_LIMIT):
                 continue
             part_of = f" (part {j} of {len(segm)})" if len(segm) > 1 else ""
             if type(part) is not list:
@@ -286,6 +291,8 @@ def _check_segmentation(segm: Any, hw: tuple[int, int], where: str,
                 problem = f"polygon coordinate {bad!r} is not a finite number"
             elif len(part) % 2:
                 problem = f"polygon has an odd number of coordinates ({len(part)})"
+            elif max(map(abs, part)) >= _POLYGON_LIMIT:
+                problem = f"polygon coordinate {max(part, key=abs)!r} is beyond ±{_POLYGON_LIMIT:.0f} pixels"
             else:
                 problem = f"polygon has {len(part) // 2} points, needs at least 3"
             raise CocoFormatError(f"{where}: 'segmentation' {problem}{part_of}")
