@@ -96,6 +96,7 @@ def _segm_bad() -> dict[str, Callable[[dict, dict], Any]]:
         "polygon two points": lambda e, im: [[1, 1, 5, 5]],
         "polygon odd": lambda e, im: [[1, 1, 5, 1, 5, 5, 1]],
         "polygon string": lambda e, im: [[1, 1, "5", 1, 5, 5]],
+        "polygon huge": lambda e, im: [[1, 1, 1e12, 1, 5, 5]],
         "rle counts '0'": lambda e, im: _rle(e, im, lambda s: "0"),
         "rle counts empty": lambda e, im: _rle(e, im, lambda s: ""),
         "rle counts garbage": lambda e, im: _rle(e, im, lambda s: "hello world!"),
@@ -472,13 +473,25 @@ def ggn_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     recipe_path.write_text(yaml.safe_dump(_recipe_data()))
     recipe = load_recipe(recipe_path)
     run = root / "run"
-    write_splits(recipe.splits.protocol, TRAIN, VAL, run / "splits")
+    write_splits(recipe.splits.protocol, _train_on_disk(root), VAL, run / "splits")
     recipe.save(run / "teacher")
     torch.manual_seed(0)
     torch.save({"model": affinity_net(recipe, None).state_dict(), "iteration": 1, "recipe_hash": "earlier"},
                run / "teacher" / "model_final.pth")
     (run / "teacher" / "metrics.jsonl").write_text('{"iteration": 1, "total_loss": 0.5}\n')
     return recipe_path, run
+
+
+def _train_on_disk(folder: Path) -> Path:
+    """coco_mini train restricted to the images whose JPEGs tests/data carries (training reads them all)."""
+    train = json.loads(TRAIN.read_text())
+    on_disk = {p.name for p in (MINI / "train2017").glob("*.jpg")}
+    train["images"] = [im for im in train["images"] if im["file_name"] in on_disk]
+    ids = {im["id"] for im in train["images"]}
+    train["annotations"] = [a for a in train["annotations"] if a["image_id"] in ids]
+    path = folder / "instances_train_on_disk.json"
+    path.write_text(json.dumps(train))
+    return path
 
 
 @pytest.fixture
@@ -566,6 +579,36 @@ def test_train_refuses_corrupt_checkpoint_to_resume(kind: str, run_copy: tuple[P
     last.write_bytes(CHECKPOINTS[kind]((run / "teacher" / "model_final.pth").read_bytes(), recipe_path))
     assert_refused(["train", "--recipe", str(recipe_path), "--stage", "teacher", "--run-dir", str(run),
                     "--no-progress"], capsys, [run], (), last.name)
+
+
+@pytest.mark.parametrize("command", ["train", "pseudo"])
+@pytest.mark.parametrize("key, value", [("train_images", "no_train_images"), ("root", "/nonexistent/coco")])
+def test_missing_image_folder_is_refused_before_anything_is_written(command: str, key: str, value: str,
+                                                                     run_copy: tuple[Path, Path], tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture) -> None:
+    data = _recipe_data()
+    data["data"][key] = value
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(data))
+    _, run = run_copy
+    argv = ["train", "--recipe", str(path), "--stage", "teacher"] if command == "train" else ["pseudo", "--recipe",
+                                                                                             str(path)]
+    assert_refused(argv + ["--run-dir", str(run)], capsys, [run], (), Path(value).name)
+
+
+def test_a_missing_image_file_is_refused_before_anything_is_written(run_copy: tuple[Path, Path], tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture) -> None:
+    _, run = run_copy
+    root = tmp_path / "coco"
+    shutil.copytree(MINI, root)
+    first = json.loads((run / "splits" / "train_base.json").read_text())["images"][0]
+    (root / "train2017" / first["file_name"]).unlink()
+    data = _recipe_data()
+    data["data"]["root"] = str(root)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(data))
+    for argv in (["train", "--recipe", str(path), "--stage", "teacher"], ["pseudo", "--recipe", str(path)]):
+        assert_refused(argv + ["--run-dir", str(run)], capsys, [run], (), "train_base.json")
 
 
 # recipe corruptions: (label, changes to the recipe's mapping, words the error names)
@@ -712,8 +755,8 @@ def test_at_least_100_distinct_corruptions() -> None:
     per_command = {
         "splits": len(INSTANCES) + len(CAPTION_CASES) + 1,
         "eval": len(SEGM_CASES) + len(BBOX_CASES) + len(GT_CASES),
-        "train": len(SPLIT_FILE_CASES) + len(CHECKPOINTS) + len(RECIPE_CASES) + 1,
-        "pseudo": len(SPLIT_FILE_CASES[1::2]) + len(CHECKPOINTS) + len(RECIPE_CASES) + 1,
+        "train": len(SPLIT_FILE_CASES) + len(CHECKPOINTS) + len(RECIPE_CASES) + 1 + 3,
+        "pseudo": len(SPLIT_FILE_CASES[1::2]) + len(CHECKPOINTS) + len(RECIPE_CASES) + 1 + 3,
         "reproduce": len(RECIPE_CASES) + 1 + len(MISSING_DATA) + len(INSTANCES[::9]) + len(CAPTION_CASES[::9]),
     }
     assert all(n >= 10 for n in per_command.values()) and sum(per_command.values()) >= 100, per_command
