@@ -596,6 +596,19 @@ def test_missing_image_folder_is_refused_before_anything_is_written(command: str
     assert_refused(argv + ["--run-dir", str(run)], capsys, [run], (), Path(value).name)
 
 
+@pytest.mark.parametrize("init", ["nowhere.pth", "teacher/metrics.jsonl"])
+def test_an_unusable_init_checkpoint_is_refused_before_anything_is_written(init: str, run_copy: tuple[Path, Path],
+                                                                           tmp_path: Path,
+                                                                           capsys: pytest.CaptureFixture) -> None:
+    data = _recipe_data()
+    data["teacher"]["init"] = init
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(data))
+    _, run = run_copy
+    assert_refused(["train", "--recipe", str(path), "--stage", "teacher", "--run-dir", str(run)], capsys, [run], (),
+                   Path(init).name)
+
+
 def test_a_missing_image_file_is_refused_before_anything_is_written(run_copy: tuple[Path, Path], tmp_path: Path,
                                                                     capsys: pytest.CaptureFixture) -> None:
     _, run = run_copy
@@ -755,7 +768,7 @@ def test_at_least_100_distinct_corruptions() -> None:
     per_command = {
         "splits": len(INSTANCES) + len(CAPTION_CASES) + 1,
         "eval": len(SEGM_CASES) + len(BBOX_CASES) + len(GT_CASES),
-        "train": len(SPLIT_FILE_CASES) + len(CHECKPOINTS) + len(RECIPE_CASES) + 1 + 3,
+        "train": len(SPLIT_FILE_CASES) + len(CHECKPOINTS) + len(RECIPE_CASES) + 1 + 3 + 2,
         "pseudo": len(SPLIT_FILE_CASES[1::2]) + len(CHECKPOINTS) + len(RECIPE_CASES) + 1 + 3,
         "reproduce": len(RECIPE_CASES) + 1 + len(MISSING_DATA) + len(INSTANCES[::9]) + len(CAPTION_CASES[::9]),
     }

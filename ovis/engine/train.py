@@ -702,8 +702,14 @@ def run_stage(recipe: Recipe, stage: str, run_dir: str | Path, task: str | None 
             return TrainResult(out_dir / FINAL, out_dir / LAST, out_dir / METRICS, it, skipped=True)
         spec = task or default_task(recipe.method, stage)
         builder = load_task_builder(spec)
-        # the same initial weights in every process; baseline and oln have no section: they train with recipe.student
-        _seed_all((getattr(recipe, stage, None) or recipe.student).seed)
+        # baseline and oln have no section: they train with recipe.student
+        cfg = getattr(recipe, stage, None) or recipe.student
+        if cfg.init and not (resume and (out_dir / LAST).is_file()):  # read before anything is written
+            init = Path(cfg.init) if Path(cfg.init).is_absolute() else run_dir / cfg.init
+            if not init.is_file():
+                raise FileNotFoundError(f"train.init: checkpoint {init} not found (relative paths resolve against the run dir)")
+            load_checkpoint(init, mmap=True)
+        _seed_all(cfg.seed)  # the same initial weights in every process
         train_task = builder(recipe, run_dir, stage)
         if not isinstance(train_task, TrainTask):
             raise TaskError(f"task builder {spec} returned {type(train_task).__name__}, expected ovis.engine.train.TrainTask")
