@@ -361,8 +361,8 @@ def compressed_rle_runs(strings: Sequence[str | bytes]) -> tuple[np.ndarray, np.
 
     size = ends - starts + 1
     ok[owner(np.flatnonzero(size > _RLE_MAX_CHARS))] = False
-    x = np.zeros(len(ends), np.int64)
-    for k in range(_RLE_MAX_CHARS):  # most values are one or two characters
+    x = (c[starts] & 0x1F).astype(np.int64)
+    for k in range(1, _RLE_MAX_CHARS):  # most values are one or two characters
         at = np.flatnonzero(size > k)
         if not len(at):
             break
@@ -388,10 +388,10 @@ def compressed_rle_runs(strings: Sequence[str | bytes]) -> tuple[np.ndarray, np.
 
 
 def _every_second_cumsum(x: np.ndarray) -> np.ndarray:
-    out = np.empty_like(x)
-    out[0::2] = np.cumsum(x[0::2])
-    out[1::2] = np.cumsum(x[1::2])
-    return out
+    """``out[i] = x[i] + out[i - 2]``: one cumulative sum down the columns of ``x`` as pairs."""
+    pairs = np.zeros(len(x) + len(x) % 2, x.dtype)
+    pairs[: len(x)] = x
+    return np.cumsum(pairs.reshape(-1, 2), axis=0).ravel()[: len(x)]
 
 
 def compressed_rle_sums(strings: Sequence[str | bytes]) -> np.ndarray:
