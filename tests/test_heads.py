@@ -186,3 +186,27 @@ def test_embedding_temperature_must_be_positive():
     cfg = ModelConfig(arch="c4", backbone="resnet18", embedding_temperature=0.0)
     with pytest.raises(ValueError, match="model.embedding_temperature=0.0: must be > 0"):
         build_detector(cfg, torch.zeros(2, 8))
+
+
+def test_mask_logits_init_std_starts_the_mask_loss_at_log2():
+    torch.manual_seed(0)
+    kaiming = build_detector(tiny(arch="c4", classifier="agnostic"))
+    torch.manual_seed(0)
+    small = build_detector(tiny(arch="c4", classifier="agnostic", mask_logits_init_std=0.001))
+    w_k = kaiming.roi_heads.mask_predictor.mask_fcn_logits.weight
+    w_s = small.roi_heads.mask_predictor.mask_fcn_logits.weight
+    assert w_k.std() > 0.05  # Kaiming (fan_out) over 1 output channel: std sqrt(2)
+    assert 0.0005 < w_s.std() < 0.002
+    assert small.roi_heads.mask_predictor.mask_fcn_logits.bias.abs().max() == 0
+    image = torch.rand(3, 64, 64)
+    target = {"boxes": torch.tensor([[8.0, 8.0, 40.0, 48.0]]), "labels": torch.tensor([1]),
+              "masks": torch.zeros(1, 64, 64, dtype=torch.uint8)}
+    target["masks"][0, 8:48, 8:40] = 1
+    small.train()
+    loss = small([image], [target])["loss_mask"]
+    assert abs(loss.item() - math.log(2)) < 0.01  # logits near 0: BCE = log 2
+
+
+def test_mask_logits_init_std_must_be_positive():
+    with pytest.raises(ValueError, match="model.mask_logits_init_std=-1.0: must be > 0"):
+        build_detector(tiny(classifier="agnostic", mask_logits_init_std=-1.0))

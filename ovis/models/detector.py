@@ -79,6 +79,8 @@ def _check(cfg: ModelConfig) -> None:
                          "BatchNorm statistics: use model.norm=frozen_bn with them")
     if not cfg.embedding_temperature > 0:
         raise ValueError(f"model.embedding_temperature={cfg.embedding_temperature}: must be > 0")
+    if cfg.mask_logits_init_std is not None and not cfg.mask_logits_init_std > 0:
+        raise ValueError(f"model.mask_logits_init_std={cfg.mask_logits_init_std}: must be > 0 (or null for Kaiming)")
     if cfg.arch == "fpn" and len(cfg.anchor_sizes) != len(FPN_LEVELS) + 1:
         raise ValueError(f"model.anchor_sizes: FPN needs one size per level (5: P2..P6), got {cfg.anchor_sizes}")
     if cfg.heads == "oln" and len(cfg.aspect_ratios) != 1:
@@ -114,6 +116,9 @@ def build_detector(
         mask_pool = MultiScaleRoIAlign(list(FPN_LEVELS), output_size=14, sampling_ratio=2)
         mask_head = MaskRCNNHeads(cfg.fpn_channels, [cfg.mask_head_channels] * 4, 1)
     mask_predictor = MaskRCNNPredictor(mask_in, cfg.mask_head_channels, 1)
+    if cfg.mask_logits_init_std is not None:  # detectron2's init; torchvision's (maskrcnn-benchmark's) is Kaiming
+        nn.init.normal_(mask_predictor.mask_fcn_logits.weight, std=cfg.mask_logits_init_std)
+        nn.init.zeros_(mask_predictor.mask_fcn_logits.bias)
 
     roi_cls: type[ClassAgnosticRoIHeads]
     if cfg.heads == "oln":
