@@ -19,6 +19,9 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
+from ovis.data.splits import PROTOCOLS as SPLIT_PROTOCOLS
+from ovis.eval.protocols import PROTOCOLS as EVAL_PROTOCOLS
+
 
 class RecipeError(ValueError):
     """A recipe file or override is wrong; the message says where and what to do."""
@@ -226,13 +229,20 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     except OSError as e:
         raise RecipeError(f"{path}: cannot read recipe ({e.strerror})") from None
     except yaml.YAMLError as e:
-        raise RecipeError(f"{path}: invalid YAML: {e}") from None
+        raise RecipeError(f"{path}: invalid YAML{_yaml_problem(e)}") from None
     if not isinstance(data, dict):
         raise RecipeError(f"{path}: a recipe must be a mapping of sections, got {type(data).__name__}")
     parent = data.pop("extends", None)
     if parent is None:
         return data
     return _merge(_read_yaml((path.parent / parent).resolve(), seen + (path,)), data)
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """PyYAML's multi-line error as one line: where and what."""
+    mark = getattr(e, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    return f"{where}: {' '.join(str(getattr(e, 'problem', None) or e).split())}"
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -259,7 +269,7 @@ def parse_overrides(overrides: list[str] | dict[str, Any] | None) -> dict[str, A
             try:
                 parsed.append((key.strip(), yaml.safe_load(raw)))
             except yaml.YAMLError as e:
-                raise RecipeError(f"override {item!r}: value is not valid YAML ({e})") from None
+                raise RecipeError(f"override {item!r}: value is not valid YAML{_yaml_problem(e)}") from None
         items = parsed
     nested: dict[str, Any] = {}
     for key, value in items:
@@ -310,7 +320,76 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
     obj = cls(**kwargs)
     if isinstance(obj, TrainConfig):
         _check_schedule(obj, where)
+    _check_values(obj, where)
     return obj
+
+
+def _unit(v: float) -> bool:
+    return 0 <= v <= 1
+
+
+def _positive_or_none(v: int | None) -> bool:
+    return v is None or v >= 1
+
+
+# the values a key may take, per section: (key, test, what the test asks for). Method, backbone, text
+# encoder and choice names are those the builders accept (ovis.methods, ovis.models); protocols are named in
+# ovis.data.splits and ovis.eval.protocols.
+_RULES: dict[type, list[tuple[str, Any, str]]] = {
+    Recipe: [("method", ("cpl", "ggn", "oln"), "")],
+    DataConfig: [(k, lambda v: v >= 1, "≥ 1") for k in ("demo_num_train", "demo_num_val")]
+    + [("demo_image_size", lambda v: v >= 32, "≥ 32")],
+    SplitsConfig: [("protocol", tuple(SPLIT_PROTOCOLS), "")],
+    ModelConfig: [
+        ("arch", ("c4", "fpn"), ""), ("backbone", ("resnet18", "resnet34", "resnet50", "efficientnet_lite0"), ""),
+        ("norm", ("frozen_bn", "gn"), ""), ("classifier", ("embedding", "agnostic"), ""),
+        ("heads", ("standard", "oln"), ""), ("input_format", ("rgb", "bgr255"), ""),
+        ("text_encoder", ("minilm", "bert-base-uncased", "minilm-sentence"), ""),
+        ("trainable_layers", lambda v: 0 <= v <= 5, "in 0..5"), ("embedding_dim", _positive_or_none, "≥ 1 or null"),
+        ("min_size", lambda v: v >= 1, "≥ 1"), ("max_size", lambda v: v >= 1, "≥ 1"),
+        ("anchor_sizes", lambda v: bool(v) and all(a > 0 for a in v), "a non-empty list of sizes > 0"),
+        ("aspect_ratios", lambda v: bool(v) and all(math.isfinite(a) and a > 0 for a in v),
+         "a non-empty list of ratios > 0"),
+        *[(k, lambda v: v >= 1, "≥ 1") for k in (
+            "fpn_channels", "representation_size", "mask_head_channels", "rpn_pre_nms_top_n_train",
+            "rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_train", "rpn_post_nms_top_n_test",
+            "box_batch_size_per_image", "box_detections_per_img", "c4_pooler_resolution", "decoder_channels")],
+        *[(k, _unit, "in [0, 1]") for k in (
+            "rpn_nms_thresh", "box_positive_fraction", "box_score_thresh", "box_nms_thresh")],
+        ("background_weight", lambda v: math.isfinite(v) and v >= 0, "a finite number ≥ 0"),
+        ("box_smooth_l1_beta", lambda v: math.isfinite(v) and v >= 0, "a finite number ≥ 0"),
+    ],
+    PseudoConfig: [
+        ("vocabulary", ("lvis", "dataset"), ""), ("max_images", _positive_or_none, "≥ 1 or null"),
+        ("shards", lambda v: v >= 1, "≥ 1"), ("workers", lambda v: v is None or v >= 0, "≥ 0 or null"),
+        *[(k, _unit, "in [0, 1]") for k in (
+            "join_thresh", "nms_thresh", "globalization", "border_filter_thresh", "gt_iou_thresh")],
+        ("edge_thresh", lambda v: -1 <= v <= 1, "in [-1, 1]"),
+        *[(k, lambda v: v >= 1, "≥ 1") for k in ("n_eigenvectors", "seed_footprint", "top_n", "top_k", "save_every")],
+        ("min_component_size", lambda v: v >= 0, "≥ 0"),
+    ],
+    TrainConfig: [("amp", ("none", "bf16", "fp16"), "")],
+    StudentConfig: [("uncertainty_train_iter", lambda v: v >= 0, "≥ 0"),
+                    ("lambda_pseudo", lambda v: math.isfinite(v) and v >= 0, "a finite number ≥ 0")],
+    EvalConfig: [("protocol", tuple(EVAL_PROTOCOLS), ""),
+                 ("iou_types", lambda v: bool(v) and set(v) <= {"segm", "bbox"}, "a non-empty list of segm, bbox"),
+                 ("max_images", _positive_or_none, "≥ 1 or null"), ("detections_per_img", lambda v: v >= 1, "≥ 1")],
+    LaunchConfig: [("launcher", ("local", "torchrun", "slurm"), ""),
+                   ("device", lambda v: v in ("auto", "cpu", "cuda") or v.startswith("cuda:"), "auto, cpu, cuda or cuda:N"),
+                   *[(k, lambda v: v >= 1, "≥ 1") for k in ("nproc", "nodes", "timeout_min", "cpus_per_task")],
+                   ("mem_gb", _positive_or_none, "≥ 1 or null")],
+}
+
+
+def _check_values(obj: Any, where: str) -> None:
+    """Values a section cannot run with (``demo_ggn.pseudo.workers=-2``), checked when the recipe is loaded,
+    before any stage reads a file or writes one."""
+    for key, ok, need in (rule for klass in type(obj).__mro__ for rule in _RULES.get(klass, ())):
+        value = getattr(obj, key)
+        allowed = ok(value) if callable(ok) else value in ok
+        if not allowed:
+            choices = f"one of {', '.join(map(str, ok))}" if not callable(ok) else need
+            raise RecipeError(f"{where}: {key}={value!r} must be {choices}")
 
 
 def _check_schedule(cfg: TrainConfig, where: str) -> None:
