@@ -358,6 +358,8 @@ _RULES: dict[type, list[tuple[str, Any, str]]] = {
             "rpn_nms_thresh", "box_positive_fraction", "box_score_thresh", "box_nms_thresh")],
         ("background_weight", lambda v: math.isfinite(v) and v >= 0, "a finite number ≥ 0"),
         ("box_smooth_l1_beta", lambda v: math.isfinite(v) and v >= 0, "a finite number ≥ 0"),
+        ("embedding_temperature", lambda v: math.isfinite(v) and v > 0, "a finite number > 0"),
+        ("mask_logits_init_std", lambda v: v is None or (math.isfinite(v) and v > 0), "a finite number > 0 or null"),
     ],
     PseudoConfig: [
         ("vocabulary", ("lvis", "dataset"), ""), ("max_images", _positive_or_none, "≥ 1 or null"),
