@@ -155,7 +155,7 @@ BAD = {
     "negative height bbox": (_set(("annotations", 3, "bbox"), [1, 1, 2, -3]),
                              "annotation 13 (image 2): 'bbox' [1, 1, 2, -3] has non-positive"),
     "short bbox": (_set(("annotations", 3, "bbox"), [1, 1, 2]), "annotation 13 (image 2): 'bbox' has 3 values"),
-    "no bbox": (_delete("annotations", 2, "bbox"), "annotation 12: no 'bbox'"),
+    "no bbox": (_delete("annotations", 2, "bbox"), "annotation 12: 'bbox' is missing or null"),
     "RLE without counts": (_delete("annotations", 2, "segmentation", "counts"),
                            "annotation 12 (image 2): 'segmentation' is an RLE without 'counts'"),
     "RLE size mismatch": (_set(("annotations", 3, "segmentation", "size"), [12, 10]),

@@ -22,6 +22,7 @@ import numpy as np
 from ovis.data.masks import ann_to_mask, ann_to_rle, mask_to_rle, masks_to_rles
 
 __all__ = [
+    "EVAL_ANNOTATION_KEYS",
     "CocoFormatError",
     "ann_to_mask",
     "compressed_rle_runs",
@@ -37,6 +38,10 @@ __all__ = [
     "write_json_atomic",
     "write_text_atomic",
 ]
+
+
+# what COCOeval reads of every ground-truth annotation besides its geometry
+EVAL_ANNOTATION_KEYS = ("area", "iscrowd")
 
 
 class CocoFormatError(ValueError):
@@ -106,18 +111,18 @@ def _locate(obj: Any, target: object, path: str = "") -> str:
 
 def load_coco(
     path: str | Path, image_root: str | Path | None = None, check_images: bool = False,
-    need_file_names: bool = False,
+    need_file_names: bool = False, annotation_keys: Sequence[str] = (),
 ) -> dict:
     """Read and validate a COCO instances JSON; returns the parsed dict.
 
     A missing ``annotations`` key is filled with ``[]`` (an image-only file); nothing else is
-    changed. With ``need_file_names`` every image needs a ``file_name``; with ``check_images=True``
+    changed. ``need_file_names`` and ``annotation_keys`` are as in :func:`validate_coco`; with ``check_images=True``
     every ``image_root / file_name`` must exist.
     Raises CocoFormatError naming the file and the offending image/annotation/category id.
     """
     name = os.fspath(path)
     data = read_json(path)
-    validate_coco(data, name, need_file_names or check_images)
+    validate_coco(data, name, need_file_names or check_images, annotation_keys)
     if check_images:
         if image_root is None:
             raise ValueError("load_coco(check_images=True) needs image_root")
@@ -143,7 +148,8 @@ def validate_coco(data: Any, name: str = "<dataset>", need_file_names: bool = Fa
     its image; ``iscrowd`` 0/1 and ``area`` ≥ 0 when present; polygons of finite numbers with >= 3
     points per part; RLE with ``counts`` and a ``size`` equal to the image's ``[height, width]``
     whose run lengths (compressed strings parsed, not decoded) sum to h*w; a non-empty name per
-    category; every key of ``annotation_keys`` in every annotation. Ids are 64-bit integers and an image
+    category; every key of ``annotation_keys`` in every annotation, and a segmentation in every one
+    once any has one. Ids are 64-bit integers and an image
     has fewer than 2**32 pixels (pycocotools' RLE holds uint32 runs). Unknown keys are allowed, as in
     COCO. Every error is one line naming the file, the
     entry (image / annotation / category id, or its index) and the field.
@@ -175,12 +181,16 @@ def validate_coco(data: Any, name: str = "<dataset>", need_file_names: bool = Fa
             raise CocoFormatError(f"{name}: category {cid}: 'supercategory' is {cat['supercategory']!r}, "
                                   "expected a string")
     rles: list[tuple[dict, str | bytes, int]] = []  # compressed RLEs, checked together below
-    for aid, ann in _entries(data["annotations"], "annotation", name).items():
+    annotations = _entries(data["annotations"], "annotation", name)
+    # a file with masks has one per annotation: training and segm evaluation read them all
+    masks = any(a.get("segmentation") is not None for a in annotations.values())
+    required = ("image_id", "category_id", "bbox", *annotation_keys, *(("segmentation",) if masks else ()))
+    for aid, ann in annotations.items():
         where = f"{name}: annotation {aid}"
-        for key in ("image_id", "category_id", "bbox", *annotation_keys):
-            if key not in ann:
-                needed = ", ".join(("id", "image_id", "category_id", "bbox", *annotation_keys))
-                raise CocoFormatError(f"{where}: no {key!r}; an annotation here needs {needed}")
+        for key in required:
+            if ann.get(key) is None:
+                raise CocoFormatError(f"{where}: {key!r} is missing or null; an annotation here needs "
+                                      f"id, {', '.join(dict.fromkeys(required))}")
         hw = sizes.get(ann["image_id"]) if is_coco_id(ann["image_id"]) else None
         if hw is None:
             raise CocoFormatError(f"{where}: 'image_id' {ann['image_id']!r} is not an image id in 'images'")

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ovis.data.captions import parse_caption_file
-from ovis.data.coco import CocoFormatError, load_coco, write_json_atomic
+from ovis.data.coco import EVAL_ANNOTATION_KEYS, CocoFormatError, load_coco, write_json_atomic
 
 if TYPE_CHECKING:
     from ovis.config import DataConfig, Recipe
@@ -196,8 +196,10 @@ def write_splits(
     atomically, so a bad input leaves no partial output behind.
     """
     train_path, val_path = Path(train_instances), Path(val_instances)
-    train = load_coco(train_path, need_file_names=True)
-    val = train if val_path == train_path else load_coco(val_path, need_file_names=True)
+    # the split files are trained on and evaluated: every annotation needs what COCOeval reads
+    train = load_coco(train_path, need_file_names=True, annotation_keys=EVAL_ANNOTATION_KEYS)
+    val = train if val_path == train_path else load_coco(val_path, need_file_names=True,
+                                                         annotation_keys=EVAL_ANNOTATION_KEYS)
     captions = parse_caption_file(train_captions) if train_captions else None
     files = build_splits(protocol, train, val, captions, train_path=train_path, val_path=val_path,
                          captions_path=Path(train_captions or "captions"))
@@ -216,7 +218,7 @@ def check_data_files(data: DataConfig) -> None:
     if data.demo:
         return
     for key in ("train_instances", "val_instances"):
-        load_coco(data.path(getattr(data, key)), need_file_names=True)
+        load_coco(data.path(getattr(data, key)), need_file_names=True, annotation_keys=EVAL_ANNOTATION_KEYS)
     if data.train_captions is not None:
         parse_caption_file(data.path(data.train_captions))
     for key in ("train_images", "val_images"):

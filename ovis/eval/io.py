@@ -18,6 +18,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from ovis.data.coco import (
+    EVAL_ANNOTATION_KEYS,
     CocoFormatError,
     compressed_rle_sums,
     is_finite_number,
@@ -54,12 +55,9 @@ def load_gt(gt: str | Path | dict) -> dict:
         if not path.is_file():
             raise EvalInputError(f"ground-truth file {path} does not exist")
         data, name = _read(path), str(path)
-    # COCOeval reads every GT's area and iscrowd, and the segmentation of each under segm: a file that
-    # has masks must have one per annotation
-    anns = data.get("annotations") if isinstance(data, dict) else None
-    masks = isinstance(anns, list) and any(isinstance(a, dict) and "segmentation" in a for a in anns)
-    try:  # the rules the splits stage applies: unknown images, duplicate ids, sizes, masks, ...
-        validate_coco(data, name, annotation_keys=("area", "iscrowd") + (("segmentation",) if masks else ()))
+    try:  # the rules the splits stage applies (unknown images, duplicate ids, sizes, masks, ...) and the keys
+        # COCOeval reads of every GT annotation
+        validate_coco(data, name, annotation_keys=EVAL_ANNOTATION_KEYS)
     except CocoFormatError as e:
         raise EvalInputError(str(e)) from None
     return data
