@@ -3,8 +3,9 @@ DataLoader + SGD loop, on the same model (demo_ggn's class-agnostic R18-FPN Mask
 weights), the same synthetic images in the same order, the same batch size and iteration count.
 
 Both sides are timed end to end (loader start-up to the last optimizer step; for ovis also its
-metrics lines every ``log_period`` and its checkpoints, ``last.pth`` + ``model_final.pth``). Runs
-alternate ovis / bare ``--repeats`` times after one untimed warm-up pair; medians are compared.
+metrics lines every ``log_period`` and its checkpoints, ``last.pth`` + ``model_final.pth``, until
+both are on disk). Runs alternate ovis / bare ``--repeats`` times after one untimed warm-up pair;
+medians are compared.
 
     .venv/bin/python benchmarks/train_step.py [--iters 16] [--repeats 3] [--batch-size 2] [--threads 2]
 
@@ -68,7 +69,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--log-period", type=int, default=20, help="ovis metrics line every N iterations (TrainConfig default)")
-    ap.add_argument("--checkpoint-period", type=int, default=100, help="ovis last.pth every N iterations (demo_ggn's)")
+    ap.add_argument("--checkpoint-period", type=int, default=100,
+                    help="ovis last.pth every N iterations (demo_ggn's students: 60, its teacher: 400)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING)  # keeps the engine's INFO lines off stderr
