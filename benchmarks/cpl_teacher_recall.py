@@ -1,11 +1,11 @@
 """How much of the base-class GT can the CPL teacher localise? RPN and detection box recall.
 
-Reads a finished CPL run (``ovis reproduce demo_cpl --stages splits,teacher``) and, on its
-``splits/val_base.json`` images, counts the GT boxes that the teacher's top RPN proposals
+Reads a finished CPL run (``ovis reproduce demo_cpl --stages splits,teacher``) and, on the images
+of its ``splits/val_base.json`` (or, with ``--split train_base``, the images it trained on), counts the GT boxes that the teacher's top RPN proposals
 (``model.rpn_post_nms_top_n_test`` of them) and its final detections cover at IoU ≥ 0.5. It separates
 "the teacher cannot find the objects" from "it finds them but names them wrongly".
 
-    python benchmarks/cpl_teacher_recall.py --run-dir runs/demo_cpl [--recipe demo_cpl] [--images 30]
+    python benchmarks/cpl_teacher_recall.py --run-dir runs/demo_cpl [--recipe demo_cpl] [--images 30] [--split val_base]
 
 Last line: ``images=… gt=… proposals_per_image=… rpn_recall=… det_recall=… det_recall_right_class=…``.
 """
@@ -30,10 +30,13 @@ def main() -> None:
     ap.add_argument("--run-dir", type=Path, default=Path("runs/demo_cpl"))
     ap.add_argument("--recipe", default="demo_cpl")
     ap.add_argument("--images", type=int, default=30)
+    ap.add_argument("--split", choices=("val_base", "train_base"), default="val_base",
+                    help="train_base: how well the teacher fits its own training images")
     args = ap.parse_args()
     recipe = load_recipe(args.recipe)
     model = load_model(recipe, args.run_dir, "teacher")
-    ds = CocoDetection(args.run_dir / "splits" / "val_base.json", recipe.data.path(recipe.data.val_images),
+    images = recipe.data.train_images if args.split == "train_base" else recipe.data.val_images
+    ds = CocoDetection(args.run_dir / "splits" / f"{args.split}.json", recipe.data.path(images),
                        with_masks=False, drop_crowd=True)
     names = [c["name"] for c in ds.coco["categories"] if c["id"] in ds.category_ids]
     set_class_embeddings(model, class_embeddings(recipe, names, normalize=False))
@@ -61,7 +64,7 @@ def main() -> None:
             det_hits += int((iou.max(1).values >= 0.5).sum())
             same = target["labels"][:, None] == out["labels"][None, :]
             det_right += int(((iou >= 0.5) & same).any(1).sum())
-    print(json.dumps({"run_dir": str(args.run_dir), "backbone": recipe.model.backbone}))
+    print(json.dumps({"run_dir": str(args.run_dir), "backbone": recipe.model.backbone, "split": args.split}))
     print(f"images={n} gt={gt_total} proposals_per_image={n_props / max(n, 1):.1f} "
           f"rpn_recall={rpn_hits / max(gt_total, 1):.3f} det_recall={det_hits / max(gt_total, 1):.3f} "
           f"det_recall_right_class={det_right / max(gt_total, 1):.3f}")
