@@ -384,6 +384,68 @@ def test_batch_parse_equals_one_by_one() -> None:
     assert compressed_rle_sums(batch).tolist() == [35, 35, 35, 0, -1, 0, 35]
 
 
+def _encode(runs: list[int]) -> str:
+    """pycocotools' rleToString in Python integers, for any run lengths (negative, 2**32 and beyond too)."""
+    out = []
+    for i, run in enumerate(runs):
+        x = run - runs[i - 2] if i > 2 else run
+        while True:
+            c, x = x & 0x1F, x >> 5
+            more = x != -1 if c & 0x10 else x != 0
+            out.append(chr(48 + (c | 0x20 if more else c)))
+            if not more:
+                break
+    return "".join(out)
+
+
+def _pycocotools_sum(s: str) -> int:
+    """pycocotools' rleFrString in Python integers: the runs' sum, -1 for a string it does not write
+    (a character outside '0'..'o', a value cut off or longer than 7 characters, a run outside [0, 2**32))."""
+    runs: list[int] = []
+    p = 0
+    while p < len(s):
+        x = k = 0
+        more = True
+        while more:
+            if p == len(s) or not 0 <= ord(s[p]) - 48 <= 63:
+                return -1
+            c = ord(s[p]) - 48
+            x |= (c & 0x1F) << (5 * k)
+            p, k, more = p + 1, k + 1, bool(c & 0x20)
+        if c & 0x10:
+            x -= 1 << (5 * k)
+        x += runs[-2] if len(runs) > 2 else 0
+        if k > 7 or not 0 <= x < 2**32:
+            return -1
+        runs.append(x)
+    return sum(runs)
+
+
+@pytest.mark.parametrize("batch_chars", [1 << 20, 40])
+def test_rle_sums_equal_pycocotools_decoding_on_random_and_broken_strings(
+        monkeypatch: pytest.MonkeyPatch, batch_chars: int) -> None:
+    """Every string's sum, or its refusal, is what pycocotools' own decoding in exact integers gives:
+    negative runs, runs of 2**32 and more, over-long values, bad characters and cut-off values."""
+    monkeypatch.setattr("ovis.data.coco._BATCH_CHARS", batch_chars)  # 40: many small batches
+    rng = np.random.default_rng(0)
+    pools = [np.arange(0, 40), np.arange(2**32 - 3, 2**32 + 3), np.arange(-5, 0), 2 ** np.arange(30, 37)]
+    strings = []
+    for _ in range(3000):
+        runs = [int(rng.choice(pools[rng.choice(4, p=[0.85, 0.05, 0.05, 0.05])])) for _ in range(rng.integers(0, 12))]
+        s = _encode(runs)
+        if s and rng.random() < 0.3:  # break it: replace, drop or add a character
+            i = int(rng.integers(len(s)))
+            s = s[:i] + rng.choice(list("0@Po\x7fpé ")) * int(rng.integers(0, 3)) + s[i + int(rng.integers(0, 2)):]
+        strings.append(s)
+    expected = [_pycocotools_sum(s) for s in strings]
+    assert 0.3 < np.mean(np.array(expected) >= 0) < 0.9  # both kinds are well represented
+    assert compressed_rle_sums(strings).tolist() == expected
+    assert compressed_rle_sums([s.encode() for s in strings[:50]]).tolist() == expected[:50]
+    runs, offsets, ok = compressed_rle_runs(strings)
+    assert ok.tolist() == [e >= 0 for e in expected]
+    assert [int(runs[a:b].sum()) for a, b, good in zip(offsets[:-1], offsets[1:], ok) if good] == [e for e in expected if e >= 0]
+
+
 def test_masks_to_rles_matches_per_mask_encoding_and_is_json() -> None:
     rng = np.random.default_rng(0)
     masks = rng.random((5, 17, 23)) > 0.6

@@ -340,6 +340,47 @@ def _check_segmentation(segm: Any, hw: tuple[int, int], where: str,
 # a run length is below 2**32 (pycocotools stores uint32), so its difference to the run two back
 # needs at most 34 bits with the sign: 7 characters of 5 bits; pycocotools never writes longer groups
 _RLE_MAX_CHARS = 7
+_RUN_LIMIT = 1 << 32
+# a value's last character ('0'..'o' minus 48) as a signed 5-bit digit: bit 4 is the sign
+_LAST_DIGIT = np.array([(d & 0x1F) - ((d & 0x10) << 1) for d in range(256)], np.int64)
+# compressed_rle_sums works through the strings in batches of about this many characters: its
+# temporaries then come from memory the allocator reuses (arrays of the whole input are fresh pages,
+# and touching them costs more than the arithmetic)
+_BATCH_CHARS = 1 << 20
+
+
+def _as_bytes(strings: Sequence[str | bytes]) -> list[bytes]:
+    return [s.encode("utf-8", "surrogatepass") if isinstance(s, str) else bytes(s) for s in strings]
+
+
+def _rle_values(raw: list[bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The values (int64) of compressed counts strings as written, before undoing pycocotools'
+    differences; string ``i`` holds ``values[offsets[i]:offsets[i + 1]]``. ``ok[i]`` is False for a
+    character outside ``'0'..'o'``, a value cut off at the end or longer than 7 characters."""
+    lengths = np.fromiter(map(len, raw), np.int64, len(raw))
+    text_ends = np.cumsum(lengths)  # one past each string's last character
+    c = np.frombuffer(b"".join(raw), np.uint8) - np.uint8(48)  # '0'..'o' -> 0..63; anything else > 63
+    ok = np.ones(len(raw), bool)
+    if len(c) and c.max() > 63:
+        ok[np.searchsorted(text_ends, np.flatnonzero(c > 63), "right")] = False
+    more = c >= 32  # another 5-bit digit of this value follows (bit 5; other characters failed above)
+    last = text_ends[lengths > 0] - 1
+    ok[lengths > 0] &= ~more[last]  # the string ends inside a value
+    more[last] = False  # a value never runs into the next string
+    values = _LAST_DIGIT[c[~more]]  # nearly every value is one character: its last digit, sign-extended
+    cont = np.flatnonzero(more)  # the other characters of longer values
+    bounds = np.r_[0, text_ends]
+    offsets = bounds - np.searchsorted(cont, bounds)  # values end where characters do not continue
+    if len(cont):
+        value_of = cont - np.arange(len(cont))
+        first = np.flatnonzero(np.r_[True, value_of[1:] != value_of[:-1]])
+        extra = np.diff(np.r_[first, len(cont)])  # characters before the last one of each long value
+        value = value_of[first]
+        ok[np.searchsorted(offsets, value[extra >= _RLE_MAX_CHARS], "right") - 1] = False
+        digit = np.minimum(cont - np.repeat(cont[first], extra), _RLE_MAX_CHARS)  # too long: ok is False
+        low = np.add.reduceat((c[cont] & np.uint8(0x1F)).astype(np.int64) << (5 * digit), first)
+        values[value] = values[value] * (np.int64(1) << (5 * np.minimum(extra, _RLE_MAX_CHARS))) + low
+    return values, offsets, ok
 
 
 def compressed_rle_runs(strings: Sequence[str | bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -348,37 +389,10 @@ def compressed_rle_runs(strings: Sequence[str | bytes]) -> tuple[np.ndarray, np.
     Returns ``(runs, offsets, ok)``: the run lengths of string ``i`` are ``runs[offsets[i]:offsets[i + 1]]``
     (int64, as ``pycocotools.mask.frPyObjects`` would hold them); ``ok[i]`` is False when string ``i``
     is not one pycocotools writes: a character outside ``'0'..'o'``, a value cut off at the end, a
-    value longer than 7 characters, or a negative run length (its runs are then meaningless).
+    value longer than 7 characters, or a run length outside [0, 2**32) (its runs are then meaningless).
     Whether the runs cover the image is the caller's check (``runs sum == h * w``).
     """
-    raw = [s.encode("utf-8", "surrogatepass") if isinstance(s, str) else bytes(s) for s in strings]
-    n = len(raw)
-    lengths = np.fromiter(map(len, raw), np.int64, n)
-    text_ends = np.cumsum(lengths)  # one past each string's last character
-    c = np.frombuffer(b"".join(raw), np.uint8) - np.uint8(48)  # '0'..'o' -> 0..63; anything else > 63
-    ok = np.ones(n, bool)
-    ok[np.searchsorted(text_ends, np.flatnonzero(c > 63), "right")] = False
-    more = (c & 0x20) > 0  # another 5-bit digit of this value follows
-    last = text_ends[lengths > 0] - 1
-    ok[lengths > 0] &= ~more[last]  # the string ends inside a value
-    more[last] = False  # a value never runs into the next string
-    ends = np.flatnonzero(~more)
-    starts = np.r_[0, ends[:-1] + 1] if len(ends) else ends
-    offsets = np.r_[0, np.searchsorted(ends, text_ends - 1, "right")]  # values of string i: offsets[i]:offsets[i+1]
-
-    def owner(value_index: np.ndarray) -> np.ndarray:
-        return np.searchsorted(offsets, value_index, "right") - 1
-
-    size = ends - starts + 1
-    ok[owner(np.flatnonzero(size > _RLE_MAX_CHARS))] = False
-    x = (c[starts] & 0x1F).astype(np.int64)
-    for k in range(1, _RLE_MAX_CHARS):  # most values are one or two characters
-        at = np.flatnonzero(size > k)
-        if not len(at):
-            break
-        x[at] |= (c[starts[at] + k] & 0x1F).astype(np.int64) << (5 * k)
-    negative = np.flatnonzero(c[ends] & 0x10)
-    x[negative] -= np.int64(1) << (5 * np.minimum(size[negative], _RLE_MAX_CHARS))
+    x, offsets, ok = _rle_values(_as_bytes(strings))
     # pycocotools stores value j > 2 of a string as its difference to value j - 2. With G the cumulative
     # sum over every second value of the concatenation, run i = G[i] - G[q - 2], q the first value of
     # i's chain (j = 1 or 2) in its string; the per-chain offsets enter as corrections at each q.
@@ -393,23 +407,60 @@ def compressed_rle_runs(strings: Sequence[str | bytes]) -> tuple[np.ndarray, np.
     runs = g - _every_second_cumsum(step)
     heads = offsets[:-1][offsets[1:] > offsets[:-1]]
     runs[heads] = x[heads]  # value 0 of each string is stored as it is
-    ok[owner(np.flatnonzero(runs < 0))] = False
+    bad = np.flatnonzero((runs < 0) | (runs >= _RUN_LIMIT))
+    ok[np.searchsorted(offsets, bad, "right") - 1] = False
     return runs, offsets, ok
 
 
 def _every_second_cumsum(x: np.ndarray) -> np.ndarray:
-    """``out[i] = x[i] + out[i - 2]``: one cumulative sum down the columns of ``x`` as pairs."""
-    pairs = np.zeros(len(x) + len(x) % 2, x.dtype)
-    pairs[: len(x)] = x
-    return np.cumsum(pairs.reshape(-1, 2), axis=0).ravel()[: len(x)]
+    """``out[i] = x[i] + out[i - 2]``: the cumulative sums of the even and of the odd positions."""
+    out = np.empty_like(x)
+    for parity in (0, 1):
+        np.cumsum(x[parity::2], out=out[parity::2])
+    return out
 
 
 def compressed_rle_sums(strings: Sequence[str | bytes]) -> np.ndarray:
     """Sum of the run lengths of each compressed RLE ``counts`` string (the pixels it covers), -1 where
     :func:`compressed_rle_runs` finds it malformed. A valid mask of an h×w image sums to h*w."""
-    runs, offsets, ok = compressed_rle_runs(strings)
-    sums = np.r_[0, np.cumsum(runs)][offsets]
-    return np.where(ok, np.diff(sums), -1)
+    raw = _as_bytes(strings)
+    lengths = np.fromiter(map(len, raw), np.int64, len(raw))
+    batch = (np.cumsum(lengths) - lengths) // _BATCH_CHARS  # the batch a string's first character falls in
+    cuts = [0, *(np.flatnonzero(np.diff(batch)) + 1).tolist(), len(raw)]
+    return np.concatenate([_batch_sums(raw[a:b]) for a, b in zip(cuts[:-1], cuts[1:])])
+
+
+def _batch_sums(raw: list[bytes]) -> np.ndarray:
+    """`compressed_rle_sums` of a batch without building its runs.
+
+    A string's values x_0, x_1, ... hold the runs r_0 = x_0 and, for j = 1 and 2, the chains
+    r_j, r_j+2, ... as cumulative sums of x_j, x_j+2, ... . With g the cumulative sums of the batch's
+    even (odd) positions, a chain's runs are g minus g at the value before the chain, so each
+    string's lowest and highest run and its sum are one reduction over its stretch of g. The highest
+    run is checked (< 2**32) so that the sums, taken modulo 2**64, are exact: a string of n runs in
+    [0, 2**32) covers less than 2**63 pixels for n < 2**31. g itself is exact below 2**28 characters
+    per batch (|x| < 2**35).
+    """
+    x, offsets, ok = _rle_values(raw)
+    counts = np.diff(offsets)
+    starts = offsets[:-1]
+    total = np.zeros(len(raw), np.int64)
+    has = counts > 0
+    total[has] = head = x[starts[has]]
+    ok[has] &= (head >= 0) & (head < _RUN_LIMIT)
+    for parity in (0, 1):
+        g = np.cumsum(x[parity::2])
+        lo = (starts + 1 - parity) // 2  # the string's values at this parity are g[lo:lo + n]
+        n = (offsets[1:] + 1 - parity) // 2 - lo
+        on = n > 0
+        if not on.any():
+            continue
+        lo, n = lo[on], n[on]
+        # the chain holding x_0 starts after it (r_0 is not a difference), the other one at x_1
+        base = np.where(starts[on] % 2 == parity, g[lo], np.where(lo > 0, g[lo - 1], 0))
+        ok[on] &= (np.minimum.reduceat(g, lo) >= base) & (np.maximum.reduceat(g, lo) - base < _RUN_LIMIT)
+        total[on] += np.add.reduceat(g, lo) - n * base
+    return np.where(ok, total, -1)
 
 
 # --------------------------------------------------------------------------------------------
