@@ -136,6 +136,9 @@ class AffinityNet(nn.Module):
     sigmoid affinities ([1, H, W] per image for a list input, [B, 1, H, W] for a batch).
     """
 
+    mean: Tensor  # [1, 3, 1, 1] buffers: the backbone's pixel statistics
+    std: Tensor
+
     def __init__(self, backbone: str = "resnet50", weights: str | None = None, channels: int = 256,
                  pool_channels: int = 512, pos_weight: float = 0.05, size_divisible: int = 32,
                  norm: str = "bn") -> None:

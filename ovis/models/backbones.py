@@ -71,7 +71,9 @@ def build_trunk(
     if norm not in ("frozen_bn", "bn", "gn"):
         raise ValueError(f"norm={norm!r}: use frozen_bn, bn or gn")
     if name in RESNETS:
-        layer = {"frozen_bn": FrozenBatchNorm2d, "bn": nn.BatchNorm2d, "gn": group_norm}[norm]
+        layers: dict[str, type[nn.Module] | Callable[[int], nn.Module]] = {
+            "frozen_bn": FrozenBatchNorm2d, "bn": nn.BatchNorm2d, "gn": group_norm}
+        layer = layers[norm]
         return build_resnet(name, weights, trainable_layers, stride_in_1x1, layer)
     if norm == "gn":
         raise ValueError(f"model.norm=gn: {name} has pretrained BatchNorm statistics; use model.norm=frozen_bn")
@@ -177,7 +179,7 @@ class C4Backbone(nn.Module):
     def __init__(self, net: nn.Module) -> None:
         super().__init__()
         self.body = IntermediateLayerGetter(net, return_layers={"layer3": "0"})
-        self.out_channels = stage_channels(net.layer3)
+        self.out_channels = stage_channels(net.get_submodule("layer3"))
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         return self.body(x)
@@ -185,13 +187,13 @@ class C4Backbone(nn.Module):
 
 def build_c4(net: nn.Module) -> tuple[C4Backbone, nn.Module]:
     """Split a backbone into the C4 trunk and its res5 stage (``layer4``, used as the RoI head)."""
-    res5 = net.layer4
+    res5 = net.get_submodule("layer4")
     return C4Backbone(net), res5
 
 
 def build_fpn(net: nn.Module, channels: int) -> BackboneWithFPN:
     """Backbone + FPN over C2..C5 with a max-pool P6: five levels ``"0".."3", "pool"`` of ``channels``."""
-    stages = [net.layer1, net.layer2, net.layer3, net.layer4]
+    stages = [net.get_submodule(f"layer{i}") for i in range(1, 5)]
     return BackboneWithFPN(
         net,
         return_layers=OrderedDict((f"layer{i + 1}", str(i)) for i in range(4)),
@@ -203,8 +205,8 @@ def build_fpn(net: nn.Module, channels: int) -> BackboneWithFPN:
 
 def stage_channels(stage: nn.Module) -> int:
     """Output channels of a backbone stage (``layer1``..``layer4``): those of its last norm layer."""
-    norms = [m.weight for m in stage.modules()
-             if isinstance(getattr(m, "weight", None), Tensor) and m.weight.dim() == 1]
+    weights = [getattr(m, "weight", None) for m in stage.modules()]
+    norms = [w for w in weights if isinstance(w, Tensor) and w.dim() == 1]
     if not norms:
         raise ValueError(f"stage_channels: {type(stage).__name__} has no norm layer")
     return int(norms[-1].numel())
@@ -256,7 +258,8 @@ def lite0_keys(state: dict[str, Tensor], net: nn.Module, where: str) -> dict[str
     must be filled, otherwise a ValueError names the file and the keys."""
     if not isinstance(state, dict):
         raise ValueError(f"{where}: expected a state dict, got {type(state).__name__}")
-    blocks = [(f"blocks.{s}.{b}.", blk) for s, stage in enumerate(net.blocks) for b, blk in enumerate(stage)]
+    blocks = [(f"blocks.{s}.{b}.", blk) for s, stage in enumerate(net.get_submodule("blocks").children())
+              for b, blk in enumerate(stage.children())]
     out: dict[str, Tensor] = {}
     unknown = []
     for key, value in state.items():
@@ -298,7 +301,7 @@ class EfficientNetTrunk(nn.Module):
         super().__init__()
         self.conv_stem, self.bn1 = net.conv_stem, net.bn1
         for i, stages in enumerate(_LITE_LAYERS, 1):
-            blocks = [blk for s in stages for blk in net.blocks[s]]
+            blocks = [blk for s in stages for blk in net.get_submodule(f"blocks.{s}").children()]
             setattr(self, f"layer{i}", nn.Sequential(*blocks))
         if frozen_bn:
             from timm.utils.model import freeze_batch_norm_2d

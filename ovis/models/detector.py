@@ -17,6 +17,8 @@ into the original image.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import Tensor, nn
 from torchvision.models.detection import MaskRCNN
@@ -100,6 +102,9 @@ def build_detector(
     net = build_trunk(cfg.backbone, cfg.backbone_weights, cfg.trainable_layers, cfg.norm, cfg.stride_in_1x1)
     mean, std = pixel_stats(cfg.backbone)
     sizes, ratios = tuple(cfg.anchor_sizes), tuple(cfg.aspect_ratios)
+    backbone: nn.Module
+    res5: nn.Module | None
+    mask_head: nn.Module
     if cfg.arch == "c4":
         backbone, res5 = build_c4(net)
         anchors = AnchorGenerator((sizes,), (ratios,))
@@ -117,8 +122,9 @@ def build_detector(
         mask_head = MaskRCNNHeads(cfg.fpn_channels, [cfg.mask_head_channels] * 4, 1)
     mask_predictor = MaskRCNNPredictor(mask_in, cfg.mask_head_channels, 1)
     if cfg.mask_logits_init_std is not None:  # detectron2's init; torchvision's (maskrcnn-benchmark's) is Kaiming
-        nn.init.normal_(mask_predictor.mask_fcn_logits.weight, std=cfg.mask_logits_init_std)
-        nn.init.zeros_(mask_predictor.mask_fcn_logits.bias)
+        logits_conv = cast(nn.Conv2d, mask_predictor.mask_fcn_logits)
+        nn.init.normal_(logits_conv.weight, std=cfg.mask_logits_init_std)
+        nn.init.zeros_(cast(Tensor, logits_conv.bias))
 
     roi_cls: type[ClassAgnosticRoIHeads]
     if cfg.heads == "oln":
@@ -191,8 +197,9 @@ def build_detector(
     return model
 
 
-def set_class_embeddings(model: MaskRCNN, embeddings: Tensor) -> None:
-    """Swap the open vocabulary of an embedding detector: ``embeddings [K, d]``; labels become 1..K."""
+def set_class_embeddings(model: nn.Module, embeddings: Tensor) -> None:
+    """Swap the open vocabulary of an embedding detector (or the robust student built from one):
+    ``embeddings [K, d]``; labels become 1..K."""
     if not isinstance(model.roi_heads, EmbeddingRoIHeads):
         raise TypeError(
             f"{type(model.roi_heads).__name__} has no class embeddings (model.classifier is not 'embedding')"

@@ -251,7 +251,7 @@ class GroundingModel(nn.Module):
         # the backbone's own child names (stem, layer1..layer4), so state-dict keys match it
         self.backbone = nn.Sequential(trunk_children(net))
         self.backbone_name = backbone
-        self.out_channels = stage_channels(net.layer4)
+        self.out_channels = stage_channels(net.get_submodule("layer4"))
         self.text_encoder = text_encoder
         # plain attribute, not a buffer: frozen, on CPU (rows are gathered there), not in state_dict
         self._token_table = text_encoder._embedding_table()

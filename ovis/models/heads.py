@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection import _utils as det_utils
+from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.roi_heads import RoIHeads, maskrcnn_loss
 from torchvision.models.detection.rpn import (
@@ -386,7 +387,7 @@ class OLNRegionProposalNetwork(RegionProposalNetwork):
 
     def __init__(
         self,
-        anchor_generator: nn.Module,
+        anchor_generator: AnchorGenerator,
         head: nn.Module,
         pre_nms_top_n: dict[str, int],
         batch_size_per_image: int = 256,
@@ -466,16 +467,16 @@ class OLNRegionProposalNetwork(RegionProposalNetwork):
     ) -> dict[str, Tensor]:
         all_anchors = torch.cat(anchors)
         box_labels, box_gt = self._assign(anchors, targets, self.proposal_matcher)
-        pos, neg = self.fg_bg_sampler(box_labels)
-        pos, n_box = torch.where(torch.cat(pos))[0], int(torch.cat(pos).sum() + torch.cat(neg).sum())
+        box_pos, box_neg = self.fg_bg_sampler(box_labels)
+        pos, n_box = torch.where(torch.cat(box_pos))[0], int(torch.cat(box_pos).sum() + torch.cat(box_neg).sum())
         pred = self.box_coder.decode_single(deltas[pos], all_anchors[pos])
         iou = paired_iou(pred, torch.cat(box_gt)[pos])
         loss_box = OLN_RPN_IOU_LOSS_WEIGHT * (1 - iou).sum() / max(n_box, 1)
 
         obj_labels, obj_gt = self._assign(anchors, targets, self.objectness_matcher)
-        pos, neg = self.objectness_sampler(obj_labels)
-        pos = torch.cat(pos).bool()
-        sampled = pos | torch.cat(neg).bool()
+        obj_pos, obj_neg = self.objectness_sampler(obj_labels)
+        pos = torch.cat(obj_pos).bool()
+        sampled = pos | torch.cat(obj_neg).bool()
         target = all_anchors.new_zeros(len(all_anchors))
         target[pos] = centerness_targets(all_anchors[pos], torch.cat(obj_gt)[pos])
         err = (objectness.flatten()[sampled].sigmoid() - target[sampled]).abs()

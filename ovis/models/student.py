@@ -36,7 +36,7 @@ import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -45,6 +45,7 @@ from torch.utils.data import Dataset
 from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
 from torchvision.models.detection.roi_heads import project_masks_on_boxes
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from ovis.data.dataset import CocoDetection
 from ovis.models.heads import ClassAgnosticRoIHeads, EmbeddingRoIHeads
@@ -70,16 +71,19 @@ class HeteroscedasticMaskPredictor(MaskRCNNPredictor):
     the detached deconv feature, weight N(0, 0.001), bias 1). ``forward`` returns μ only;
     :meth:`forward_with_sigma` returns ``(μ [R, 1, M, M], σ [R, 1, M, M])``."""
 
+    conv5_mask: nn.ConvTranspose2d
+    mask_fcn_logits: nn.Conv2d
+
     def __init__(self, in_channels: int, dim_reduced: int, num_classes: int = 1) -> None:
         super().__init__(in_channels, dim_reduced, num_classes)
         self.log_var = nn.Conv2d(dim_reduced, 1, 1)
         nn.init.normal_(self.log_var.weight, std=SIGMA_WEIGHT_STD)
-        nn.init.constant_(self.log_var.bias, SIGMA_BIAS_INIT)
+        nn.init.constant_(cast(Tensor, self.log_var.bias), SIGMA_BIAS_INIT)
 
     @classmethod
     def from_predictor(cls, predictor: MaskRCNNPredictor) -> HeteroscedasticMaskPredictor:
         """A copy of ``predictor``'s weights with a fresh σ-head."""
-        conv, logits = predictor.conv5_mask, predictor.mask_fcn_logits
+        conv, logits = cast(nn.ConvTranspose2d, predictor.conv5_mask), cast(nn.Conv2d, predictor.mask_fcn_logits)
         out = cls(conv.in_channels, conv.out_channels, logits.out_channels)
         out.load_state_dict(predictor.state_dict(), strict=False)
         return out.to(conv.weight.device)
@@ -118,6 +122,10 @@ class RobustRoIHeads(EmbeddingRoIHeads):
     """
 
     mask_predictor: HeteroscedasticMaskPredictor
+    uncertainty: bool
+    pseudo_box_loss: bool
+    lambda_pseudo: float
+    last_lambda: float
 
     @classmethod
     def from_heads(cls, heads: EmbeddingRoIHeads, uncertainty: bool = True, pseudo_box_loss: bool = True,
@@ -229,7 +237,8 @@ class RobustStudent(nn.Module):
     the state dict.
     """
 
-    def __init__(self, transform: nn.Module, backbone: nn.Module, rpn: nn.Module, roi_heads: RobustRoIHeads) -> None:
+    def __init__(self, transform: GeneralizedRCNNTransform, backbone: nn.Module, rpn: nn.Module,
+                 roi_heads: RobustRoIHeads) -> None:
         super().__init__()
         self.transform, self.backbone, self.rpn, self.roi_heads = transform, backbone, rpn, roi_heads
         self.last_stats: dict[str, float] = {}
@@ -241,14 +250,15 @@ class RobustStudent(nn.Module):
         if not isinstance(detector.roi_heads, EmbeddingRoIHeads):
             raise TypeError("the robust student needs the embedding detector (model.classifier: embedding)")
         heads = RobustRoIHeads.from_heads(detector.roi_heads, uncertainty, pseudo_box_loss, lambda_pseudo)
-        return cls(detector.transform, detector.backbone, detector.rpn, heads)
+        return cls(cast(GeneralizedRCNNTransform, detector.transform), detector.backbone, detector.rpn, heads)
 
     def set_online_labeler(self, labeler: Any, pseudo_label_of: Mapping[int, int]) -> None:
         """Produce pseudo targets every batch with ``labeler`` (a frozen teacher), as upstream does."""
         self._online = (labeler, dict(pseudo_label_of))
 
-    def _add_online_pseudo(self, images: list[Tensor], targets: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        labeler, label_of = self._online
+    def _add_online_pseudo(self, online: tuple[Any, dict[int, int]], images: list[Tensor],
+                           targets: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        labeler, label_of = online
         if any("captions" not in t for t in targets):
             raise ValueError("online pseudo-labelling needs targets with 'captions' (student.online_pseudo: true)")
         outs = labeler.label(images, [t["captions"] for t in targets])
@@ -269,7 +279,7 @@ class RobustStudent(nn.Module):
 
     def forward(self, images: list[Tensor], targets: list[dict[str, Any]] | None = None):
         if not self.training:
-            sizes = [tuple(im.shape[-2:]) for im in images]
+            sizes = [(im.shape[-2], im.shape[-1]) for im in images]
             il, _ = self.transform(images)
             feats = self.backbone(il.tensors)
             proposals, _ = self.rpn(il, feats)
@@ -278,7 +288,7 @@ class RobustStudent(nn.Module):
         if targets is None:
             raise ValueError("RobustStudent in training mode needs targets")
         if self._online is not None:
-            targets = self._add_online_pseudo(images, targets)
+            targets = self._add_online_pseudo(self._online, images, targets)
         for t in targets:
             if "pseudo" not in t:
                 raise ValueError(f"student targets need a 'pseudo' flag per box (image {t.get('image_id', '?')})")
@@ -372,7 +382,7 @@ class StudentHook:
         self._started = False
 
     def __call__(self, iteration: int, model: nn.Module) -> None:
-        model = getattr(model, "module", model)
+        model = cast(RobustStudent, getattr(model, "module", model))
         if iteration >= self.freeze_after:
             model.roi_heads.mask_predictor.log_var.requires_grad_(False)
         if self.log_path is None or not self.is_main():

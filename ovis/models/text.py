@@ -24,9 +24,14 @@ import os
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:  # both take seconds to import: loaded only when an encoder first runs
+    from sentence_transformers import SentenceTransformer
+    from transformers import PreTrainedTokenizerBase
 
 __all__ = [
     "TextEncoder",
@@ -147,7 +152,7 @@ class StaticTokenEmbedding(TextEncoder):
         self.name = name
         self.model_path = Path(model_path) if model_path is not None else minilm_path()
         self._hub: tuple[str, str | Path | None, bool | None] | None = None
-        self._tokenizer = None
+        self._tokenizer: PreTrainedTokenizerBase | None = None
         self._table: torch.Tensor | None = None  # [vocab, d]
 
     @classmethod
@@ -242,7 +247,7 @@ class SentenceEmbedding(TextEncoder):
         super().__init__(cache_dir)
         self.name = name
         self.model_path = Path(model_path) if model_path is not None else None
-        self._model = None
+        self._model: SentenceTransformer | None = None
 
     def _compute(self, texts: list[str]) -> torch.Tensor:
         if self._model is None:
