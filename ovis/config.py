@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, get_args, get_origin, get_type_hints
+from typing import Any, get_args, get_origin, get_type_hints, overload
 
 import yaml
 
@@ -42,6 +42,11 @@ class DataConfig:
     train_captions: str | None = "annotations/captions_train2017.json"
     train_images: str = "train2017"
     val_images: str = "val2017"
+
+    @overload
+    def path(self, rel: str) -> Path: ...
+    @overload
+    def path(self, rel: str | None) -> Path | None: ...
 
     def path(self, rel: str | None) -> Path | None:
         if rel is None:
@@ -313,7 +318,7 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
     kwargs = {}
     for key, value in data.items():
         hint = hints[key]
-        if dataclasses.is_dataclass(hint):
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
             kwargs[key] = _build(hint, value, f"{where}.{key}")
         else:
             kwargs[key] = _check_type(value, hint, f"{where}.{key}")

@@ -252,11 +252,11 @@ def lvis_matches(categories: Sequence[Mapping]) -> dict[int, list[int]]:
     """
     lvis = _lvis_categories_cached()
     by_phrase: dict[str, list[int]] = {}
-    for c in lvis:
-        for s in {c["name"], *c["synonyms"]}:
+    for entry in lvis:
+        for s in {entry["name"], *entry["synonyms"]}:
             ids = by_phrase.setdefault(normalize_phrase(s), [])
-            if c["id"] not in ids:
-                ids.append(c["id"])
+            if entry["id"] not in ids:
+                ids.append(entry["id"])
     by_name = {c["name"]: c["id"] for c in lvis}
     table = {normalize_phrase(k): v for k, v in COCO_TO_LVIS.items()}
     out: dict[int, list[int]] = {}

@@ -21,8 +21,8 @@ __all__ = ["CocoDetection", "Transform", "collate_fn", "load_rgb"]
 def load_rgb(path: Path, size: tuple[int, int], where: str) -> torch.Tensor:
     """RGB image float32 [3, H, W] in 0..1; ``size`` = the (width, height) its JSON entry states."""
     try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
+        with Image.open(path) as file:
+            im = file.convert("RGB")
     except FileNotFoundError as e:
         raise CocoFormatError(f"{where}: file {path} not found; check image_root") from e
     except (UnidentifiedImageError, OSError) as e:

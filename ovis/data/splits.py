@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -91,7 +92,7 @@ def subset(
     *,
     keep_all_images: bool = False,
     min_side: int = 0,
-    ignored_ids: set[int] = frozenset(),
+    ignored_ids: AbstractSet[int] = frozenset(),
     split_names: dict[int, str] | None = None,
 ) -> dict:
     """COCO dict restricted to ``category_ids`` (crowd annotations kept, as upstream).
@@ -243,11 +244,11 @@ def run_splits_stage(recipe: Recipe, run_dir: str | Path, force: bool = False) -
 
         generate_demo_dataset(data.root, seed=data.demo_seed, num_train=data.demo_num_train,
                               num_val=data.demo_num_val, image_size=data.demo_image_size)
-    sources = [data.path(data.train_instances), data.path(data.val_instances), data.path(data.train_captions)]
-    table = write_splits(recipe.splits.protocol, *sources[:2], out, sources[2])
+    train, val, captions = data.path(data.train_instances), data.path(data.val_instances), data.path(data.train_captions)
+    table = write_splits(recipe.splits.protocol, train, val, out, captions)
     recipe.save(out)
     # the source files are inputs: the stage re-runs when one of them changes
-    inputs = [Path(p).resolve() for p in sources if p is not None]
+    inputs = [p.resolve() for p in (train, val, captions) if p is not None]
     mark_stage_done(run_dir, "splits", recipe, sorted(table) + ["partition.json"], inputs, counts=table)
     return table
 

@@ -29,6 +29,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -612,8 +613,8 @@ def generate_demo_dataset(root: str | Path, seed: int = 0, num_train: int = 240,
             for index in range(count):
                 rng = np.random.default_rng(np.random.SeedSequence([seed, split_index, index]))
                 pixels, objects = _draw_image(rng, image_size, index % CROWD_EVERY == CROWD_OFFSET)
-                image = {"id": next_image, "file_name": f"{next_image:06d}.png",
-                         "width": image_size, "height": image_size}
+                image: dict[str, Any] = {"id": next_image, "file_name": f"{next_image:06d}.png",
+                                         "width": image_size, "height": image_size}
                 Image.fromarray(pixels).save(staging / split / image["file_name"], format="PNG",
                                                compress_level=1)
                 images.append(image)
