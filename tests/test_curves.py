@@ -10,6 +10,7 @@ import nbformat
 import numpy as np
 import papermill as pm
 import pytest
+from matplotlib.figure import Figure
 
 from ovis.config import load_recipe
 from ovis.eval import evaluate
@@ -22,6 +23,7 @@ from ovis.viz.curves import (
     main,
     metric_figures,
     paper_table,
+    plot_ar_vs_k,
     plot_training,
     run_curves_stage,
     smooth,
@@ -111,6 +113,12 @@ def test_smooth_is_a_trailing_mean():
     assert smooth([], 4).shape == (0,)
     with pytest.raises(ValueError, match="window must be >= 1"):
         smooth([1.0], 0)
+
+
+def test_a_plot_into_a_subfigures_axes_returns_the_root_figure():
+    fig = Figure()
+    ax = fig.subfigures(1, 2)[0].subplots()  # a SubFigure has no tight_layout
+    assert plot_ar_vs_k({"AR@10": 0.2, "AR@100": 0.4}, "segm", ax=ax) is fig
 
 
 def test_training_summary_and_figure(ggn_run):

@@ -38,7 +38,11 @@ OTHER_COLOR = "tab:gray"
 
 def _axes(ax: Axes | None, figsize: tuple[float, float]) -> tuple[Figure, Axes]:
     if ax is not None:
-        return ax.figure, ax
+        # the root Figure, also for an Axes in a SubFigure (which has no tight_layout)
+        root = ax.get_figure(root=True)
+        if root is None:
+            raise ValueError("ax is not on a figure; create it with Figure.subplots or Figure.add_subplot")
+        return root, ax
     fig = Figure(figsize=figsize)  # not pyplot: no global figure state, headless-safe
     return fig, fig.subplots()
 

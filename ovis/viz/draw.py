@@ -18,12 +18,13 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import matplotlib
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.layout_engine import ConstrainedLayoutEngine
 from matplotlib.patches import Rectangle
 from PIL import Image, ImageDraw, ImageFont
 from pycocotools import mask as mask_utils
@@ -156,7 +157,7 @@ def _text_color(rgb: np.ndarray) -> tuple[int, int, int]:
 
 def _mask_boxes(masks: np.ndarray) -> np.ndarray:
     """XYWH float[N, 4] of each mask's pixel extent (zeros for empty masks)."""
-    rows, cols = masks.any(axis=2), masks.any(axis=1)
+    rows, cols = np.any(masks, axis=2), np.any(masks, axis=1)
     boxes = np.zeros((masks.shape[0], 4), np.float32)
     for i in np.flatnonzero(rows.any(axis=1)):
         y = np.flatnonzero(rows[i])
@@ -377,7 +378,7 @@ def image_grid(
     """
     if not isinstance(coco, dict):
         with open(coco, encoding="utf-8") as f:
-            coco = json.load(f)
+            coco = cast(dict, json.load(f))
     images = {img["id"]: img for img in coco.get("images", [])}
     ids = list(image_ids) if image_ids is not None else [img["id"] for img in coco.get("images", [])][:n]
     missing = [i for i in ids if i not in images]
@@ -435,8 +436,7 @@ def panel_grid(
         heights.append(panel_size * aspect + 0.3 + cap_in)
     if figsize is None:
         figsize = (panel_size * ncols, sum(heights))
-    fig = Figure(figsize=figsize, layout="constrained")
-    fig.get_layout_engine().set(h_pad=0.02, w_pad=0.02, hspace=0.0, wspace=0.0)
+    fig = Figure(figsize=figsize, layout=ConstrainedLayoutEngine(h_pad=0.02, w_pad=0.02, hspace=0.0, wspace=0.0))
     axes = fig.subplots(nrows, ncols, squeeze=False, gridspec_kw={"height_ratios": heights})
     for ax in axes.flat:
         ax.set_visible(False)

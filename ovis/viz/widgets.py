@@ -50,15 +50,16 @@ def _read_json(path: str | Path, what: str) -> Any:
 def _panel_annotations(name: str, src: Sequence[dict] | Mapping | str | Path) -> list[dict]:
     """A panel's annotations from a results list, an instances dict, or a JSON file of either."""
     where = f"panel {name!r}"
+    data: Any = src  # a file holds any JSON
     if isinstance(src, (str, Path)):
         where += f" ({src})"
-        src = _read_json(src, f"panel {name!r}")
-    if isinstance(src, Mapping):
-        if "annotations" not in src:
+        data = _read_json(src, f"panel {name!r}")
+    if isinstance(data, Mapping):
+        if "annotations" not in data:
             raise ValueError(f"MaskBrowser: {where} is a dict without 'annotations'; give a COCO "
                              "results list or a COCO instances dict")
-        src = src["annotations"]
-    anns = list(src)
+        data = data["annotations"]
+    anns = list(data)
     for a in anns:
         if not isinstance(a, Mapping) or "image_id" not in a:
             raise ValueError(f"MaskBrowser: {where} has an entry without 'image_id' ({str(a)[:80]}); "
