@@ -36,12 +36,12 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
 from pycocotools import mask as mask_utils
-from torch import Tensor, nn
+from torch import Tensor
 
 from ovis.data.captions import (
     Vocabulary,
@@ -55,8 +55,11 @@ from ovis.runs import stage_hash
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
+    from torchvision.models.detection import MaskRCNN
+    from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
     from ovis.config import Recipe
+    from ovis.models.heads import EmbeddingRoIHeads
     from ovis.viz.widgets import MaskBrowser
 
 __all__ = [
@@ -112,7 +115,7 @@ class PseudoLabeler:
     entry per word found; an image whose captions match no word gets empty tensors.
     """
 
-    def __init__(self, teacher: nn.Module, vocab: Vocabulary, encoder: TextEncoder) -> None:
+    def __init__(self, teacher: MaskRCNN, vocab: Vocabulary, encoder: TextEncoder) -> None:
         self.teacher, self.vocab, self.encoder = teacher, vocab, encoder
         teacher.eval()
         for p in teacher.parameters():
@@ -170,7 +173,8 @@ class PseudoLabeler:
         il, _ = t.transform(list(images))
         feats = t.backbone(il.tensors)
         proposals, _ = t.rpn(il, feats)
-        regions, boxes = t.roi_heads.region_embeddings_and_boxes(feats, proposals, il.image_sizes)
+        heads = cast("EmbeddingRoIHeads", t.roi_heads)
+        regions, boxes = heads.region_embeddings_and_boxes(feats, proposals, il.image_sizes)
         sizes = [tuple(im.shape[-2:]) for im in images]
         return (il, feats, sizes), list(regions.split([len(b) for b in boxes])), boxes
 
@@ -179,9 +183,9 @@ class PseudoLabeler:
         """Mask-head probabilities ``[N, 1, M, M]`` of ``boxes`` (from :meth:`proposals`) per image, and
         boxes and masks pasted at input-image size (``{"boxes", "masks" [N, 1, H, W]}``)."""
         il, feats, sizes = state
-        probs = self.teacher.roi_heads.predict_masks(feats, list(boxes), il.image_sizes)
-        pasted = self.teacher.transform.postprocess([{"boxes": b, "masks": p} for b, p in zip(boxes, probs)],
-                                                    il.image_sizes, sizes)
+        probs = cast("EmbeddingRoIHeads", self.teacher.roi_heads).predict_masks(feats, list(boxes), il.image_sizes)
+        transform = cast("GeneralizedRCNNTransform", self.teacher.transform)
+        pasted = transform.postprocess([{"boxes": b, "masks": p} for b, p in zip(boxes, probs)], il.image_sizes, sizes)
         return probs, pasted
 
     @staticmethod
@@ -307,7 +311,7 @@ def build_labeler(recipe: Recipe, run_dir: str | Path, device: str | torch.devic
     """The frozen teacher of ``<run_dir>/teacher/model_final.pth`` as a :class:`PseudoLabeler`."""
     from ovis.methods.cpl import load_model, text_encoder
 
-    teacher = load_model(recipe, run_dir, "teacher").to(device)
+    teacher = cast("MaskRCNN", load_model(recipe, run_dir, "teacher").to(device))
     return PseudoLabeler(teacher, pseudo_vocabulary(recipe, run_dir).vocab, text_encoder(recipe))
 
 
@@ -335,7 +339,7 @@ def run_pseudo(recipe: Recipe, run_dir: str | Path, shard: int | None = None, nu
     ids, captions = pseudo_image_ids(recipe, run_dir)
     mine = ids[shard::num_shards]
     path = _shard_path(out, shard, num_shards)
-    state = {"recipe_hash": stage_hash(recipe, "pseudo"), "shard": shard, "num_shards": num_shards, "complete": False, "images": {}}
+    state: dict[str, Any] = {"recipe_hash": stage_hash(recipe, "pseudo"), "shard": shard, "num_shards": num_shards, "complete": False, "images": {}}
     if path.is_file() and not force:
         old = json.loads(path.read_text())
         if old.get("recipe_hash") == stage_hash(recipe, "pseudo"):
@@ -460,7 +464,7 @@ def hits_gt(rles: Sequence[dict], gts: Sequence[dict], h: int, w: int, iou: floa
     if not gts or not len(rles):
         return np.zeros(len(rles), bool)
     ious = mask_utils.iou(list(rles), [ann_to_rle(g, h, w) for g in gts], [0] * len(gts))
-    return (np.asarray(ious).reshape(len(rles), len(gts)) >= iou).any(1)
+    return np.any(np.asarray(ious).reshape(len(rles), len(gts)) >= iou, axis=1)
 
 
 def pseudo_stats(recipe: Recipe, run_dir: str | Path, pseudo: list[dict], words: Mapping[int, list[str]],

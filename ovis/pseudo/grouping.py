@@ -272,8 +272,7 @@ def _merge_tree(n_sp: int, pairs: np.ndarray, weights: np.ndarray, join_thresh: 
         nu, nv = adj.pop(u), adj.pop(v)
         nbrs = {}
         for n in (nu.keys() | nv.keys()) - {u, v}:
-            wu, wv = nu.get(n), nv.get(n)
-            w = wv if wu is None else wu if wv is None else (wu + wv) / 2.0
+            w = (nu[n] + nv[n]) / 2.0 if n in nu and n in nv else nu[n] if n in nu else nv[n]
             nbrs[n] = w
             adj[n].pop(u, None)
             adj[n].pop(v, None)
