@@ -36,7 +36,8 @@ def default_param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, A
     Biases get ``lr * bias_lr_factor`` and ``weight_decay_bias`` (None = ``weight_decay``), as in
     the Mask R-CNN recipes.
     """
-    weights, biases = [], []
+    weights: list[nn.Parameter] = []
+    biases: list[nn.Parameter] = []
     for name, p in model.named_parameters():
         if p.requires_grad:
             (biases if name.endswith("bias") else weights).append(p)
