@@ -1,20 +1,17 @@
 """COCO AP (the 12 standard stats) and CPL/XPM's AP50 per split (docs/protocols.md#41-open-vocabulary-ap).
 
 Two backends give the same numbers: ``"fast"`` (`ovis.eval.fast.fast_precision`, vectorised, the
-default) and ``"pycocotools"`` (COCOeval itself, the reference the parity tests hold it to).
+default) and ``"pycocotools"`` (COCOeval itself in `ovis.eval.cocoapi`, the reference the parity tests hold
+it to).
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 from dataclasses import dataclass
 
 import numpy as np
-from pycocotools.cocoeval import COCOeval
 
 from ovis.eval.fast import AREA_LABELS, coco_iou_thresholds, fast_precision, prepare_inputs
-from ovis.eval.io import build_coco, results_coco
 
 STAT_NAMES: tuple[str, ...] = (
     "AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl",
@@ -55,13 +52,9 @@ def summarize(precision: np.ndarray, recall: np.ndarray) -> list[float]:
 def coco_eval(gt: dict, dets: list[dict], iou_type: str, backend: str = "fast") -> CocoAP:
     """COCO evaluation with pycocotools' default params; `dets` are checked detections."""
     if backend == "pycocotools":
-        coco_gt = build_coco(gt)
-        ev = COCOeval(coco_gt, results_coco(coco_gt, dets), iou_type)
-        with contextlib.redirect_stdout(io.StringIO()):
-            ev.evaluate()
-            ev.accumulate()
-            ev.summarize()
-        return CocoAP(ev.eval["precision"], ev.eval["recall"], list(ev.params.catIds), [float(s) for s in ev.stats])
+        from ovis.eval import cocoapi  # here, so that only this backend imports pycocotools.coco
+
+        return CocoAP(*cocoapi.reference_coco_eval(gt, dets, iou_type))
     if backend != "fast":
         raise ValueError(f"backend must be 'fast' or 'pycocotools', got {backend!r}")
     cat_ids, gts, per_image = prepare_inputs(gt, dets, iou_type)

@@ -7,15 +7,14 @@ distributed run write ``detections.rank{r}.json``; `load_detections` merges them
 
 from __future__ import annotations
 
-import contextlib
-import io
+import itertools
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from pycocotools import mask as mask_utils
-from pycocotools.coco import COCO
 
 from ovis.data.coco import (
     EVAL_ANNOTATION_KEYS,
@@ -34,7 +33,6 @@ __all__ = [
     "shard_paths",
     "merge_shards",
     "check_detections",
-    "build_coco",
     "write_json_atomic",
 ]
 
@@ -134,6 +132,70 @@ def check_detections(dets: list, gt: dict, iou_type: str, source: str = "detecti
         raise EvalInputError(f"iou_type must be 'segm' or 'bbox', got {iou_type!r}")
     sizes = {img["id"]: (int(img["height"]), int(img["width"])) for img in gt["images"]}
     cat_ids = {c["id"] for c in gt["categories"]}
+    with_box = iou_type == "bbox" or segm_area == "box"
+    out = _plainly_valid(dets, sizes, cat_ids, iou_type == "segm", with_box)
+    if out is None:  # something is off: find the first problem detection by detection, as pycocotools would meet it
+        out = _check_one_by_one(dets, sizes, cat_ids, iou_type == "segm", with_box, source)
+    if iou_type == "segm":
+        _check_compressed(out, source)
+    return out
+
+
+def _plainly_valid(dets: list, sizes: dict[Any, tuple[int, int]], cat_ids: set, segm: bool,
+                   with_box: bool) -> list[dict] | None:
+    """`check_detections`' clean copies, field by field over all detections at once, when every
+    detection is a plain dict of known ids, finite score, 4 finite numbers with w, h >= 0 as bbox
+    (`with_box`) and an RLE of its image's size with string counts (`segm`); None otherwise (then
+    `_check_one_by_one` finds the problem or handles what is unusual but valid, such as bytes counts)."""
+    try:
+        if any(type(d) is not dict for d in dets):
+            return None
+        image_ids = [d["image_id"] for d in dets]
+        categories = [d["category_id"] for d in dets]
+        scores = [d["score"] for d in dets]
+        if not (_types(image_ids) <= {int} and _types(categories) <= {int} and set(image_ids) <= sizes.keys()
+                and set(categories) <= cat_ids and _types(scores) <= {int, float}):
+            return None
+        score_values = np.array(scores, np.float64)
+        if not np.isfinite(score_values).all():
+            return None
+        out = [{"image_id": i, "category_id": c, "score": s}
+               for i, c, s in zip(image_ids, categories, score_values.tolist())]
+        if with_box:
+            boxes = [d["bbox"] for d in dets]
+            if not (_types(boxes) <= {list} and set(map(len, boxes)) <= {4}
+                    and _types(itertools.chain.from_iterable(boxes)) <= {int, float}):
+                return None
+            box_values = np.array(boxes, np.float64).reshape(-1, 4)
+            if not (np.isfinite(box_values).all() and (box_values[:, 2:] >= 0).all()):
+                return None
+            for clean, box in zip(out, box_values.tolist()):
+                clean["bbox"] = box
+        if segm:
+            rles = [d["segmentation"] for d in dets]
+            if not _types(rles) <= {dict}:
+                return None
+            rle_sizes = [r["size"] for r in rles]
+            counts = [r["counts"] for r in rles]
+            if not (_types(counts) <= {str} and _types(rle_sizes) <= {list}
+                    and _types(itertools.chain.from_iterable(rle_sizes)) <= {int}
+                    and rle_sizes == [list(sizes[i]) for i in image_ids]):
+                return None
+            for clean, size, c in zip(out, rle_sizes, counts):
+                clean["segmentation"] = {"size": list(size), "counts": c}
+    except (KeyError, OverflowError):  # a missing field; an integer beyond float's range
+        return None
+    return out
+
+
+def _types(values: Iterable[Any]) -> set[type]:
+    return set(map(type, values))
+
+
+def _check_one_by_one(dets: list, sizes: dict[Any, tuple[int, int]], cat_ids: set, segm: bool, with_box: bool,
+                      source: str) -> list[dict]:
+    """`check_detections` detection by detection: raises EvalInputError for the first problem in file
+    order (unknown image and category ids are gathered and reported after the rest)."""
     out: list[dict] = []
     bad_images: dict[Any, int] = {}
     bad_cats: dict[Any, int] = {}
@@ -157,14 +219,14 @@ def check_detections(dets: list, gt: dict, iou_type: str, source: str = "detecti
         if not is_finite_number(d["score"]):
             raise EvalInputError(f"{where}: 'score' {d['score']!r:.60} is not a finite number")
         clean = {"image_id": img_id, "category_id": cat_id, "score": float(d["score"])}
-        if iou_type == "bbox" or segm_area == "box":
+        if with_box:
             bb = d.get("bbox")
             if not (isinstance(bb, list) and len(bb) == 4 and all(is_finite_number(v) for v in bb)):
                 raise EvalInputError(f"{where}: 'bbox' must be 4 finite numbers [x, y, w, h], got {bb!r:.80}")
             if bb[2] < 0 or bb[3] < 0:
                 raise EvalInputError(f"{where}: 'bbox' {bb} has negative width/height; use [x, y, w, h]")
             clean["bbox"] = [float(v) for v in bb]
-        if iou_type == "segm":
+        if segm:
             clean["segmentation"] = _check_rle(d.get("segmentation"), sizes[img_id], where)
         out.append(clean)
     if bad_images:
@@ -179,8 +241,6 @@ def check_detections(dets: list, gt: dict, iou_type: str, source: str = "detecti
             f"{source}: {len(bad_cats)} 'category_id' value(s) are not GT categories {sorted(cat_ids)[:10]}...: "
             f"{shown}; map labels to the GT file's category ids (class-agnostic: use any GT id)"
         )
-    if iou_type == "segm":
-        _check_compressed(out, source)
     return out
 
 
@@ -223,26 +283,3 @@ def _check_compressed(dets: list[dict], source: str) -> None:
         problem = ("is not a compressed COCO RLE (characters '0'..'o' as pycocotools.mask.encode writes them)"
                    if sums[bad[0]] < 0 else f"covers {sums[bad[0]]} pixels, expected h*w = {areas[bad[0]]}")
         raise EvalInputError(f"{where}: 'segmentation' RLE counts string {problem}")
-
-
-def build_coco(gt: dict) -> COCO:
-    """A pycocotools COCO index over shallow copies of the GT annotations (pycocotools mutates them)."""
-    data = dict(gt)
-    data["annotations"] = [dict(a) for a in gt["annotations"]]
-    coco = COCO()
-    coco.dataset = data
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco.createIndex()
-    return coco
-
-
-def results_coco(coco_gt: COCO, dets: list[dict]) -> COCO:
-    """`coco_gt.loadRes(dets)` without its prints; an empty list gives an empty result set."""
-    if dets:
-        with contextlib.redirect_stdout(io.StringIO()):
-            return coco_gt.loadRes([dict(d) for d in dets])
-    res = COCO()
-    res.dataset = {"images": list(coco_gt.dataset["images"]), "categories": list(coco_gt.dataset["categories"]), "annotations": []}
-    with contextlib.redirect_stdout(io.StringIO()):
-        res.createIndex()
-    return res

@@ -2,66 +2,17 @@
 seen-class hits removed from the budget; AR reported by budget value; OLN's AUC.
 
 Two backends compute the same recall array: ``"pycocotools"`` (COCOeval with the seen rule, the
-reference) and ``"fast"`` (`ovis.eval.fast`, vectorised matching). Both return pycocotools'
+reference, `ovis.eval.cocoapi`) and ``"fast"`` (`ovis.eval.fast`, vectorised matching). Both return pycocotools'
 ``eval["recall"]`` layout [T, 1, A, M] and share `recall_metrics`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
-
 import numpy as np
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
 
 from ovis.eval.fast import AREA_LABELS, fast_recall, prepare_inputs
-from ovis.eval.io import build_coco, results_coco
 
 AUC_BUDGETS: tuple[int, ...] = (1, 10, 30, 50, 100, 300, 500, 1000)
-
-
-class SeenAwareCOCOeval(COCOeval):
-    """COCOeval whose seen-class GT (``ignored_split == 1``) is ignored in matching, and whose
-    detections matched to a seen-class GT at the first IoU threshold are deleted from the image's
-    list before accumulation (so they do not use up the AR@k budget)."""
-
-    def _prepare(self) -> None:
-        super()._prepare()
-        for anns in self._gts.values():
-            for g in anns:
-                # pycocotools sets ignore = iscrowd; a seen-class GT is ignored like a crowd one
-                # but (not being crowd) still absorbs at most one detection
-                g["ignore"] = bool(g["ignore"]) or bool(g.get("ignored_split", 0))
-
-    def evaluateImg(self, imgId, catId, aRng, maxDet):  # noqa: N802,N803 (pycocotools API)
-        res = super().evaluateImg(imgId, catId, aRng, maxDet)
-        if res is None:
-            return None
-        gts = self._gts[imgId, catId] if self.params.useCats else [
-            g for c in self.params.catIds for g in self._gts[imgId, c]
-        ]
-        seen_ids = np.array([g["id"] for g in gts if g.get("ignored_split", 0)], dtype=np.float64)
-        if seen_ids.size == 0 or res["dtMatches"].shape[1] == 0:
-            return res
-        keep = ~np.isin(res["dtMatches"][0], seen_ids)
-        res["dtMatches"] = res["dtMatches"][:, keep]
-        res["dtIgnore"] = res["dtIgnore"][:, keep]
-        res["dtIds"] = [d for d, k in zip(res["dtIds"], keep) if k]
-        res["dtScores"] = [s for s, k in zip(res["dtScores"], keep) if k]
-        return res
-
-
-def reference_recall(coco_gt: COCO, dets: list[dict], iou_type: str, max_dets: tuple[int, ...]) -> np.ndarray:
-    """Recall [T, 1, A, M] from pycocotools with the seen rule (the reference backend)."""
-    coco_dt = results_coco(coco_gt, dets)
-    ev = SeenAwareCOCOeval(coco_gt, coco_dt, iou_type)
-    ev.params.useCats = 0
-    ev.params.maxDets = list(max_dets)
-    with contextlib.redirect_stdout(io.StringIO()):
-        ev.evaluate()
-        ev.accumulate()
-    return ev.eval["recall"]
 
 
 def compute_recall(
@@ -73,7 +24,9 @@ def compute_recall(
     backend: "fast" (vectorised) or "pycocotools" (reference).
     """
     if backend == "pycocotools":
-        return reference_recall(build_coco(gt), dets, iou_type, max_dets)
+        from ovis.eval import cocoapi  # here, so that only this backend imports pycocotools.coco
+
+        return cocoapi.reference_recall(gt, dets, iou_type, max_dets)
     if backend != "fast":
         raise ValueError(f"backend must be 'fast' or 'pycocotools', got {backend!r}")
     _, gts, per_image = prepare_inputs(gt, dets, iou_type)
