@@ -99,7 +99,7 @@ def init_distributed(device: str | torch.device = "auto", timeout_s: int = 1800)
         rank=rank,
         world_size=world,
         timeout=datetime.timedelta(seconds=timeout_s),
-        **({"device_id": dev} if dev.type == "cuda" else {}),
+        device_id=dev if dev.type == "cuda" else None,  # None is init_process_group's default
     )
     return DistInfo(rank, world, local, dev, True)
 
