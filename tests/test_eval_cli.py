@@ -98,3 +98,23 @@ def test_metrics_without_ground_truth_are_flagged_not_averaged(tmp_path, capsys)
     assert "ovis eval: note: no ground truth for AR@10, AR@100" in captured.err and "reported as null" in captured.err
     assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["metrics"]["AUC"] is None
     assert "| AUC | null (no GT) | – |" in (tmp_path / "ev" / "metrics.md").read_text()
+
+
+@pytest.mark.parametrize("text, expected", [
+    ('{"base": [1], "novel": [8]', "not valid JSON (truncated or corrupt?): Expecting ',' delimiter"),
+    ('[1, 8]', "a partition is a JSON object with base/novel category lists, got a list"),
+    ('{"base": [1], "unseen": [8]}', "a partition needs keys base/novel (or voc/nonvoc, seen/unseen); got ['base', 'unseen']"),
+    ('{"base": [1], "novel": 8}', "partition 'novel' is 8, expected a list of categories"),
+    ('{"base": [{"name": "person"}], "novel": [8]}', "partition 'base'[0] is {'name': 'person'}, expected a category id"),
+    ('{"base": [1], "novel": ["8"]}', "partition 'novel'[0] is '8', expected a category id"),
+])
+def test_a_bad_partition_file_is_one_line_naming_it(tmp_path, capsys, text, expected):
+    (tmp_path / "val.json").write_text(json.dumps(_gt()))
+    (tmp_path / "dets.json").write_text(json.dumps([{"image_id": 1, "category_id": 1, "score": 0.9,
+                                                     "bbox": [10, 10, 30, 30]}]))
+    (tmp_path / "partition.json").write_text(text)
+    rc = main(["--protocol", "coco_voc_nonvoc", "--gt", str(tmp_path / "val.json"), "--detections",
+               str(tmp_path / "dets.json"), "--iou-type", "bbox", "--partition", str(tmp_path / "partition.json")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1
+    assert err[0].startswith(f"ovis eval: error: {tmp_path / 'partition.json'}: ") and expected in err[0]

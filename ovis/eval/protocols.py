@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from ovis.data.coco import CocoFormatError, is_coco_id, read_json
 from ovis.eval.ap import STAT_NAMES, ap50_of, ap50_per_class, coco_eval
 from ovis.eval.io import EvalInputError, check_detections, load_detections, load_gt
 from ovis.eval.recall import AUC_BUDGETS, compute_recall, recall_metrics
@@ -73,33 +74,64 @@ def get_protocol(name: str) -> Protocol:
     return PROTOCOLS[name]
 
 
-def _ids(entries: Any) -> list[int]:
-    return [int(e["id"]) if isinstance(e, dict) else int(e) for e in entries]
+_PARTITION_KEYS = (("base", "novel"), ("voc", "nonvoc"), ("seen", "unseen"))
+
+
+def partition_ids(data: Any, name: str = "partition") -> tuple[list[int], list[int]]:
+    """(base/seen ids, novel/unseen ids) of a partition: keys base/novel, voc/nonvoc or seen/unseen,
+    each a list of category ids or {"id", "name"} objects; EvalInputError naming `name` otherwise."""
+    if not isinstance(data, dict):
+        raise EvalInputError(f"{name}: a partition is a JSON object with base/novel category lists, "
+                             f"got a {type(data).__name__}; use the splits stage's partition.json")
+    keys = next((pair for pair in _PARTITION_KEYS if all(k in data for k in pair)), None)
+    if keys is None:
+        raise EvalInputError(f"{name}: a partition needs keys base/novel (or voc/nonvoc, seen/unseen); "
+                             f"got {sorted(map(str, data))}")
+    ids: list[list[int]] = []
+    for key in keys:
+        entries = data[key]
+        if not isinstance(entries, list):
+            raise EvalInputError(f"{name}: partition {key!r} is {entries!r:.60}, expected a list of categories")
+        ids.append([e.get("id") if isinstance(e, dict) else e for e in entries])
+        bad = next((i for i, c in enumerate(ids[-1]) if not is_coco_id(c)), None)
+        if bad is not None:
+            raise EvalInputError(f"{name}: partition {key!r}[{bad}] is {entries[bad]!r:.60}, "
+                                 "expected a category id or an object with an integer 'id'")
+    return ids[0], ids[1]
 
 
 def split_category_ids(protocol: Protocol, partition: dict | None) -> tuple[list[int], list[int]] | None:
     """(base/seen ids, novel/unseen ids) from `partition` or the protocol's resource file; None
-    when neither exists. Accepts keys base/novel or voc/nonvoc; entries {"id", "name"} or ints."""
-    data = partition
-    if data is None and protocol.split_resource:
+    when neither exists (see `partition_ids`)."""
+    if partition is not None:
+        return partition_ids(partition)
+    if protocol.split_resource:
         res = resources.files("ovis.data").joinpath("resources", protocol.split_resource)
         if res.is_file():
-            data = json.loads(res.read_text(encoding="utf-8"))
-    if data is None:
-        return None
-    for base_key, novel_key in (("base", "novel"), ("voc", "nonvoc"), ("seen", "unseen")):
-        if base_key in data and novel_key in data:
-            return _ids(data[base_key]), _ids(data[novel_key])
-    raise EvalInputError(f"partition for {protocol.name} needs keys base/novel (or voc/nonvoc); got {sorted(data)}")
+            return partition_ids(json.loads(res.read_text(encoding="utf-8")), str(res))
+    return None
+
+
+def read_partition(path: str | Path) -> dict:
+    """A partition file (the splits stage's partition.json), read and checked; errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise EvalInputError(f"partition file {path} does not exist")
+    try:
+        data = read_json(path)
+    except CocoFormatError as e:
+        raise EvalInputError(str(e)) from None
+    partition_ids(data, str(path))
+    return data
 
 
 def _load_partition(partition: dict | str | Path | None) -> dict | None:
-    if partition is None or isinstance(partition, dict):
+    if partition is None:
+        return None
+    if isinstance(partition, dict):
+        partition_ids(partition)
         return partition
-    path = Path(partition)
-    if not path.is_file():
-        raise EvalInputError(f"partition file {path} does not exist")
-    return json.loads(path.read_text(encoding="utf-8"))
+    return read_partition(partition)
 
 
 def _evaluate_ovr(

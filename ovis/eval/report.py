@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ovis.data.coco import write_text_atomic
 from ovis.eval.io import EvalInputError, write_json_atomic
-from ovis.eval.protocols import evaluate, jsonable, metrics_markdown
+from ovis.eval.protocols import evaluate, jsonable, metrics_markdown, read_partition
 
 
 def write_metrics(result: dict, out_dir: str | Path) -> tuple[Path, Path]:
@@ -30,7 +29,7 @@ def evaluate_run(
     defaults to the partition's `protocol`. Writes `run_dir/eval/metrics.{json,md}`."""
     run = Path(run_dir)
     part_path = run / "splits" / "partition.json"
-    partition = json.loads(part_path.read_text(encoding="utf-8")) if part_path.is_file() else None
+    partition = read_partition(part_path) if part_path.is_file() else None
     if not protocol:
         if not partition or "protocol" not in partition:
             raise EvalInputError(f"no protocol given and {part_path} names none; pass protocol=")
