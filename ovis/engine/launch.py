@@ -19,7 +19,7 @@ import warnings
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, cast
 
 import submitit
 
@@ -84,9 +84,10 @@ def stream_process(cmd: list[str], stream: Callable[[str], None], env: dict[str,
     tail: deque[str] = deque(maxlen=tail_lines)
     env = {**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"}  # lines arrive as printed
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, bufsize=0)
+    stdout = cast(IO[bytes], proc.stdout)  # a pipe: stdout=PIPE
     pending = b""
     try:
-        while chunk := os.read(proc.stdout.fileno(), 65536):
+        while chunk := os.read(stdout.fileno(), 65536):
             *lines, pending = re.split(rb"[\r\n]", pending + chunk)
             for raw in lines:
                 if line := raw.decode("utf-8", "replace").rstrip():
@@ -104,7 +105,7 @@ def stream_process(cmd: list[str], stream: Callable[[str], None], env: dict[str,
             proc.kill()
         raise
     finally:
-        proc.stdout.close()
+        stdout.close()
 
 
 class StageJob(submitit.helpers.Checkpointable):
