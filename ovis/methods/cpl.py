@@ -24,10 +24,12 @@ import time
 from collections.abc import Callable, Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor, nn
+from torchvision.models.detection import MaskRCNN
+from torchvision.models.detection.roi_heads import RoIHeads
 
 from ovis.config import Recipe
 from ovis.data.coco import CocoFormatError, read_json, write_json_atomic, write_text_atomic
@@ -160,12 +162,13 @@ def _ratios(ds: CocoDetection) -> list[float]:
 def _launch_stage(recipe: Recipe, stage: str, run_dir: Path, force: bool, stream: Callable[[str], None],
                   **kw: Any) -> dict:
     from ovis.engine.launch import launch
+    from ovis.engine.train import TrainResult
 
     if force:
         (run_dir / stage / "model_final.pth").unlink(missing_ok=True)
     t0 = time.perf_counter()
     res = launch(recipe, stage, run_dir, stream=stream, resume=not force, **kw)
-    if hasattr(res, "result"):  # a submitit Job (slurm): wait for it
+    if not isinstance(res, TrainResult):  # a submitit Job (slurm): wait for it
         stream(f"{stage}: waiting for Slurm job {res.job_id}")
         res = res.result()
     return {"final": str(res.final), "iteration": res.iteration, "skipped": res.skipped,
@@ -176,7 +179,7 @@ def _launch_stage(recipe: Recipe, stage: str, run_dir: Path, force: bool, stream
 # teacher
 
 
-def build_teacher(recipe: Recipe, run_dir: str | Path) -> nn.Module:
+def build_teacher(recipe: Recipe, run_dir: str | Path) -> MaskRCNN:
     """The R-C4 embedding detector with the base classes' unnormalised name embeddings."""
     base = _partition(Path(run_dir))["base"]
     return build_detector(recipe.model, class_embeddings=class_embeddings(recipe, [c["name"] for c in base], False))
@@ -291,8 +294,9 @@ def student_task(recipe: Recipe, run_dir: str | Path, stage: str = "student") ->
 
     run_dir = Path(run_dir)
     s = recipe.student
-    cfg = dataclasses.replace(s, init=s.init or TEACHER_CHECKPOINT, find_unused_parameters=True)
-    _need(run_dir / cfg.init if not Path(cfg.init).is_absolute() else Path(cfg.init), "train the teacher first")
+    init = s.init or TEACHER_CHECKPOINT
+    cfg = dataclasses.replace(s, init=init, find_unused_parameters=True)
+    _need(run_dir / init if not Path(init).is_absolute() else Path(init), "train the teacher first")
     base_ids = [c["id"] for c in _partition(run_dir)["base"]]
     pv = pseudo_vocabulary(recipe, run_dir)
     pseudo_ids = [c["id"] for c in pv.categories]
@@ -431,7 +435,7 @@ def run_eval(recipe: Recipe, run_dir: str | Path, force: bool = False, stream: C
                                             for s in EVAL_SETTINGS if s.startswith("constrained")}}
     for which in ("teacher", "student"):
         model = load_model(recipe, run_dir, which).to(dev)
-        model.roi_heads.detections_per_img = recipe.eval.detections_per_img
+        cast(RoIHeads, model.roi_heads).detections_per_img = recipe.eval.detections_per_img
         for setting, fname in EVAL_SETTINGS.items():
             gt_path = _need(run_dir / "splits" / fname, "run the splits stage first")
             ds = CocoDetection(gt_path, recipe.data.path(recipe.data.val_images), with_masks=False, drop_crowd=False)

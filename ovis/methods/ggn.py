@@ -296,7 +296,7 @@ def resolve_shards(shard: int | None, num_shards: int | None, default_shards: in
     if (shard is None) != (num_shards is None):
         raise ValueError(f"pass both shard and num_shards or neither (got shard={shard}, num_shards={num_shards})")
     env = os.environ
-    if shard is None:
+    if shard is None or num_shards is None:  # both None (checked above)
         if int(env.get("WORLD_SIZE", "1")) > 1 and "RANK" in env:
             shard, num_shards = int(env["RANK"]), int(env["WORLD_SIZE"])
         elif "SLURM_ARRAY_TASK_ID" in env and "SLURM_ARRAY_TASK_COUNT" in env:
