@@ -43,10 +43,10 @@ import threading
 import time
 import warnings
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence, Sized
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -399,7 +399,8 @@ def final_is_current(out_dir: Path, recipe_hash: str | None) -> bool:
 
 
 def _rng_state(device: torch.device) -> dict[str, Any]:
-    np_state = np.random.get_state()
+    # the legacy tuple (numpy's stubs type the default call as the dict form)
+    np_state = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state(legacy=True))
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
@@ -548,11 +549,12 @@ def train(task: TrainTask, out_dir: str | Path, device: str = "auto", resume: bo
         net = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None,
                                       find_unused_parameters=cfg.find_unused_parameters)
     groups = None
+    n_items = len(cast(Sized, task.dataset))  # torch's Dataset does not declare __len__
     if task.aspect_ratios is not None:
-        if len(task.aspect_ratios) != len(task.dataset):
-            raise ValueError(f"task.aspect_ratios has {len(task.aspect_ratios)} entries for a dataset of {len(task.dataset)} items")
+        if len(task.aspect_ratios) != n_items:
+            raise ValueError(f"task.aspect_ratios has {len(task.aspect_ratios)} entries for a dataset of {n_items} items")
         groups = aspect_ratio_groups(task.aspect_ratios)
-    sampler = InfiniteSampler(len(task.dataset), cfg.seed, info.rank, info.world_size)
+    sampler = InfiniteSampler(n_items, cfg.seed, info.rank, info.world_size)
     loader = DataLoader(
         _SeededDataset(task.dataset),
         batch_sampler=BatchStream(sampler, cfg.batch_size, groups, cfg.seed, start_iter),
@@ -568,7 +570,7 @@ def train(task: TrainTask, out_dir: str | Path, device: str = "auto", resume: bo
     window: dict[str, float] = defaultdict(float)
     window_n, run_t0 = 0, time.perf_counter()
     net.train()
-    data_iter = iter(loader) if start_iter < cfg.max_iter else None
+    data_iter = iter(loader) if start_iter < cfg.max_iter else iter(())  # no loader workers when done
     writer = CheckpointWriter()
     try:
         for it in range(start_iter, cfg.max_iter):
@@ -669,6 +671,8 @@ def load_task_builder(spec: str) -> Callable[[Recipe, Path, str], TrainTask]:
             if not path.is_file():
                 raise TaskError(f"--task {spec!r}: file {path} not found")
             mod_spec = importlib.util.spec_from_file_location(f"_ovis_task_{path.stem}", path)
+            if mod_spec is None or mod_spec.loader is None:
+                raise TaskError(f"--task {spec!r}: {path} cannot be imported as a module")
             module = importlib.util.module_from_spec(mod_spec)
             mod_spec.loader.exec_module(module)
         else:
