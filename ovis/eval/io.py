@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -91,7 +91,7 @@ def _read_list(path: Path) -> list:
     return data
 
 
-def merge_shards(paths: list[str | Path], out: str | Path | None = None) -> list[dict]:
+def merge_shards(paths: Sequence[str | Path], out: str | Path | None = None) -> list[dict]:
     """Concatenate rank shards in the given order; optionally write the merged list to `out`."""
     merged: list[dict] = []
     for p in paths:
