@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import io
 import json
 import re
@@ -147,3 +148,17 @@ def test_empty_detections_are_valid_and_all_zero():
     res = evaluate("coco", _tiny_gt(), [], "segm")
     assert "empty" in res["notes"][0]
     assert [s for s in res["metrics"]["stats"] if s != -1] == [0.0] * 8  # no small/large... entries are -1
+
+
+def test_evaluation_leaves_the_garbage_collector_as_it_found_it():
+    assert gc.isenabled()
+    evaluate("coco", _tiny_gt(), [], "segm")
+    with pytest.raises(EvalInputError):
+        evaluate("coco", _tiny_gt(), [{"image_id": 8, "category_id": 1, "score": 0.5, "bbox": [0, 0, 1, 1]}], "bbox")
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        evaluate("coco", _tiny_gt(), [], "segm")
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
