@@ -15,7 +15,7 @@ import secrets
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeGuard
 
 import numpy as np
 
@@ -167,9 +167,9 @@ def validate_coco(data: Any, name: str = "<dataset>", need_file_names: bool = Fa
         if not isinstance(data[key], list):
             kind = type(data[key]).__name__
             raise CocoFormatError(f"{name}: {key!r} is a {kind}, expected a list")
-    for key, kind in (("info", dict), ("licenses", list)):
-        if key in data and not isinstance(data[key], kind):
-            raise CocoFormatError(f"{name}: {key!r} is a {type(data[key]).__name__}, expected a {kind.__name__}")
+    for key, expected in (("info", dict), ("licenses", list)):
+        if key in data and not isinstance(data[key], expected):
+            raise CocoFormatError(f"{name}: {key!r} is a {type(data[key]).__name__}, expected a {expected.__name__}")
 
     sizes = _image_sizes(data["images"], name, need_file_names)
     categories = _entries(data["categories"], "category", name)
@@ -220,7 +220,7 @@ def _rle_problem(total: int, area: int) -> str:
     return f"RLE counts string covers {total} pixels, expected height*width = {area}"
 
 
-def is_coco_id(value: Any) -> bool:
+def is_coco_id(value: Any) -> TypeGuard[int]:
     """An id COCO tools can hold: a 64-bit integer (not a bool, float or string)."""
     return type(value) is int and -(2**63) <= value < 2**63
 
