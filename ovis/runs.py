@@ -157,7 +157,7 @@ def folder_lock(folder: str | Path) -> Iterator[Path]:
         if holder in _held_by_ancestor(folder):
             yield folder
             return
-        raise FolderInUse(f"{folder} is in use by another ovis process (pid {holder if holder > 0 else '?'}); "
+        raise FolderInUse(f"{folder} is in use by another ovis process (pid {holder if holder and holder > 0 else '?'}); "
                           "wait for it to finish or write into another folder")
     held = os.environ.get(HELD_LOCKS_ENV)
     try:
