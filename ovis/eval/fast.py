@@ -28,6 +28,7 @@ bit-identical, not merely close.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 from pycocotools import mask as mask_utils
@@ -126,7 +127,8 @@ def prepare_inputs(
     bounds = np.flatnonzero(np.r_[True, sorted_imgs[1:] != sorted_imgs[:-1], True])
     for lo, hi in zip(bounds[:-1], bounds[1:]):
         idx = order[lo:hi]
-        geometry = [dets[i]["segmentation"] for i in idx] if iou_type == "segm" else boxes[idx]
+        # checked bbox detections all carry a bbox, so boxes is set for iou_type bbox
+        geometry = [dets[i]["segmentation"] for i in idx] if iou_type == "segm" else cast(np.ndarray, boxes)[idx]
         out[sorted_imgs[lo].item()] = ImageDets(geometry, scores[idx], ranks[idx], areas[idx])
     return cat_ids, gts, out
 
