@@ -90,7 +90,7 @@ def partition_ids(data: Any, name: str = "partition") -> tuple[list[int], list[i
     if keys is None:
         raise EvalInputError(f"{name}: a partition needs keys base/novel (or voc/nonvoc, seen/unseen); "
                              f"got {sorted(map(str, data))}")
-    ids: list[list[int]] = []
+    ids: list[list[Any]] = []  # category ids once each list is checked
     for key in keys:
         entries = data[key]
         if not isinstance(entries, list):
@@ -257,6 +257,8 @@ def _evaluate(proto: Protocol, gt: str | Path | dict, detections: str | Path | l
     notes: list[str] = []
     if not dets:
         notes.append("empty detection list: every metric is 0 (or -1 where the GT has no instances)")
+    metrics: dict[str, Any]  # None for undefined metrics below
+    extra: dict[str, Any]
     if proto.kind == "coco":
         metrics, extra = {"stats": coco_eval(gt_data, dets, iou_type, backend).stats}, {}
     elif proto.kind == "ovr":
