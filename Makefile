@@ -27,6 +27,7 @@ demo: setup
 
 test: setup
 	$(VENV)/bin/ruff check ovis tests benchmarks tools
+	$(VENV)/bin/mypy
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 test-slow: setup
