@@ -23,6 +23,7 @@ from ovis.data.coco import (
     mask_to_rle,
     masks_to_rles,
     save_coco,
+    validate_coco,
     write_json_atomic,
     write_text_atomic,
 )
@@ -173,6 +174,8 @@ BAD = {
                          "annotation 12 (image 2): 'segmentation' RLE counts hold a value that is not an integer ≥ 0"),
     "polygon string coordinate": (_set(("annotations", 0, "segmentation", 0), [1, 1, "5", 1, 5, 5]),
                                   "annotation 10 (image 1): 'segmentation' polygon coordinate '5' is not a finite number"),
+    "polygon bool coordinate": (_set(("annotations", 1, "segmentation", 1), [1, 1, 5, True, 5, 5]),
+                                "annotation 11 (image 1): 'segmentation' polygon coordinate True is not a finite number (part 1 of 2)"),
     "bbox string value": (_set(("annotations", 0, "bbox"), [1, "1", 2, 3]),
                           "annotation 10 (image 1): 'bbox' [1, '1', 2, 3] holds a value that is not a finite number"),
     "bbox outside image": (_set(("annotations", 0, "bbox"), [5000, 1, 2, 3]),
@@ -184,6 +187,13 @@ BAD = {
     "category without name": (_delete("categories", 0, "name"),
                               "category 3: 'name' is None, expected a non-empty string"),
 }
+
+
+def test_polygons_of_numpy_numbers_are_valid_in_memory() -> None:
+    data = tiny()
+    data["annotations"][0]["segmentation"] = [np.asarray(data["annotations"][0]["segmentation"][0], np.float64).tolist()]
+    data["annotations"][0]["segmentation"][0][1] = np.float64(data["annotations"][0]["segmentation"][0][1])
+    validate_coco(data, "in memory")
 
 
 @pytest.mark.parametrize("case", list(BAD))

@@ -279,6 +279,14 @@ def is_finite_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+def _finite_numbers(values: list) -> bool:
+    """`is_finite_number` for every value; JSON's plain ints and floats are checked in C (a COCO
+    file holds millions of polygon coordinates)."""
+    if set(map(type, values)) <= {int, float}:
+        return all(map(math.isfinite, values))
+    return all(map(is_finite_number, values))
+
+
 # pycocotools rasterises polygons at 5x in 32-bit ints: a coordinate beyond this overflows them
 _POLYGON_LIMIT = 2**31 / 5
 
@@ -290,7 +298,7 @@ def _check_segmentation(segm: Any, hw: tuple[int, int], where: str,
         if not segm:
             raise CocoFormatError(f"{where}: 'segmentation' is an empty polygon list")
         for j, part in enumerate(segm):
-            if (type(part) is list and len(part) >= 6 and len(part) % 2 == 0 and all(map(is_finite_number, part))
+            if (type(part) is list and len(part) >= 6 and len(part) % 2 == 0 and _finite_numbers(part)
                     and max(map(abs, part)) < _POLYGON_LIMIT):
                 continue
             part_of = f" (part {j} of {len(segm)})" if len(segm) > 1 else ""
