@@ -13,6 +13,9 @@ low-score fill; ties in scores), written to json files first, as a model's resul
     `--backend pycocotools` (the reference); every metric must be identical.
 
 Runs are interleaved (tool order within a run fixed); medians are reported. Last line: key=value.
+ovis's bytecode is compiled first: pycocotools and faster-coco-eval run from the .pyc files their
+install wrote, and a checkout with PYTHONDONTWRITEBYTECODE=1 would otherwise recompile ovis's
+modules in every timed process (30-40 ms).
 
     .venv/bin/python benchmarks/eval_speed.py [--runs 3] [--per-image 100] [--ar-per-image 1000]
 """
@@ -20,6 +23,7 @@ Runs are interleaved (tool order within a run fixed); medians are reported. Last
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import statistics
 import subprocess
@@ -28,6 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import ovis
 from ovis.eval.synthetic import class_agnostic, repeat_gt, synthetic_detections
 
 VAL = Path(__file__).resolve().parents[1] / "tests" / "data" / "real" / "coco_mini" / "annotations" / "instances_val2017.json"
@@ -93,6 +98,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
+    compileall.compile_dir(Path(ovis.__file__).parent, quiet=1)
     gt_data = json.loads(VAL.read_text())
     figures: dict[str, object] = {"images": len(gt_data["images"]), "per_image": args.per_image, "runs": args.runs}
     with tempfile.TemporaryDirectory() as tmp:
