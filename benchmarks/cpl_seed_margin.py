@@ -1,0 +1,83 @@
+"""How much of the CPL student's margin over its teacher is the training seed? (CPL acceptance diagnostic.)
+
+From a CPL run whose splits, grounding, teacher and pseudo stages are done, trains the robust student
+once per seed (``student.seed``) in ``<out>/seed<k>/`` (the run's finished stages linked in, nothing
+of the run changed) and runs the eval stage there: generalized mask AP50 on base and novel classes,
+teacher and student. A student already trained there is not retrained, only evaluated.
+
+    python benchmarks/cpl_seed_margin.py --run-dir runs/demo_cpl --seeds 0,1,2 [--out DIR] [--set KEY=VALUE ...]
+
+Last line (generalized mask AP50, %): ``seeds=… teacher_base=… teacher_novel=… student_base_mean=…
+student_novel_mean=… margin_mean=… margin_min=… margin_max=… base_drop_max=…`` (margin = student −
+teacher novel AP50; base_drop = teacher − student base AP50, points).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from ovis.config import load_recipe
+from ovis.engine.train import run_stage
+from ovis.methods import cpl
+
+SHARED = ("splits", "grounding", "teacher", "pseudo")
+
+
+def seed_dir(run_dir: Path, out: Path, seed: int) -> Path:
+    """``<out>/seed<k>/`` with the run's finished shared stages linked in."""
+    d = out / f"seed{seed}"
+    d.mkdir(parents=True, exist_ok=True)
+    for name in SHARED:
+        src = (run_dir / name).resolve()
+        if not (src / "stage.json").is_file() and not (src / "model_final.pth").is_file():
+            raise SystemExit(f"{src}: the {name} stage is not done; run `ovis reproduce <recipe> --stages "
+                             "splits,teacher,pseudo` first")
+        link = d / name
+        if not link.exists():
+            link.symlink_to(src, target_is_directory=True)
+    return d
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--run-dir", type=Path, default=Path("runs/demo_cpl"))
+    p.add_argument("--recipe", default="demo_cpl")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated student.seed values")
+    p.add_argument("--out", type=Path, default=None, help="default <run-dir>/seed_margin")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    args = p.parse_args(argv)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    out = args.out or args.run_dir / "seed_margin"
+    logging.getLogger("ovis").setLevel(logging.WARNING)
+    ap50: list[dict[str, dict[str, float]]] = []  # per seed: {model: {"base", "novel"}} in %
+    for seed in seeds:
+        recipe = load_recipe(args.recipe, [*args.overrides, f"student.seed={seed}"])
+        d = seed_dir(args.run_dir, out, seed)
+        run_stage(recipe, "student", d, device=recipe.launch.device, progress=False)
+        rows = cpl.run_eval(recipe, d, stream=lambda _: None)
+        gen = [r for r in rows if r["setting"] == "generalized" and r["iou_type"] == "segm"]
+        if any(r[k] is None for r in gen for k in ("AP50_base", "AP50_novel")):
+            raise SystemExit(f"{d}: the validation file has no base or no novel GT; no margin to measure")
+        ap50.append({r["model"]: {"base": 100 * r["AP50_base"], "novel": 100 * r["AP50_novel"]} for r in gen})
+        t, s = ap50[-1]["teacher"], ap50[-1]["student"]
+        print(f"seed {seed}: generalized mask AP50 base / novel: teacher {t['base']:.1f} / {t['novel']:.1f}, "
+              f"student {s['base']:.1f} / {s['novel']:.1f}", flush=True)
+
+    def stats(name: str, values: list[float]) -> str:
+        return (f"{name}_mean={sum(values) / len(values):.1f} {name}_min={min(values):.1f} "
+                f"{name}_max={max(values):.1f}")
+
+    teacher = ap50[0]["teacher"]  # the teacher is shared: the same numbers on every seed
+    margins = [r["student"]["novel"] - r["teacher"]["novel"] for r in ap50]
+    drops = [r["teacher"]["base"] - r["student"]["base"] for r in ap50]
+    print(f"seeds={','.join(map(str, seeds))} teacher_base={teacher['base']:.1f} teacher_novel={teacher['novel']:.1f} "
+          f"student_base_mean={sum(r['student']['base'] for r in ap50) / len(ap50):.1f} "
+          f"student_novel_mean={sum(r['student']['novel'] for r in ap50) / len(ap50):.1f} "
+          + stats("margin", margins) + f" base_drop_max={max(drops):.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
