@@ -6,7 +6,7 @@ import contextlib
 import importlib
 import sys
 
-from ovis.runs import folder_lock
+from ovis.locks import folder_lock
 
 # subcommand -> (module with `main(argv) -> int`, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {

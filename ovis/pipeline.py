@@ -19,7 +19,8 @@ from pathlib import Path
 
 from ovis.config import Recipe, RecipeError, list_recipes, load_recipe
 from ovis.data.splits import check_data_files
-from ovis.runs import STAGES, FolderInUse, default_run_dir, folder_lock, stage_done
+from ovis.locks import FolderInUse, folder_lock
+from ovis.runs import STAGES, default_run_dir, stage_done
 
 NOTEBOOKS = {
     "splits": "00_splits.ipynb",

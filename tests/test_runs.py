@@ -15,12 +15,13 @@ import tiny
 from ovis.cli import main as ovis
 from ovis.config import load_recipe
 from ovis.data.splits import run_splits_stage
-from ovis.runs import LOCK, STAGES, FolderInUse, folder_lock, mark_stage_done, stage_done, stage_hash, training_stages
+from ovis.locks import LOCK, FolderInUse, folder_lock
+from ovis.runs import STAGES, mark_stage_done, stage_done, stage_hash, training_stages
 
 ANN = Path(__file__).parent / "data" / "real" / "coco_mini" / "annotations"
 HOLDER = """
 import sys, time
-from ovis.runs import folder_lock
+from ovis.locks import folder_lock
 with folder_lock(sys.argv[1]):
     print("locked", flush=True)
     time.sleep(120)
@@ -145,7 +146,7 @@ def test_a_second_splits_into_a_folder_in_use_fails_at_once_naming_it_and_the_ho
 
 def test_a_child_of_the_holder_may_write_into_its_folder_and_nobody_else(tmp_path):
     run = tmp_path / "run"
-    child = [sys.executable, "-c", "import sys; from ovis.runs import folder_lock\nwith folder_lock(sys.argv[1]): pass",
+    child = [sys.executable, "-c", "import sys; from ovis.locks import folder_lock\nwith folder_lock(sys.argv[1]): pass",
              str(run)]
     with folder_lock(run) as locked:
         assert locked == run and (run / LOCK).read_text() == str(os.getpid())

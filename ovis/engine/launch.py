@@ -26,7 +26,7 @@ import submitit
 from ovis.config import Recipe, load_recipe, parse_overrides, recipe_from_dict
 from ovis.engine import dist as odist
 from ovis.engine.train import FINAL, LAST, METRICS, TrainResult, load_checkpoint, run_stage
-from ovis.runs import folder_lock
+from ovis.locks import folder_lock
 
 LAUNCHERS = ("local", "torchrun", "slurm")
 

@@ -59,7 +59,8 @@ from ovis.config import Recipe, TrainConfig, load_recipe
 from ovis.data.coco import remove_stale_temps
 from ovis.engine import dist as odist
 from ovis.engine.schedule import build_lr_scheduler, build_optimizer
-from ovis.runs import TRAINING_STAGES, FolderInUse, folder_lock, stage_hash
+from ovis.locks import FolderInUse, folder_lock
+from ovis.runs import TRAINING_STAGES, stage_hash
 
 logger = logging.getLogger(__name__)
 
