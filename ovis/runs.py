@@ -92,10 +92,34 @@ def stage_done(run_dir: str | Path, stage: str, recipe: Recipe) -> bool:
             and file_signature(run_dir, [i[0] for i in inputs]) == inputs)
 
 
+def _upstream_outputs(run_dir: str | Path, stage: str) -> list[str]:
+    """The outputs (relative to the run dir) that the earlier stages' markers record."""
+    out = []
+    for earlier in STAGES[: STAGES.index(stage)]:
+        marker = stage_dir(run_dir, earlier) / MARKER
+        if marker.is_file():
+            out += [f"{earlier}/{o}" for o in json.loads(marker.read_text()).get("outputs", [])]
+    return out
+
+
+def inputs_changed(run_dir: str | Path, stage: str, recipe: Recipe) -> bool:
+    """True when ``stage`` finished for this recipe but a file it read has changed since (an earlier
+    stage ran again, a source file was edited): its outputs must be made afresh, not resumed."""
+    marker = stage_dir(run_dir, stage) / MARKER
+    if not marker.is_file():
+        return False
+    info = json.loads(marker.read_text())
+    inputs = info.get("inputs", [])
+    return (info.get("recipe_hash") == stage_hash(recipe, stage)
+            and file_signature(run_dir, [i[0] for i in inputs]) != inputs)
+
+
 def mark_stage_done(run_dir: str | Path, stage: str, recipe: Recipe, outputs: list[str],
                     inputs: Sequence[str | Path] = (), **extra: Any) -> Path:
     """Record that ``stage`` wrote ``outputs`` (relative to the stage folder) for this recipe, having
-    read ``inputs`` (relative to the run dir; their size and mtime are recorded)."""
+    read ``inputs`` (relative to the run dir) and every earlier stage's outputs; the size and mtime of
+    each input are recorded, so that the stage runs again when one changes."""
+    inputs = [*inputs, *_upstream_outputs(run_dir, stage)]
     info = {"stage": stage, "recipe": recipe.name, "recipe_hash": stage_hash(recipe, stage), "outputs": outputs,
             "inputs": file_signature(run_dir, inputs), "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **extra}
     return write_json_atomic(info, stage_dir(run_dir, stage) / MARKER)

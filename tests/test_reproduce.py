@@ -51,6 +51,15 @@ def test_six_notebooks_run_headless_and_write_every_stage_file(recipe, tmp_path,
     assert json.loads((run / "eval" / "metrics.json").read_text())["protocol"] == recipe.replace("demo_cpl", "demo_ovr").replace("demo_ggn", "demo_open_world")
     again = reproduce(recipe, ["teacher", "pseudo"], tmp_path / "run", as_overrides(tiny, **{"data.root": "data"}), log=lambda s: None)
     assert [r.status for r in again] == ["skipped", "skipped"]
+    # a file an earlier stage wrote changes (its splits made again from edited annotations): what read it is redone
+    train_base = run / "splits" / "train_base.json"
+    coco = json.loads(train_base.read_text())
+    train_base.write_text(json.dumps({**coco, "annotations": coco["annotations"][1:]}))
+    final = run / "teacher" / "model_final.pth"
+    before = final.stat().st_mtime_ns
+    redo = reproduce(recipe, ["teacher", "pseudo"], tmp_path / "run", as_overrides(tiny, **{"data.root": "data"}), log=lambda s: None)
+    assert [r.status for r in redo] == ["ran", "ran"]
+    assert final.stat().st_mtime_ns != before  # trained afresh, not resumed from the finished checkpoint
 
 
 def test_killed_reproduce_resumes_training_instead_of_restarting(tmp_path):

@@ -16,7 +16,7 @@ from ovis.cli import main as ovis
 from ovis.config import load_recipe
 from ovis.data.splits import run_splits_stage
 from ovis.locks import LOCK, FolderInUse, folder_lock
-from ovis.runs import STAGES, mark_stage_done, stage_done, stage_hash, training_stages
+from ovis.runs import STAGES, inputs_changed, mark_stage_done, stage_done, stage_hash, training_stages
 
 ANN = Path(__file__).parent / "data" / "real" / "coco_mini" / "annotations"
 HOLDER = """
@@ -91,6 +91,21 @@ def test_recorded_inputs_that_change_or_appear_make_a_stage_stale(tmp_path):
     (tmp_path / "eval").mkdir()
     (tmp_path / "eval" / "stage.json").write_text("{}")  # a stage that finishes later
     assert not stage_done(tmp_path, "curves", r)
+
+
+def test_a_stage_is_stale_when_an_earlier_stage_rewrote_its_outputs(tmp_path):
+    r = load_recipe("demo_ggn")
+    for stage, out in (("splits", "train_base.json"), ("teacher", "model_final.pth")):
+        (tmp_path / stage).mkdir()
+        (tmp_path / stage / out).write_text("first")
+        mark_stage_done(tmp_path, stage, r, [out])
+    inputs = json.loads((tmp_path / "teacher" / "stage.json").read_text())["inputs"]
+    assert [i[0] for i in inputs] == ["splits/train_base.json"]
+    assert stage_done(tmp_path, "teacher", r) and not inputs_changed(tmp_path, "teacher", r)
+    (tmp_path / "splits" / "train_base.json").write_text("second, longer")
+    assert not stage_done(tmp_path, "teacher", r)
+    assert inputs_changed(tmp_path, "teacher", r)  # so the stage trains afresh instead of resuming
+    assert not inputs_changed(tmp_path, "teacher", load_recipe("demo_ggn", ["teacher.max_iter=3"]))  # a new recipe: not "changed inputs"
 
 
 def test_splits_stage_reruns_when_a_source_file_changes(tmp_path):

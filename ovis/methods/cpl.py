@@ -209,9 +209,10 @@ def run_teacher(recipe: Recipe, run_dir: str | Path, launcher: str | None = None
     """Stage 01 (CPL): caption grounding (``<run_dir>/grounding/``) then the teacher
     (``<run_dir>/teacher/``) through :func:`ovis.engine.launch.launch`; marks stage "teacher" done.
     Returns ``{"grounding": {...}, "teacher": {...}}`` (checkpoint, iterations, seconds)."""
-    from ovis.runs import mark_stage_done, stage_done
+    from ovis.runs import inputs_changed, mark_stage_done, stage_done
 
     run_dir = Path(run_dir)
+    force = force or inputs_changed(run_dir, "teacher", recipe)  # redo, do not resume
     if not force and stage_done(run_dir, "teacher", recipe):
         return json.loads((run_dir / "teacher" / "stage.json").read_text())["results"]
     kw = dict(launcher=launcher, nproc=nproc, nodes=nodes, partition=partition)
@@ -323,9 +324,10 @@ def run_student(recipe: Recipe, run_dir: str | Path, launcher: str | None = None
                 nodes: int | None = None, partition: str | None = None, stream: Callable[[str], None] = print,
                 force: bool = False) -> dict:
     """Stage 03 (CPL): train the robust student into ``<run_dir>/student/``; marks it done."""
-    from ovis.runs import mark_stage_done, stage_done
+    from ovis.runs import inputs_changed, mark_stage_done, stage_done
 
     run_dir = Path(run_dir)
+    force = force or inputs_changed(run_dir, "student", recipe)  # redo, do not resume
     if not force and stage_done(run_dir, "student", recipe):
         return json.loads((run_dir / "student" / "stage.json").read_text())["results"]
     res = _launch_stage(recipe, "student", run_dir, force, stream, launcher=launcher, nproc=nproc, nodes=nodes,

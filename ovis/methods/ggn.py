@@ -61,7 +61,7 @@ from ovis.pseudo.grouping import (
     gt_iou,
     select_pseudo,
 )
-from ovis.runs import mark_stage_done, stage_dir, stage_done
+from ovis.runs import inputs_changed, mark_stage_done, stage_dir, stage_done
 
 __all__ = [
     "baseline_task",
@@ -239,6 +239,7 @@ def run_teacher(recipe: Recipe, run_dir: str | Path, launcher: str | None = None
     Returns ``{"stage", "final", "iterations", "skipped", "seconds"}``.
     """
     run_dir = Path(run_dir)
+    force = force or inputs_changed(run_dir, "teacher", recipe)  # redo, do not resume
     if not force and stage_done(run_dir, "teacher", recipe):
         info = json.loads((stage_dir(run_dir, "teacher") / "stage.json").read_text())
         return {**info.get("result", {}), "skipped": True}
@@ -258,6 +259,7 @@ def run_student(recipe: Recipe, run_dir: str | Path, launcher: str | None = None
     [, "oln": {...}, "oln_baseline": {...}]}``.
     """
     run_dir = Path(run_dir)
+    force = force or inputs_changed(run_dir, "student", recipe)  # redo, do not resume
     if not force and stage_done(run_dir, "student", recipe):
         info = json.loads((stage_dir(run_dir, "student") / "stage.json").read_text())
         return {k: {**v, "skipped": True} for k, v in info.get("result", {}).items()}
@@ -638,6 +640,7 @@ def run_pseudo(recipe: Recipe, run_dir: str | Path, shard: int | None = None, nu
     this process's shards).
     """
     run_dir = Path(run_dir)
+    force = force or inputs_changed(run_dir, "pseudo", recipe)  # redo, do not resume
     if not force and stage_done(run_dir, "pseudo", recipe):
         return json.loads((_pseudo_dir(run_dir) / "stats.json").read_text())
     if not (run_dir / "teacher" / FINAL).is_file():

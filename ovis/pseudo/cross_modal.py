@@ -329,10 +329,11 @@ def run_pseudo(recipe: Recipe, run_dir: str | Path, shard: int | None = None, nu
     torch.distributed, rank 0 merges after a barrier. ``labeler`` replaces the teacher (tests).
     """
     from ovis.engine.dist import barrier, get_rank, resolve_device
-    from ovis.runs import stage_dir, stage_done
+    from ovis.runs import inputs_changed, stage_dir, stage_done
 
     run_dir = Path(run_dir)
     out = stage_dir(run_dir, "pseudo")
+    force = force or inputs_changed(run_dir, "pseudo", recipe)  # redo, do not resume
     if not force and stage_done(run_dir, "pseudo", recipe):
         return json.loads((out / "stats.json").read_text())
     shard, num_shards = resolve_shard(shard, num_shards)
