@@ -21,23 +21,9 @@ from pathlib import Path
 from ovis.config import load_recipe
 from ovis.engine.train import run_stage
 from ovis.methods import cpl
+from ovis.runs import link_stages
 
 SHARED = ("splits", "grounding", "teacher", "pseudo")
-
-
-def seed_dir(run_dir: Path, out: Path, seed: int) -> Path:
-    """``<out>/seed<k>/`` with the run's finished shared stages linked in."""
-    d = out / f"seed{seed}"
-    d.mkdir(parents=True, exist_ok=True)
-    for name in SHARED:
-        src = (run_dir / name).resolve()
-        if not (src / "stage.json").is_file() and not (src / "model_final.pth").is_file():
-            raise SystemExit(f"{src}: the {name} stage is not done; run `ovis reproduce <recipe> --stages "
-                             "splits,teacher,pseudo` first")
-        link = d / name
-        if not link.exists():
-            link.symlink_to(src, target_is_directory=True)
-    return d
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,7 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     ap50: list[dict[str, dict[str, float]]] = []  # per seed: {model: {"base", "novel"}} in %
     for seed in seeds:
         recipe = load_recipe(args.recipe, [*args.overrides, f"student.seed={seed}"])
-        d = seed_dir(args.run_dir, out, seed)
+        try:
+            d = link_stages(args.run_dir, out / f"seed{seed}", SHARED)
+        except FileNotFoundError as e:
+            raise SystemExit(f"{e}; run `ovis reproduce {args.recipe} --stages splits,teacher,pseudo` first") from None
         run_stage(recipe, "student", d, device=recipe.launch.device, progress=False)
         rows = cpl.run_eval(recipe, d, stream=lambda _: None)
         gen = [r for r in rows if r["setting"] == "generalized" and r["iou_type"] == "segm"]

@@ -23,23 +23,9 @@ from pathlib import Path
 from ovis.config import load_recipe
 from ovis.engine.train import run_stage
 from ovis.methods import ggn
+from ovis.runs import link_stages
 
 SHARED = ("splits", "teacher", "pseudo")
-
-
-def seed_dir(run_dir: Path, out: Path, seed: int) -> Path:
-    """``<out>/seed<k>/`` with the run's finished splits, teacher and pseudo stages linked in."""
-    d = out / f"seed{seed}"
-    d.mkdir(parents=True, exist_ok=True)
-    for name in SHARED:
-        src = (run_dir / name).resolve()
-        if not (src / "stage.json").is_file():
-            raise SystemExit(f"{src}: the {name} stage is not done; run `ovis reproduce <recipe> --stages "
-                             "splits,teacher,pseudo` first")
-        link = d / name
-        if not link.exists():
-            link.symlink_to(src, target_is_directory=True)
-    return d
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,7 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     mask, box = [], []  # per seed: {model: unseen AR@100 %}
     for seed in seeds:
         recipe = load_recipe(args.recipe, [*args.overrides, f"student.seed={seed}"])
-        d = seed_dir(args.run_dir, out, seed)
+        try:
+            d = link_stages(args.run_dir, out / f"seed{seed}", SHARED)
+        except FileNotFoundError as e:
+            raise SystemExit(f"{e}; run `ovis reproduce {args.recipe} --stages splits,teacher,pseudo` first") from None
         for stage in models:
             run_stage(recipe, stage, d, device=recipe.launch.device, progress=False)
         res = ggn.evaluate_models(recipe, d, models, d / "eval", stream=lambda _: None)

@@ -123,3 +123,21 @@ def mark_stage_done(run_dir: str | Path, stage: str, recipe: Recipe, outputs: li
     info = {"stage": stage, "recipe": recipe.name, "recipe_hash": stage_hash(recipe, stage), "outputs": outputs,
             "inputs": file_signature(run_dir, inputs), "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **extra}
     return write_json_atomic(info, stage_dir(run_dir, stage) / MARKER)
+
+
+def link_stages(run_dir: str | Path, new_run_dir: str | Path, folders: Sequence[str]) -> Path:
+    """``new_run_dir`` with the finished ``folders`` of ``run_dir`` linked in (a pipeline stage needs its
+    marker, a training folder such as ``grounding`` its ``model_final.pth``), so that later stages can be
+    trained there again (other seeds, other settings) without touching the run. Returns ``new_run_dir``."""
+    new = Path(new_run_dir)
+    new.mkdir(parents=True, exist_ok=True)
+    for name in folders:
+        src = (Path(run_dir) / name).resolve()
+        done = src / (MARKER if name in STAGES else "model_final.pth")
+        if not done.is_file():
+            raise FileNotFoundError(f"{done} not found: the {name} stage of {run_dir} is not done")
+        link = new / name
+        if not link.exists():
+            link.symlink_to(src, target_is_directory=True)
+    return new
+

@@ -16,7 +16,7 @@ from ovis.cli import main as ovis
 from ovis.config import load_recipe
 from ovis.data.splits import run_splits_stage
 from ovis.locks import LOCK, FolderInUse, folder_lock
-from ovis.runs import STAGES, inputs_changed, mark_stage_done, stage_done, stage_hash, training_stages
+from ovis.runs import STAGES, inputs_changed, link_stages, mark_stage_done, stage_done, stage_hash, training_stages
 
 ANN = Path(__file__).parent / "data" / "real" / "coco_mini" / "annotations"
 HOLDER = """
@@ -195,3 +195,19 @@ def test_a_second_training_or_reproduce_run_into_a_run_dir_in_use_fails_at_once(
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_link_stages_links_finished_stages_and_names_an_unfinished_one(tmp_path):
+    r = load_recipe("demo_cpl")
+    run = tmp_path / "run"
+    (run / "splits").mkdir(parents=True)
+    (run / "splits" / "val.json").write_text("{}")
+    mark_stage_done(run, "splits", r, ["val.json"])
+    (run / "grounding").mkdir()
+    (run / "grounding" / "model_final.pth").write_bytes(b"x")
+    new = link_stages(run, tmp_path / "seed1", ["splits", "grounding"])
+    assert (new / "splits").is_symlink() and (new / "splits" / "val.json").read_text() == "{}"
+    assert stage_done(new, "splits", r)
+    assert link_stages(run, new, ["splits"]) == new  # again: nothing to do
+    with pytest.raises(FileNotFoundError, match=r"teacher/stage.json not found: the teacher stage of .* is not done"):
+        link_stages(run, tmp_path / "seed2", ["teacher"])
