@@ -419,20 +419,16 @@ def _eval_argv(gt: Path, dets: Path, iou_type: str, out: Path) -> list[str]:
             "--out", str(out)]
 
 
-@pytest.mark.parametrize("case", SEGM_CASES, ids=_ids(SEGM_CASES))
-def test_eval_refuses_corrupt_segm_detections(case: Corruption, eval_out: Path, tmp_path: Path,
-                                              capsys: pytest.CaptureFixture) -> None:
-    bad = tmp_path / SEGM100.name
-    names = write_corrupt(SEGM100, bad, case)
-    assert_refused(_eval_argv(GT100, bad, "segm", eval_out), capsys, [eval_out], names, bad.name)
+DETECTION_CASES = [(SEGM100, "segm", c) for c in SEGM_CASES] + [(BBOX100, "bbox", c) for c in BBOX_CASES]
+DETECTION_IDS = [f"segm:{label}" for label in _ids(SEGM_CASES)] + [f"bbox:{label}" for label in _ids(BBOX_CASES)]
 
 
-@pytest.mark.parametrize("case", BBOX_CASES, ids=_ids(BBOX_CASES))
-def test_eval_refuses_corrupt_bbox_detections(case: Corruption, eval_out: Path, tmp_path: Path,
-                                              capsys: pytest.CaptureFixture) -> None:
-    bad = tmp_path / BBOX100.name
-    names = write_corrupt(BBOX100, bad, case)
-    assert_refused(_eval_argv(GT100, bad, "bbox", eval_out), capsys, [eval_out], names, bad.name)
+@pytest.mark.parametrize(("source", "iou_type", "case"), DETECTION_CASES, ids=DETECTION_IDS)
+def test_eval_refuses_corrupt_detections(source: Path, iou_type: str, case: Corruption, eval_out: Path,
+                                         tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    bad = tmp_path / source.name
+    names = write_corrupt(source, bad, case)
+    assert_refused(_eval_argv(GT100, bad, iou_type, eval_out), capsys, [eval_out], names, bad.name)
 
 
 @pytest.mark.parametrize("case", GT_CASES, ids=_ids(GT_CASES))
