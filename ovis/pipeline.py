@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ovis.config import Recipe, RecipeError, list_recipes, load_recipe
+from ovis.data.coco import read_json, validate_coco
 from ovis.data.splits import check_data_files
 from ovis.locks import FolderInUse, folder_lock
-from ovis.runs import STAGES, default_run_dir, stage_done
+from ovis.runs import STAGES, default_run_dir, stage_done, training_stages
 
 NOTEBOOKS = {
     "splits": "00_splits.ipynb",
@@ -112,6 +113,28 @@ def run_stage(stage: str, recipe: Recipe, recipe_ref: str, run_dir: Path, overri
     return StageResult(stage, "ran", time.perf_counter() - start, out)
 
 
+def check_run_files(run_dir: Path, stage: str, checked: set[tuple[Path, int, int]]) -> None:
+    """Read and check what the stages before ``stage`` left in the run folder, as ``stage`` will read it:
+    every JSON file (COCO instances files fully, with ``validate_coco``) and every ``model_final.pth``.
+    A corrupt one stops ``reproduce`` with one line naming it before the stage's kernel starts or
+    writes its notebook. ``checked`` holds the (path, size, mtime) already found good."""
+    from ovis.engine.train import load_checkpoint
+
+    folders = [run_dir / f for s in STAGES[: STAGES.index(stage)] for f in dict.fromkeys([s, *training_stages(s)])]
+    files = [p for f in folders for p in sorted(f.glob("*.json")) + [f / "model_final.pth"] if p.is_file()]
+    for path in files:
+        key = (path, path.stat().st_size, path.stat().st_mtime_ns)
+        if key in checked:
+            continue
+        if path.suffix == ".pth":
+            load_checkpoint(path, mmap=True, keys=("model",))
+        else:
+            data = read_json(path)
+            if isinstance(data, dict) and "images" in data and "annotations" in data:
+                validate_coco(data, str(path), need_file_names=True)
+        checked.add(key)
+
+
 def reproduce(recipe_ref: str, stages: list[str] | None = None, run_dir: str | Path | None = None,
               overrides: list[str] | None = None, force: bool = False, log=print) -> list[StageResult]:
     """Run ``stages`` (default: all six) of a recipe; returns what ran and what was skipped. Holds the
@@ -123,8 +146,11 @@ def reproduce(recipe_ref: str, stages: list[str] | None = None, run_dir: str | P
     todo = stages or list(STAGES)
     if "splits" in todo and (force or not stage_done(run_dir, "splits", recipe)):
         check_data_files(recipe.data)  # a bad data file stops the run before a kernel starts or a file is written
+    checked: set[tuple[Path, int, int]] = set()
     with folder_lock(run_dir):
         for i, stage in enumerate(todo, 1):
+            if force or not stage_done(run_dir, stage, recipe):
+                check_run_files(run_dir, stage, checked)
             log(f"[{i}/{len(todo)}] {stage}: running {NOTEBOOKS[stage]} ...")
             result = run_stage(stage, recipe, recipe_ref, run_dir, overrides, force)
             what = "skipped (outputs match recipe hash)" if result.status == "skipped" else f"done in {result.seconds:.1f} s"

@@ -571,6 +571,27 @@ def test_pseudo_refuses_corrupt_teacher_checkpoint(kind: str, run_copy: tuple[Pa
     assert_refused(["pseudo", "--recipe", str(recipe_path), "--run-dir", str(run)], capsys, [run], (), ckpt.name)
 
 
+@pytest.mark.parametrize("case", SPLIT_FILE_CASES[::4], ids=_ids(SPLIT_FILE_CASES[::4]))
+def test_reproduce_refuses_corrupt_split_file_before_the_stage_kernel(case: Corruption, run_copy: tuple[Path, Path],
+                                                                      capsys: pytest.CaptureFixture) -> None:
+    recipe_path, run = run_copy
+    split = run / "splits" / "train_base.json"
+    names = _corrupt_in_place(split, case)
+    assert_refused(["reproduce", str(recipe_path), "--run-dir", str(run), "--stages", "pseudo"], capsys, [run], names,
+                   split.name)
+
+
+# a checkpoint of another model loads; only building the model finds it out (inside the stage)
+@pytest.mark.parametrize("kind", [k for k in CHECKPOINTS if k != "another model"])
+def test_reproduce_refuses_corrupt_teacher_checkpoint_before_the_stage_kernel(kind: str, run_copy: tuple[Path, Path],
+                                                                              capsys: pytest.CaptureFixture) -> None:
+    recipe_path, run = run_copy
+    ckpt = run / "teacher" / "model_final.pth"
+    _replace(ckpt, CHECKPOINTS[kind](ckpt.read_bytes(), recipe_path))
+    assert_refused(["reproduce", str(recipe_path), "--run-dir", str(run), "--stages", "pseudo"], capsys, [run], (),
+                   ckpt.name)
+
+
 @pytest.mark.parametrize("kind", list(CHECKPOINTS))
 def test_train_refuses_corrupt_checkpoint_to_resume(kind: str, run_copy: tuple[Path, Path],
                                                     capsys: pytest.CaptureFixture) -> None:
@@ -770,7 +791,8 @@ def test_at_least_100_distinct_corruptions() -> None:
         "eval": len(SEGM_CASES) + len(BBOX_CASES) + len(GT_CASES),
         "train": len(SPLIT_FILE_CASES) + len(CHECKPOINTS) + len(RECIPE_CASES) + 1 + 3 + 2,
         "pseudo": len(SPLIT_FILE_CASES[1::2]) + len(CHECKPOINTS) + len(RECIPE_CASES) + 1 + 3,
-        "reproduce": len(RECIPE_CASES) + 1 + len(MISSING_DATA) + len(INSTANCES[::9]) + len(CAPTION_CASES[::9]),
+        "reproduce": len(RECIPE_CASES) + 1 + len(MISSING_DATA) + len(INSTANCES[::9]) + len(CAPTION_CASES[::9])
+        + len(SPLIT_FILE_CASES[::4]) + len(CHECKPOINTS) - 1,
     }
     assert all(n >= 10 for n in per_command.values()) and sum(per_command.values()) >= 100, per_command
     labels = [c.label for c in INSTANCES + CAPTION_CASES + SEGM_CASES + BBOX_CASES]
