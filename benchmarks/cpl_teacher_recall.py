@@ -7,7 +7,11 @@ of its ``splits/val_base.json`` (or, with ``--split train_base``, the images it 
 
     python benchmarks/cpl_teacher_recall.py --run-dir runs/demo_cpl [--recipe demo_cpl] [--images 30] [--split val_base]
 
-Last line: ``images=… gt=… proposals_per_image=… rpn_recall=… det_recall=… det_recall_right_class=…``.
+It also scores the GT boxes themselves through the teacher's RoI head: ``gt_box_accuracy`` is the share
+whose best class (background left out) is right, ``gt_box_background`` the share it calls background.
+
+Last line: ``images=… gt=… proposals_per_image=… rpn_recall=… det_recall=… det_recall_right_class=…
+gt_box_accuracy=… gt_box_background=…``.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ def main() -> None:
     set_class_embeddings(model, class_embeddings(recipe, names, normalize=False))
     proposals: list[torch.Tensor] = []
     model.rpn.register_forward_hook(lambda _m, _i, out: proposals.append(out[0][0]))
-    gt_total = rpn_hits = det_hits = det_right = n_props = 0
+    gt_total = rpn_hits = det_hits = det_right = n_props = gt_named = gt_background = 0
     n = min(args.images, len(ds))
     for i in range(n):
         image, target = ds[i]
@@ -59,6 +63,12 @@ def main() -> None:
         gt = target["boxes"]
         gt_total += len(gt)
         rpn_hits += int((box_iou(gt, props).max(1).values >= 0.5).sum()) if len(props) else 0
+        with torch.no_grad():  # the GT boxes as RoIs, in the resized image
+            images, _ = model.transform([image])
+            _, feats = model.roi_heads.box_features(model.backbone(images.tensors), [gt * scale], images.image_sizes)
+            logits, _ = model.roi_heads.box_predictor(feats)
+        gt_named += int((logits[:, 1:].argmax(1) + 1 == target["labels"]).sum())
+        gt_background += int((logits.argmax(1) == 0).sum())
         if len(out["boxes"]):
             iou = box_iou(gt, out["boxes"])
             det_hits += int((iou.max(1).values >= 0.5).sum())
@@ -67,7 +77,8 @@ def main() -> None:
     print(json.dumps({"run_dir": str(args.run_dir), "backbone": recipe.model.backbone, "split": args.split}))
     print(f"images={n} gt={gt_total} proposals_per_image={n_props / max(n, 1):.1f} "
           f"rpn_recall={rpn_hits / max(gt_total, 1):.3f} det_recall={det_hits / max(gt_total, 1):.3f} "
-          f"det_recall_right_class={det_right / max(gt_total, 1):.3f}")
+          f"det_recall_right_class={det_right / max(gt_total, 1):.3f} "
+          f"gt_box_accuracy={gt_named / max(gt_total, 1):.3f} gt_box_background={gt_background / max(gt_total, 1):.3f}")
 
 
 if __name__ == "__main__":
