@@ -35,7 +35,7 @@ test-slow: setup
 
 bench: setup
 	for script in benchmarks/*.py; do \
-	  case $$script in */cpl_pseudo_chance.py|*/cpl_shape_from_scratch.py|*/cpl_teacher_recall.py|*/cpl_seed_margin.py|*/ggn_seed_margin.py) continue;; esac; $(VENV)/bin/python $$script || exit 1; done
+	  case $$script in */cpl_pseudo_chance.py|*/cpl_shape_from_scratch.py|*/cpl_teacher_recall.py|*/cpl_seed_margin.py|*/ggn_seed_margin.py|*/seed_study.py) continue;; esac; $(VENV)/bin/python $$script || exit 1; done
 	$(OVIS) reproduce demo_cpl --stages splits,teacher,pseudo   # the scripts below read a CPL / GGN run
 	$(VENV)/bin/python benchmarks/cpl_pseudo_chance.py --run-dir runs/demo_cpl
 	$(VENV)/bin/python benchmarks/cpl_teacher_recall.py --run-dir runs/demo_cpl

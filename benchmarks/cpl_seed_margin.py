@@ -14,36 +14,18 @@ teacher novel AP50; base_drop = teacher − student base AP50, points).
 
 from __future__ import annotations
 
-import argparse
-import logging
-from pathlib import Path
+from seed_study import parse_args, seed_runs
 
-from ovis.config import load_recipe
 from ovis.engine.train import run_stage
 from ovis.methods import cpl
-from ovis.runs import link_stages
 
 SHARED = ("splits", "grounding", "teacher", "pseudo")
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--run-dir", type=Path, default=Path("runs/demo_cpl"))
-    p.add_argument("--recipe", default="demo_cpl")
-    p.add_argument("--seeds", default="0,1,2", help="comma-separated student.seed values")
-    p.add_argument("--out", type=Path, default=None, help="default <run-dir>/seed_margin")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    args = p.parse_args(argv)
-    seeds = [int(s) for s in args.seeds.split(",")]
-    out = args.out or args.run_dir / "seed_margin"
-    logging.getLogger("ovis").setLevel(logging.WARNING)
+    args = parse_args(__doc__.splitlines()[0], "demo_cpl", argv)
     ap50: list[dict[str, dict[str, float]]] = []  # per seed: {model: {"base", "novel"}} in %
-    for seed in seeds:
-        recipe = load_recipe(args.recipe, [*args.overrides, f"student.seed={seed}"])
-        try:
-            d = link_stages(args.run_dir, out / f"seed{seed}", SHARED)
-        except FileNotFoundError as e:
-            raise SystemExit(f"{e}; run `ovis reproduce {args.recipe} --stages splits,teacher,pseudo` first") from None
+    for seed, recipe, d in seed_runs(args, SHARED):
         run_stage(recipe, "student", d, device=recipe.launch.device, progress=False)
         rows = cpl.run_eval(recipe, d, stream=lambda _: None)
         gen = [r for r in rows if r["setting"] == "generalized" and r["iou_type"] == "segm"]
@@ -61,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     teacher = ap50[0]["teacher"]  # the teacher is shared: the same numbers on every seed
     margins = [r["student"]["novel"] - r["teacher"]["novel"] for r in ap50]
     drops = [r["teacher"]["base"] - r["student"]["base"] for r in ap50]
-    print(f"seeds={','.join(map(str, seeds))} teacher_base={teacher['base']:.1f} teacher_novel={teacher['novel']:.1f} "
+    print(f"seeds={','.join(map(str, args.seeds))} teacher_base={teacher['base']:.1f} teacher_novel={teacher['novel']:.1f} "
           f"student_base_mean={sum(r['student']['base'] for r in ap50) / len(ap50):.1f} "
           f"student_novel_mean={sum(r['student']['novel'] for r in ap50) / len(ap50):.1f} "
           + stats("margin", margins) + f" base_drop_max={max(drops):.1f}")

@@ -16,39 +16,22 @@ OLN heads on base + pseudo GT).
 
 from __future__ import annotations
 
-import argparse
-import logging
-from pathlib import Path
+from seed_study import parse_args, seed_runs
 
 from ovis.config import load_recipe
 from ovis.engine.train import run_stage
 from ovis.methods import ggn
-from ovis.runs import link_stages
 
 SHARED = ("splits", "teacher", "pseudo")
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--run-dir", type=Path, default=Path("runs/demo_ggn"))
-    p.add_argument("--recipe", default="demo_ggn")
-    p.add_argument("--seeds", default="0,1,2", help="comma-separated student.seed values")
-    p.add_argument("--out", type=Path, default=None, help="default <run-dir>/seed_margin")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    args = p.parse_args(argv)
-    seeds = [int(s) for s in args.seeds.split(",")]
-    out = args.out or args.run_dir / "seed_margin"
+    args = parse_args(__doc__.splitlines()[0], "demo_ggn", argv)
     if not load_recipe(args.recipe, args.overrides).model.mask:
         raise SystemExit(f"{args.recipe}: model.mask is false; the margin is in mask AR@100")
-    logging.getLogger("ovis").setLevel(logging.WARNING)
     models = ("baseline", "student", *ggn.OLN_VARIANTS)
     mask, box = [], []  # per seed: {model: unseen AR@100 %}
-    for seed in seeds:
-        recipe = load_recipe(args.recipe, [*args.overrides, f"student.seed={seed}"])
-        try:
-            d = link_stages(args.run_dir, out / f"seed{seed}", SHARED)
-        except FileNotFoundError as e:
-            raise SystemExit(f"{e}; run `ovis reproduce {args.recipe} --stages splits,teacher,pseudo` first") from None
+    for seed, recipe, d in seed_runs(args, SHARED):
         for stage in models:
             run_stage(recipe, stage, d, device=recipe.launch.device, progress=False)
         res = ggn.evaluate_models(recipe, d, models, d / "eval", stream=lambda _: None)
@@ -62,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{name}_max={max(values):.1f}")
 
     mean = {m: sum(ar[m] for ar in mask) / len(mask) for m in ("baseline", "student")}
-    print(f"seeds={','.join(map(str, seeds))} baseline_mean={mean['baseline']:.1f} ggn_mean={mean['student']:.1f} "
+    print(f"seeds={','.join(map(str, args.seeds))} baseline_mean={mean['baseline']:.1f} ggn_mean={mean['student']:.1f} "
           + stats("margin", [ar["student"] - ar["baseline"] for ar in mask]) + " "
           + stats("oln_box_margin", [ar["oln_baseline"] - ar["baseline"] for ar in box]) + " "
           + stats("oln_pseudo_box_margin", [ar["oln"] - ar["student"] for ar in box]))
