@@ -15,6 +15,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 import warnings
 from collections import deque
 from collections.abc import Callable
@@ -186,3 +187,24 @@ def launch(recipe: str | Path | Recipe, stage: str, run_dir: str | Path | None =
     job = executor.submit(StageJob(rec.to_dict(), stage, str(run_dir), task, device))
     stream(f"submitted Slurm job {job.job_id}: {nodes} node(s) × {nproc} GPU task(s), logs in {out_dir / 'slurm'}")
     return job
+
+
+def train_stage(recipe: Recipe, stage: str, run_dir: str | Path, force: bool = False,
+                stream: Callable[[str], None] = print, **launch_kw: Any) -> dict:
+    """:func:`launch` one training stage and wait for it (a Slurm job too), for a method's pipeline stage.
+
+    ``force`` trains from scratch (the stage's ``model_final.pth`` and ``last.pth`` are removed first:
+    training skips a final checkpoint of the same recipe hash). Returns ``{"stage", "final",
+    "iteration", "skipped", "seconds"}``, what the stage marker records."""
+    out_dir = Path(run_dir) / stage
+    if force:
+        for name in (FINAL, LAST):
+            (out_dir / name).unlink(missing_ok=True)
+    t0 = time.perf_counter()
+    result = launch(recipe, stage, run_dir, stream=stream, resume=not force, **launch_kw)
+    if not isinstance(result, TrainResult):  # a submitit Job (Slurm): wait; it resumes itself when requeued
+        stream(f"{stage}: waiting for Slurm job {result.job_id}")
+        result = result.result()
+    return {"stage": stage, "final": str(result.final), "iteration": result.iteration, "skipped": result.skipped,
+            "seconds": round(time.perf_counter() - t0, 1)}
+

@@ -159,22 +159,6 @@ def _ratios(ds: CocoDetection) -> list[float]:
     return [ds._images[i]["width"] / ds._images[i]["height"] for i in ds.ids]
 
 
-def _launch_stage(recipe: Recipe, stage: str, run_dir: Path, force: bool, stream: Callable[[str], None],
-                  **kw: Any) -> dict:
-    from ovis.engine.launch import launch
-    from ovis.engine.train import TrainResult
-
-    if force:
-        (run_dir / stage / "model_final.pth").unlink(missing_ok=True)
-    t0 = time.perf_counter()
-    res = launch(recipe, stage, run_dir, stream=stream, resume=not force, **kw)
-    if not isinstance(res, TrainResult):  # a submitit Job (slurm): wait for it
-        stream(f"{stage}: waiting for Slurm job {res.job_id}")
-        res = res.result()
-    return {"final": str(res.final), "iteration": res.iteration, "skipped": res.skipped,
-            "seconds": round(time.perf_counter() - t0, 1)}
-
-
 # --------------------------------------------------------------------------------------------
 # teacher
 
@@ -209,6 +193,7 @@ def run_teacher(recipe: Recipe, run_dir: str | Path, launcher: str | None = None
     """Stage 01 (CPL): caption grounding (``<run_dir>/grounding/``) then the teacher
     (``<run_dir>/teacher/``) through :func:`ovis.engine.launch.launch`; marks stage "teacher" done.
     Returns ``{"grounding": {...}, "teacher": {...}}`` (checkpoint, iterations, seconds)."""
+    from ovis.engine.launch import train_stage
     from ovis.runs import inputs_changed, mark_stage_done, stage_done
 
     run_dir = Path(run_dir)
@@ -216,7 +201,7 @@ def run_teacher(recipe: Recipe, run_dir: str | Path, launcher: str | None = None
     if not force and stage_done(run_dir, "teacher", recipe):
         return json.loads((run_dir / "teacher" / "stage.json").read_text())["results"]
     kw = dict(launcher=launcher, nproc=nproc, nodes=nodes, partition=partition)
-    results = {stage: _launch_stage(recipe, stage, run_dir, force, stream, **kw) for stage in ("grounding", "teacher")}
+    results = {stage: train_stage(recipe, stage, run_dir, force, stream, **kw) for stage in ("grounding", "teacher")}
     mark_stage_done(run_dir, "teacher", recipe, ["model_final.pth", "metrics.jsonl"], results=results)
     return results
 
@@ -324,13 +309,14 @@ def run_student(recipe: Recipe, run_dir: str | Path, launcher: str | None = None
                 nodes: int | None = None, partition: str | None = None, stream: Callable[[str], None] = print,
                 force: bool = False) -> dict:
     """Stage 03 (CPL): train the robust student into ``<run_dir>/student/``; marks it done."""
+    from ovis.engine.launch import train_stage
     from ovis.runs import inputs_changed, mark_stage_done, stage_done
 
     run_dir = Path(run_dir)
     force = force or inputs_changed(run_dir, "student", recipe)  # redo, do not resume
     if not force and stage_done(run_dir, "student", recipe):
         return json.loads((run_dir / "student" / "stage.json").read_text())["results"]
-    res = _launch_stage(recipe, "student", run_dir, force, stream, launcher=launcher, nproc=nproc, nodes=nodes,
+    res = train_stage(recipe, "student", run_dir, force, stream, launcher=launcher, nproc=nproc, nodes=nodes,
                         partition=partition)
     mark_stage_done(run_dir, "student", recipe, ["model_final.pth", "metrics.jsonl"], results=res)
     return res

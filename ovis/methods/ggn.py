@@ -51,7 +51,7 @@ from ovis.data.coco import (
 from ovis.data.dataset import CocoDetection
 from ovis.data.transforms import RandomHorizontalFlip
 from ovis.engine.dist import resolve_device
-from ovis.engine.train import FINAL, LAST, METRICS, CheckpointError, TrainResult, TrainTask, load_checkpoint
+from ovis.engine.train import FINAL, METRICS, CheckpointError, TrainTask, load_checkpoint
 from ovis.models.affinity import AffinityNet, affinity_target, palette_from_masks
 from ovis.models.detector import build_detector
 from ovis.pseudo.grouping import (
@@ -213,37 +213,23 @@ def load_model(recipe: Recipe, run_dir: str | Path, which: str) -> nn.Module:
     return model.eval()
 
 
-def _launch_stage(recipe: Recipe, stage: str, run_dir: Path, launcher: str | None, nproc: int | None,
-                  nodes: int | None, partition: str | None, stream: Callable[[str], None], force: bool) -> dict:
-    from ovis.engine.launch import launch
-
-    if force:  # run_stage skips a model_final.pth of the same recipe hash: remove it to train again
-        for name in (FINAL, LAST):
-            (run_dir / stage / name).unlink(missing_ok=True)
-    t0 = time.perf_counter()
-    result = launch(recipe, stage, run_dir, launcher=launcher, nproc=nproc, nodes=nodes, partition=partition,
-                    stream=stream, resume=not force)
-    if not isinstance(result, TrainResult):  # a submitit Job (Slurm): wait; it resumes itself when requeued
-        stream(f"waiting for Slurm job {result.job_id} ({stage})")
-        result = result.result()
-    return {"stage": stage, "final": str(result.final), "iterations": result.iteration,
-            "skipped": result.skipped, "seconds": round(time.perf_counter() - t0, 1)}
-
-
 def run_teacher(recipe: Recipe, run_dir: str | Path, launcher: str | None = None, nproc: int | None = None,
                 nodes: int | None = None, partition: str | None = None, stream: Callable[[str], None] = print,
                 force: bool = False) -> dict:
     """Train the PA network into ``<run_dir>/teacher/`` (local, torchrun or Slurm; resumes from last.pth).
 
     Skipped when the stage already finished for this recipe (unless ``force``, which trains from scratch).
-    Returns ``{"stage", "final", "iterations", "skipped", "seconds"}``.
+    Returns ``{"stage", "final", "iteration", "skipped", "seconds"}``.
     """
+    from ovis.engine.launch import train_stage
+
     run_dir = Path(run_dir)
     force = force or inputs_changed(run_dir, "teacher", recipe)  # redo, do not resume
     if not force and stage_done(run_dir, "teacher", recipe):
         info = json.loads((stage_dir(run_dir, "teacher") / "stage.json").read_text())
         return {**info.get("result", {}), "skipped": True}
-    result = _launch_stage(recipe, "teacher", run_dir, launcher, nproc, nodes, partition, stream, force)
+    result = train_stage(recipe, "teacher", run_dir, force, stream, launcher=launcher, nproc=nproc, nodes=nodes,
+                         partition=partition)
     mark_stage_done(run_dir, "teacher", recipe, [FINAL, METRICS], result=result)
     return result
 
@@ -258,6 +244,8 @@ def run_student(recipe: Recipe, run_dir: str | Path, launcher: str | None = None
     Each resumes from its own last.pth if interrupted. Returns ``{"baseline": {...}, "student": {...}
     [, "oln": {...}, "oln_baseline": {...}]}``.
     """
+    from ovis.engine.launch import train_stage
+
     run_dir = Path(run_dir)
     force = force or inputs_changed(run_dir, "student", recipe)  # redo, do not resume
     if not force and stage_done(run_dir, "student", recipe):
@@ -266,8 +254,8 @@ def run_student(recipe: Recipe, run_dir: str | Path, launcher: str | None = None
     if not (_pseudo_dir(run_dir) / "train_pseudo.json").is_file():
         raise FileNotFoundError(f"{_pseudo_dir(run_dir) / 'train_pseudo.json'} not found; run the pseudo stage first")
     stages = _detectors(recipe)
-    result = {stage: _launch_stage(recipe, stage, run_dir, launcher, nproc, nodes, partition, stream, force)
-              for stage in stages}
+    result = {stage: train_stage(recipe, stage, run_dir, force, stream, launcher=launcher, nproc=nproc, nodes=nodes,
+                                 partition=partition) for stage in stages}
     outputs = [FINAL, METRICS] + [f"../{st}/{FINAL}" for st in stages if st != "student"]
     mark_stage_done(run_dir, "student", recipe, outputs, result=result)
     return result
