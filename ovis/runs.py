@@ -79,39 +79,38 @@ def file_signature(run_dir: str | Path, paths: Sequence[str | Path]) -> list[lis
     return out
 
 
+def _marker(run_dir: str | Path, stage: str) -> dict[str, Any] | None:
+    """The stage's marker, or None when it has not finished."""
+    marker = stage_dir(run_dir, stage) / MARKER
+    return json.loads(marker.read_text()) if marker.is_file() else None
+
+
+def _inputs_unchanged(run_dir: str | Path, info: dict[str, Any]) -> bool:
+    inputs = info.get("inputs", [])
+    return file_signature(run_dir, [i[0] for i in inputs]) == inputs
+
+
 def stage_done(run_dir: str | Path, stage: str, recipe: Recipe) -> bool:
     """True when ``stage`` finished for this recipe's sections, its outputs still exist and the input
     files it recorded (if any) are unchanged (e.g. training logs that a resumed run extended)."""
-    marker = stage_dir(run_dir, stage) / MARKER
-    if not marker.is_file():
-        return False
-    info = json.loads(marker.read_text())
-    outputs = [stage_dir(run_dir, stage) / o for o in info.get("outputs", [])]
-    inputs = info.get("inputs", [])
-    return (info.get("recipe_hash") == stage_hash(recipe, stage) and all(p.exists() for p in outputs)
-            and file_signature(run_dir, [i[0] for i in inputs]) == inputs)
+    info = _marker(run_dir, stage)
+    return (info is not None and info.get("recipe_hash") == stage_hash(recipe, stage)
+            and all((stage_dir(run_dir, stage) / o).exists() for o in info.get("outputs", []))
+            and _inputs_unchanged(run_dir, info))
 
 
 def _upstream_outputs(run_dir: str | Path, stage: str) -> list[str]:
     """The outputs (relative to the run dir) that the earlier stages' markers record."""
-    out = []
-    for earlier in STAGES[: STAGES.index(stage)]:
-        marker = stage_dir(run_dir, earlier) / MARKER
-        if marker.is_file():
-            out += [f"{earlier}/{o}" for o in json.loads(marker.read_text()).get("outputs", [])]
-    return out
+    return [f"{earlier}/{o}" for earlier in STAGES[: STAGES.index(stage)]
+            for o in (_marker(run_dir, earlier) or {}).get("outputs", [])]
 
 
 def inputs_changed(run_dir: str | Path, stage: str, recipe: Recipe) -> bool:
     """True when ``stage`` finished for this recipe but a file it read has changed since (an earlier
     stage ran again, a source file was edited): its outputs must be made afresh, not resumed."""
-    marker = stage_dir(run_dir, stage) / MARKER
-    if not marker.is_file():
-        return False
-    info = json.loads(marker.read_text())
-    inputs = info.get("inputs", [])
-    return (info.get("recipe_hash") == stage_hash(recipe, stage)
-            and file_signature(run_dir, [i[0] for i in inputs]) != inputs)
+    info = _marker(run_dir, stage)
+    return (info is not None and info.get("recipe_hash") == stage_hash(recipe, stage)
+            and not _inputs_unchanged(run_dir, info))
 
 
 def mark_stage_done(run_dir: str | Path, stage: str, recipe: Recipe, outputs: list[str],
