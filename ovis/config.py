@@ -21,6 +21,7 @@ import yaml
 
 from ovis.data.splits import PROTOCOLS as SPLIT_PROTOCOLS
 from ovis.eval.protocols import PROTOCOLS as EVAL_PROTOCOLS
+from ovis.io import write_text_atomic
 
 
 class RecipeError(ValueError):
@@ -212,8 +213,6 @@ class Recipe:
 
     def save(self, run_dir: str | Path) -> Path:
         """Write ``recipe.yaml`` (resolved, with its hash) into run_dir atomically."""
-        from ovis.data.coco import write_text_atomic
-
         text = f"# ovis resolved recipe, hash {self.hash()}\n" + yaml.safe_dump(self.to_dict(), sort_keys=False)
         return write_text_atomic(text, Path(run_dir) / "recipe.yaml")
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ovis.config import Recipe
-from ovis.data.coco import write_json_atomic
+from ovis.io import write_json_atomic
 
 STAGES = ("splits", "teacher", "pseudo", "student", "eval", "curves")
 MARKER = "stage.json"

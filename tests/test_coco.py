@@ -24,11 +24,10 @@ from ovis.data.coco import (
     masks_to_rles,
     save_coco,
     validate_coco,
-    write_json_atomic,
-    write_text_atomic,
 )
 from ovis.data.dataset import CocoDetection, collate_fn
 from ovis.data.transforms import RandomHorizontalFlip
+from ovis.io import write_json_atomic, write_text_atomic
 
 # pycocotools' Cython arrays trip a numpy-2 DeprecationWarning on every decode; not ours to fix
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")

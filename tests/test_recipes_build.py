@@ -20,10 +20,10 @@ from conftest import COCO_MINI
 from torch.utils.data import Subset
 
 from ovis.config import load_recipe
-from ovis.data.coco import write_json_atomic
 from ovis.data.dataset import CocoDetection
 from ovis.data.splits import load_partition
 from ovis.engine.train import TrainTask, train
+from ovis.io import write_json_atomic
 from ovis.models.detector import build_detector, set_class_embeddings
 from ovis.models.text import build_text_encoder
 

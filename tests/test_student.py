@@ -179,8 +179,8 @@ def test_student_inference_uses_mu_only():
 
 
 def test_student_dataset_relabels_gt_and_pseudo(tmp_path):
-    from ovis.data.coco import write_json_atomic
     from ovis.data.synthetic import generate_demo_dataset
+    from ovis.io import write_json_atomic
 
     paths = generate_demo_dataset(tmp_path / "d", num_train=2, num_val=1, image_size=64)
     import json

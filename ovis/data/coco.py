@@ -1,4 +1,4 @@
-"""COCO instances JSON: validated reading, atomic writing, RLE/polygon masks (no torch: ``ovis eval``
+"""COCO instances JSON: validated reading and writing (atomic, ``ovis.io``), RLE/polygon masks (no torch: ``ovis eval``
 starts without it; the torch Dataset is ``ovis.data.dataset``).
 
 COCO JSON with RLE masks is ovis's interchange format, so everything here stays compatible
@@ -8,18 +8,17 @@ loaded by pycocotools, detectron2 and mmdetection.
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import secrets
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TextIO, TypeGuard
+from typing import Any, TypeGuard
 
 import numpy as np
 
 from ovis.data.masks import ann_to_mask, ann_to_rle, mask_to_rle, masks_to_rles
+from ovis.io import read_json as _read_json
+from ovis.io import write_json_atomic
 
 __all__ = [
     "EVAL_ANNOTATION_KEYS",
@@ -35,8 +34,6 @@ __all__ = [
     "masks_to_rles",
     "save_coco",
     "validate_coco",
-    "write_json_atomic",
-    "write_text_atomic",
 ]
 
 
@@ -53,60 +50,9 @@ class CocoFormatError(ValueError):
 
 
 def read_json(path: str | Path) -> Any:
-    """Parse a JSON file; unreadable, truncated or non-UTF-8 files raise CocoFormatError naming it."""
-    name = os.fspath(path)
-    bad: list[_NonFinite] = []
-
-    def non_finite(literal: str) -> _NonFinite:  # Python's json accepts NaN and Infinity; JSON does not
-        bad.append(_NonFinite(literal))
-        return bad[-1]
-
-    try:
-        with open(path, "rb") as f:
-            data = json.load(f, parse_constant=non_finite)
-    except OSError as e:
-        raise CocoFormatError(f"{name}: cannot read file: {e.strerror or e}") from e
-    except json.JSONDecodeError as e:
-        raise CocoFormatError(
-            f"{name}: not valid JSON (truncated or corrupt?): {e.msg} at line {e.lineno} "
-            f"column {e.colno}; re-download or re-create the file"
-        ) from e
-    except UnicodeDecodeError as e:
-        raise CocoFormatError(f"{name}: not a UTF-8 JSON file ({e.reason})") from e
-    if bad:
-        raise CocoFormatError(f"{name}: {_locate(data, bad[0])} is {bad[0].literal}; JSON numbers must be finite")
-    return data
-
-
-class _NonFinite:
-    """Stands in for a NaN / Infinity literal while a file is parsed, so its place can be named."""
-
-    def __init__(self, literal: str) -> None:
-        self.literal = literal
-
-
-_ENTRY = {"images": "image", "annotations": "annotation", "categories": "category"}
-
-
-def _locate(obj: Any, target: object, path: str = "") -> str:
-    """Where ``target`` sits in ``obj``, named as the validators name it: ``annotation 7: field 'bbox'[0]``,
-    ``image at index 3: field 'id'``, ``top level[5]: field 'score'``."""
-    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else ()
-    for key, value in items:
-        if isinstance(key, str):
-            here = f"{path}: field {key!r}" if path else key
-        elif path in _ENTRY and isinstance(value, dict) and type(value.get("id")) is int:
-            here = f"{_ENTRY[path]} {value['id']}"
-        elif path in _ENTRY:
-            here = f"{_ENTRY[path]} at index {key}"
-        else:
-            here = f"{path or 'top level'}[{key}]"
-        if value is target:
-            return here
-        found = _locate(value, target, here) if isinstance(value, (dict, list)) else ""
-        if found:
-            return found
-    return ""
+    """Parse a JSON file (:func:`ovis.io.read_json`); unreadable, truncated or non-UTF-8 files raise
+    CocoFormatError naming it."""
+    return _read_json(path, CocoFormatError)
 
 
 def load_coco(
@@ -473,80 +419,6 @@ def _batch_sums(raw: list[bytes]) -> np.ndarray:
 
 # --------------------------------------------------------------------------------------------
 # writing
-
-
-def _json_default(obj: Any) -> Any:
-    # numpy scalars/arrays come out of every computation; bytes are pycocotools RLE counts
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, bytes):
-        return obj.decode("ascii")
-    raise TypeError(f"object of type {type(obj).__name__} is not JSON serializable")
-
-
-def remove_stale_temps(folder: str | Path) -> list[Path]:
-    """Delete the temp files (``.<name>.<pid>….tmp``) in ``folder`` whose writing process is gone:
-    what a kill in the middle of an atomic write leaves behind. Returns the removed paths."""
-    removed = []
-    for tmp in sorted(Path(folder).glob(".*.*.tmp")):
-        pid = next((int(part) for part in tmp.name.split(".") if part.isdigit()), None)
-        if pid is not None and pid != os.getpid() and _process_alive(pid):
-            continue
-        tmp.unlink(missing_ok=True)
-        removed.append(tmp)
-    return removed
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
-
-
-@contextmanager
-def _atomic_open(path: Path) -> Iterator[TextIO]:
-    """Text file handle whose content replaces ``path`` only if the block succeeds."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    # os.open with mode 0o666 lets the umask decide permissions, unlike mkstemp's 0o600
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def write_json_atomic(obj: Any, path: str | Path) -> Path:
-    """Write ``obj`` as compact JSON to ``path`` atomically; returns the path.
-
-    Writes a temp file in the same directory and renames it over ``path``, so readers never see
-    a partial file; on any error the temp file is removed and an existing ``path`` is untouched.
-    numpy scalars/arrays and ``bytes`` (RLE counts) are converted; NaN/inf are rejected.
-    Parent directories are created.
-    """
-    path = Path(path)
-    with _atomic_open(path) as f:
-        json.dump(obj, f, separators=(",", ":"), allow_nan=False, default=_json_default)
-    return path
-
-
-def write_text_atomic(text: str, path: str | Path) -> Path:
-    """Write UTF-8 ``text`` to ``path`` atomically (as ``write_json_atomic``); returns the path."""
-    path = Path(path)
-    with _atomic_open(path) as f:
-        f.write(text)
-    return path
 
 
 def save_coco(dataset: dict, path: str | Path) -> Path:

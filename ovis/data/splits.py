@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ovis.data.captions import parse_caption_file
-from ovis.data.coco import EVAL_ANNOTATION_KEYS, CocoFormatError, load_coco, write_json_atomic
+from ovis.data.coco import EVAL_ANNOTATION_KEYS, CocoFormatError, load_coco
+from ovis.io import write_json_atomic
+from ovis.locks import FolderInUse, folder_lock
 
 if TYPE_CHECKING:
     from ovis.config import DataConfig, Recipe
@@ -269,8 +271,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True, type=Path, help="output folder")
     args = ap.parse_args(argv)
     try:
-        table = write_splits(args.protocol, args.train_instances, args.val_instances, args.out, args.train_captions)
-    except CocoFormatError as e:
+        with folder_lock(args.out):  # a second concurrent run into the folder fails at once
+            table = write_splits(args.protocol, args.train_instances, args.val_instances, args.out,
+                                 args.train_captions)
+    except (CocoFormatError, FolderInUse) as e:
         print(f"ovis splits: error: {e}", file=sys.stderr)
         return 2
     print(f"protocol {args.protocol} -> {args.out}")

@@ -36,7 +36,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from scipy import ndimage
 
-from ovis.data.coco import write_json_atomic
+from ovis.io import write_json_atomic, write_text_atomic
 
 GENERATOR_VERSION = 1
 """Bump when the drawing or captioning changes, so existing demo folders are regenerated."""
@@ -669,11 +669,7 @@ def write_partition_files(directory: str | Path = RESOURCES) -> list[Path]:
     """(Re)write ``demo_ovr.json`` and ``demo_open_world.json`` from the constants; returns the paths."""
     written = []
     for name, (file_name, _) in PARTITION_FILES.items():
-        path = Path(directory) / file_name
-        tmp = path.with_name(f".{file_name}.{os.getpid()}.tmp")
-        tmp.write_text(partition_text(name), encoding="utf-8")
-        os.replace(tmp, path)
-        written.append(path)
+        written.append(write_text_atomic(partition_text(name), Path(directory) / file_name))
     return written
 
 

@@ -12,9 +12,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ovis.data.coco import masks_to_rles, write_json_atomic
+from ovis.data.coco import masks_to_rles
 from ovis.data.dataset import CocoDetection
 from ovis.engine.dist import all_gather_object, barrier, get_rank, get_world_size
+from ovis.io import write_json_atomic
 
 
 def to_results(output: dict, image_id: int, label_to_cat_id: dict[int, int] | int,

@@ -35,7 +35,6 @@ import importlib
 import importlib.util
 import json
 import logging
-import os
 import random
 import resource
 import sys
@@ -56,9 +55,9 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
 from ovis.config import Recipe, TrainConfig, load_recipe
-from ovis.data.coco import remove_stale_temps
 from ovis.engine import dist as odist
 from ovis.engine.schedule import build_lr_scheduler, build_optimizer
+from ovis.io import atomic_path, remove_stale_temps, write_text_atomic
 from ovis.locks import FolderInUse, folder_lock
 from ovis.runs import TRAINING_STAGES, stage_hash
 
@@ -294,28 +293,12 @@ def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
 
 def save_atomic(obj: Any, path: Path, before_rename: Callable[[], None] | None = None) -> Path:
     """``torch.save`` to a temp file in the same folder, fsync it, rename it over ``path``, fsync the
-    folder: a crash at any moment leaves the old file or the new one, never a part of one.
-    ``before_rename`` runs just before the rename (waiting for a file that must be complete first)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    folder (:func:`ovis.io.atomic_path`): a crash at any moment leaves the old file or the new one, never
+    a part of one. ``before_rename`` runs just before the rename (waiting for a file that must be
+    complete first)."""
+    with atomic_path(path, unique=False, sync_dir=True, before_rename=before_rename) as tmp:
         torch.save(obj, tmp)
-        _fsync(tmp)
-        if before_rename is not None:
-            before_rename()
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync(path.parent)  # the rename itself survives a power cut
     return path
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def snapshot(state: Any) -> Any:
@@ -438,9 +421,7 @@ def _truncate_metrics(path: Path, iteration: int) -> None:
                 kept.append(line + "\n")
         except (ValueError, KeyError, TypeError):
             continue  # a line cut short by a crash
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text("".join(kept))
-    os.replace(tmp, path)
+    write_text_atomic("".join(kept), path)
 
 
 def _max_memory_mb(device: torch.device) -> float:

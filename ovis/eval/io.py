@@ -23,8 +23,8 @@ from ovis.data.coco import (
     is_finite_number,
     read_json,
     validate_coco,
-    write_json_atomic,
 )
+from ovis.io import write_json_atomic
 
 __all__ = [
     "EvalInputError",
@@ -33,7 +33,6 @@ __all__ = [
     "shard_paths",
     "merge_shards",
     "check_detections",
-    "write_json_atomic",
 ]
 
 _SHARD = re.compile(r"\.rank(\d+)\.json$")

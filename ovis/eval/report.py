@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ovis.data.coco import write_text_atomic
-from ovis.eval.io import EvalInputError, write_json_atomic
+from ovis.eval.io import EvalInputError
 from ovis.eval.protocols import evaluate, jsonable, metrics_markdown, read_partition
+from ovis.io import write_json_atomic, write_text_atomic
 
 
 def write_metrics(result: dict, out_dir: str | Path) -> tuple[Path, Path]:

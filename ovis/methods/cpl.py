@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from functools import lru_cache
@@ -32,9 +31,10 @@ from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.roi_heads import RoIHeads
 
 from ovis.config import Recipe
-from ovis.data.coco import CocoFormatError, read_json, write_json_atomic, write_text_atomic
+from ovis.data.coco import CocoFormatError, read_json
 from ovis.data.dataset import CocoDetection, collate_fn
 from ovis.data.transforms import RandomHorizontalFlip
+from ovis.io import copy_atomic, write_json_atomic, write_text_atomic
 from ovis.models.detector import build_detector, set_class_embeddings
 from ovis.models.grounding import grounding_task
 from ovis.models.student import RobustStudent, StudentDataset, StudentHook
@@ -447,8 +447,7 @@ def run_eval(recipe: Recipe, run_dir: str | Path, force: bool = False, stream: C
                 rows.append({"model": which, "setting": setting, "iou_type": iou, "AP50_base": m.get("AP50_base"),
                              "AP50_novel": m.get("AP50_novel"), "AP50_all": m.get("AP50_all"), "AP": m["stats"][0]})
             stream(f"eval: {which} {setting}: {len(gt['images'])} images in {time.perf_counter() - t0:.1f} s")
-    shutil.copyfile(out / "student" / "generalized" / "detections.json", out / ".detections.json.tmp")
-    (out / ".detections.json.tmp").replace(out / "detections.json")
+    copy_atomic(out / "student" / "generalized" / "detections.json", out / "detections.json")
     write_json_atomic(side, out / "metrics.json")
     table = _ap50_markdown(side)
     write_text_atomic(table, out / "metrics.md")

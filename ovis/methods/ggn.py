@@ -24,7 +24,6 @@ import hashlib
 import json
 import multiprocessing as mp
 import os
-import shutil
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -45,13 +44,12 @@ from ovis.data.coco import (
     load_coco,
     masks_to_rles,
     save_coco,
-    write_json_atomic,
-    write_text_atomic,
 )
 from ovis.data.dataset import CocoDetection
 from ovis.data.transforms import RandomHorizontalFlip
 from ovis.engine.dist import resolve_device
 from ovis.engine.train import FINAL, METRICS, CheckpointError, TrainTask, load_checkpoint
+from ovis.io import copy_atomic, write_json_atomic, write_text_atomic
 from ovis.models.affinity import AffinityNet, affinity_target, palette_from_masks
 from ovis.models.detector import build_detector
 from ovis.pseudo.grouping import (
@@ -686,8 +684,7 @@ def run_eval(recipe: Recipe, run_dir: str | Path, force: bool = False,
     results = evaluate_models(recipe, run_dir, _detectors(recipe), out, stream)
     outputs = [f"{w}/detections.json" for w in _detectors(recipe)]
     outputs += [f"{r['model']}/{r['iou_type']}/metrics.json" for r in results]
-    shutil.copyfile(out / "student" / "detections.json", out / ".detections.json.tmp")
-    os.replace(out / ".detections.json.tmp", out / "detections.json")
+    copy_atomic(out / "student" / "detections.json", out / "detections.json")
     write_json_atomic(side_by_side(results, recipe), out / "metrics.json")
     mark_stage_done(run_dir, "eval", recipe, outputs + ["detections.json", "metrics.json"])
     stream(comparison_table(results, recipe))

@@ -45,7 +45,7 @@ from torch.utils.data import Dataset
 
 from ovis.data.coco import load_coco
 from ovis.data.dataset import load_rgb
-from ovis.engine.train import save_atomic
+from ovis.io import atomic_path
 from ovis.models.backbones import (
     NORMS,
     RESNETS,
@@ -370,15 +370,16 @@ def teacher_init_state(model: nn.Module) -> dict[str, Tensor]:
 
 def save_grounding_checkpoint(model: nn.Module, path: str | Path) -> Path:
     """Write ``{"model": teacher_init_state(model), "backbone", "embedding_dim", "temperature"}``
-    to ``path`` atomically (temp file in the same folder + ``os.replace``); returns the path.
+    to ``path`` atomically (:func:`ovis.io.atomic_path`); returns the path.
     ``torch.load(path, weights_only=True)`` reads it; the engine's ``train.init`` accepts it."""
     path = Path(path)
     state = teacher_init_state(model)
     inner = getattr(model, "module", model)
     blob = {"model": state, "backbone": inner.backbone_name, "embedding_dim": inner.embedding_dim,
             "temperature": inner.temperature}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return save_atomic(blob, path)
+    with atomic_path(path, unique=False, sync_dir=True) as tmp:  # as the engine's checkpoints
+        torch.save(blob, tmp)
+    return path
 
 
 # --------------------------------------------------------------------------------------------

@@ -20,14 +20,14 @@ vocabulary in memory and, with ``cache_dir``, on disk as ``<cache_dir>/<encoder>
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
+
+from ovis.io import atomic_path
 
 if TYPE_CHECKING:  # both take seconds to import: loaded only when an encoder first runs
     from sentence_transformers import SentenceTransformer
@@ -116,16 +116,8 @@ class TextEncoder:
     def _save_disk(self, key: tuple[str, ...], emb: torch.Tensor) -> None:
         if self.cache_dir is None:
             return
-        path = self._cache_file(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        os.close(fd)
-        try:
+        with atomic_path(self._cache_file(key)) as tmp:
             torch.save({"encoder": self.name, "names": list(key), "embeddings": emb}, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
 
 
 def _find_word_embedding_key(keys: Sequence[str], where: str) -> str:

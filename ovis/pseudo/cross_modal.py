@@ -49,7 +49,8 @@ from ovis.data.captions import (
     load_lvis_categories,
     lvis_matches,
 )
-from ovis.data.coco import CocoFormatError, ann_to_rle, load_coco, masks_to_rles, read_json, write_json_atomic
+from ovis.data.coco import CocoFormatError, ann_to_rle, load_coco, masks_to_rles, read_json
+from ovis.io import write_json_atomic
 from ovis.models.text import TextEncoder
 from ovis.runs import stage_hash
 

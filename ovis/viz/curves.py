@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import re
 import sys
 import warnings
@@ -26,9 +25,9 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from ovis.config import Recipe, RecipeError, load_recipe
-from ovis.data.coco import write_text_atomic
 from ovis.eval.protocols import PROTOCOLS
 from ovis.eval.reference import PAPER_AP50, PAPER_AR_CURVES, PAPER_AUC, SOURCES
+from ovis.io import atomic_path, write_text_atomic
 from ovis.runs import MARKER, STAGES, default_run_dir, mark_stage_done, stage_dir, stage_done
 
 BASE_COLOR = "tab:blue"
@@ -485,12 +484,8 @@ def metric_figures(results: Sequence[Mapping]) -> dict[str, Figure]:
 
 
 def _save_png_atomic(fig: Figure, path: Path, dpi: int = 110) -> Path:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 
