@@ -19,9 +19,8 @@ from typing import Any, get_args, get_origin, get_type_hints, overload
 
 import yaml
 
-from ovis.data.splits import PROTOCOLS as SPLIT_PROTOCOLS
-from ovis.eval.protocols import PROTOCOLS as EVAL_PROTOCOLS
 from ovis.io import write_text_atomic
+from ovis.protocols import EVAL_PROTOCOLS, SPLIT_PROTOCOLS
 
 
 class RecipeError(ValueError):
@@ -338,7 +337,7 @@ def _positive_or_none(v: int | None) -> bool:
 
 # the values a key may take, per section: (key, test, what the test asks for). Method, backbone, text
 # encoder and choice names are those the builders accept (ovis.methods, ovis.models); protocols are named in
-# ovis.data.splits and ovis.eval.protocols.
+# ovis.protocols.
 _RULES: dict[type, list[tuple[str, Any, str]]] = {
     Recipe: [("method", ("cpl", "ggn", "oln"), "")],
     DataConfig: [(k, lambda v: v >= 1, "≥ 1") for k in ("demo_num_train", "demo_num_val")]

@@ -1,6 +1,6 @@
 """Named category splits (docs/protocols.md#1-data-splits): which classes a model may see in training, and the eval sets.
 
-Two kinds of protocol, each named once here and used by name everywhere:
+Two kinds of protocol, each named once (``ovis.protocols``) and used by name everywhere:
 
 - ``ovr`` (open vocabulary, CPL/XPM): base / novel / excluded classes. Train on base annotations;
   evaluate generalized (base + novel) and constrained (novel only, base only). Excluded classes'
@@ -15,7 +15,6 @@ import argparse
 import json
 import sys
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,30 +23,11 @@ from ovis.data.captions import parse_caption_file
 from ovis.data.coco import EVAL_ANNOTATION_KEYS, CocoFormatError, load_coco
 from ovis.io import write_json_atomic
 from ovis.locks import FolderInUse, folder_lock
+from ovis.protocols import SPLIT_PROTOCOLS as PROTOCOLS
+from ovis.protocols import SplitProtocol as Protocol
 
 if TYPE_CHECKING:
     from ovis.config import DataConfig, Recipe
-
-
-@dataclass(frozen=True)
-class Protocol:
-    name: str
-    kind: str  # "ovr" | "open_world"
-    resource: str  # file under ovis/data/resources/
-    base_key: str  # key of the trained-on classes in the resource file
-    novel_key: str  # key of the held-out classes
-    min_train_side: int = 0  # drop training images whose shorter side is below this
-
-
-PROTOCOLS: dict[str, Protocol] = {
-    p.name: p
-    for p in (
-        Protocol("coco_ovr_48_17", "ovr", "coco_ovr_48_17.json", "base", "novel"),
-        Protocol("coco_voc_nonvoc", "open_world", "coco_voc_nonvoc.json", "voc", "nonvoc", min_train_side=32),
-        Protocol("demo_ovr", "ovr", "demo_ovr.json", "base", "novel"),
-        Protocol("demo_open_world", "open_world", "demo_open_world.json", "seen", "unseen", min_train_side=32),
-    )
-}
 
 
 def get_protocol(name: str) -> Protocol:

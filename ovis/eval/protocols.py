@@ -1,4 +1,4 @@
-"""The named evaluation protocols: the single place where each protocol's settings live.
+"""The named evaluation protocols: how each is evaluated (their settings live in ``ovis.protocols``).
 
 Kinds:
 - ``coco``: COCOeval's 12 standard stats (computed by `ovis.eval.ap`, equal to COCOeval).
@@ -14,7 +14,6 @@ import gc
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -25,49 +24,8 @@ from ovis.data.coco import CocoFormatError, is_coco_id, read_json
 from ovis.eval.ap import STAT_NAMES, ap50_of, ap50_per_class, coco_eval
 from ovis.eval.io import EvalInputError, check_detections, load_detections, load_gt
 from ovis.eval.recall import AUC_BUDGETS, compute_recall, recall_metrics
-
-
-@dataclass(frozen=True)
-class Protocol:
-    """One named protocol. `split_resource`: package file in ovis/data/resources with the
-    base/novel (or voc/nonvoc = seen/unseen) category lists, used when no partition is passed."""
-
-    name: str
-    kind: str  # "coco" | "ovr" | "open_world"
-    description: str
-    split_resource: str | None = None
-    max_dets: tuple[int, ...] = (1, 10, 100)
-
-
-OPEN_WORLD_BUDGETS = (10, 20, 30, 50, 100, 300, 500, 1000, 1500)
-
-PROTOCOLS: dict[str, Protocol] = {
-    p.name: p
-    for p in (
-        Protocol("coco", "coco", "COCO AP/AR, the 12 standard pycocotools stats"),
-        Protocol(
-            "coco_ovr_48_17", "ovr",
-            "CPL/XPM COCO 48 base / 17 novel: AP50 per split (base, novel, all) + 12 COCO stats",
-            "coco_ovr_48_17.json",
-        ),
-        Protocol("demo_ovr", "ovr", "demo data, open-vocabulary: AP50 per split + 12 COCO stats", "demo_ovr.json"),
-        Protocol(
-            "coco_voc_nonvoc", "open_world",
-            "OLN/GGN VOC -> non-VOC: class-agnostic AR@k (k <= 1500), seen hits removed from the budget, AUC",
-            "coco_voc_nonvoc.json", OPEN_WORLD_BUDGETS,
-        ),
-        Protocol(
-            "coco_voc_nonvoc_ldet", "open_world",
-            "VOC -> non-VOC with budgets capped at 100 (top-100 list), as LDET-style tables report",
-            "coco_voc_nonvoc.json", (10, 20, 30, 50, 100),
-        ),
-        Protocol(
-            "demo_open_world", "open_world",
-            "demo data, open-world: class-agnostic AR@k with seen hits removed, AUC",
-            "demo_open_world.json", OPEN_WORLD_BUDGETS,
-        ),
-    )
-}
+from ovis.protocols import EVAL_PROTOCOLS as PROTOCOLS
+from ovis.protocols import EvalProtocol as Protocol
 
 
 def get_protocol(name: str) -> Protocol:

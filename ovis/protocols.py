@@ -1,0 +1,81 @@
+"""The named protocols' settings, as data: the splits each builds and how each is evaluated.
+
+The one place the protocol names live: the recipe checks ``splits.protocol`` and ``eval.protocol``
+against these tables when it is loaded, ``ovis.data.splits`` builds the splits of a
+:class:`SplitProtocol` and ``ovis.eval.protocols`` evaluates under an :class:`EvalProtocol`. Plain data
+(no numpy, no file access), so that the recipe layer can name them without importing the data or
+evaluation code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["EVAL_PROTOCOLS", "OPEN_WORLD_BUDGETS", "SPLIT_PROTOCOLS", "EvalProtocol", "SplitProtocol"]
+
+
+@dataclass(frozen=True)
+class SplitProtocol:
+    """How ``ovis splits`` divides a dataset's categories (``ovis.data.splits``)."""
+
+    name: str
+    kind: str  # "ovr" | "open_world"
+    resource: str  # file under ovis/data/resources/
+    base_key: str  # key of the trained-on classes in the resource file
+    novel_key: str  # key of the held-out classes
+    min_train_side: int = 0  # drop training images whose shorter side is below this
+
+
+SPLIT_PROTOCOLS: dict[str, SplitProtocol] = {
+    p.name: p
+    for p in (
+        SplitProtocol("coco_ovr_48_17", "ovr", "coco_ovr_48_17.json", "base", "novel"),
+        SplitProtocol("coco_voc_nonvoc", "open_world", "coco_voc_nonvoc.json", "voc", "nonvoc", min_train_side=32),
+        SplitProtocol("demo_ovr", "ovr", "demo_ovr.json", "base", "novel"),
+        SplitProtocol("demo_open_world", "open_world", "demo_open_world.json", "seen", "unseen", min_train_side=32),
+    )
+}
+
+
+@dataclass(frozen=True)
+class EvalProtocol:
+    """One named evaluation protocol (``ovis.eval.protocols``). `split_resource`: package file in
+    ovis/data/resources with the base/novel (or voc/nonvoc = seen/unseen) category lists, used when no
+    partition is passed."""
+
+    name: str
+    kind: str  # "coco" | "ovr" | "open_world"
+    description: str
+    split_resource: str | None = None
+    max_dets: tuple[int, ...] = (1, 10, 100)
+
+
+OPEN_WORLD_BUDGETS = (10, 20, 30, 50, 100, 300, 500, 1000, 1500)
+
+EVAL_PROTOCOLS: dict[str, EvalProtocol] = {
+    p.name: p
+    for p in (
+        EvalProtocol("coco", "coco", "COCO AP/AR, the 12 standard pycocotools stats"),
+        EvalProtocol(
+            "coco_ovr_48_17", "ovr",
+            "CPL/XPM COCO 48 base / 17 novel: AP50 per split (base, novel, all) + 12 COCO stats",
+            "coco_ovr_48_17.json",
+        ),
+        EvalProtocol("demo_ovr", "ovr", "demo data, open-vocabulary: AP50 per split + 12 COCO stats", "demo_ovr.json"),
+        EvalProtocol(
+            "coco_voc_nonvoc", "open_world",
+            "OLN/GGN VOC -> non-VOC: class-agnostic AR@k (k <= 1500), seen hits removed from the budget, AUC",
+            "coco_voc_nonvoc.json", OPEN_WORLD_BUDGETS,
+        ),
+        EvalProtocol(
+            "coco_voc_nonvoc_ldet", "open_world",
+            "VOC -> non-VOC with budgets capped at 100 (top-100 list), as LDET-style tables report",
+            "coco_voc_nonvoc.json", (10, 20, 30, 50, 100),
+        ),
+        EvalProtocol(
+            "demo_open_world", "open_world",
+            "demo data, open-world: class-agnostic AR@k with seen hits removed, AUC",
+            "demo_open_world.json", OPEN_WORLD_BUDGETS,
+        ),
+    )
+}
