@@ -11,8 +11,8 @@
 - eval → :func:`load_model`, :func:`run_eval` (docs/cpl.md#25-inference, docs/protocols.md#41-open-vocabulary-ap): generalized, constrained-novel and
   constrained-base runs per model, each with its own vocabulary.
 
-Class embeddings: the teacher uses the text encoder's static token embeddings of class names
-unnormalised; the student and pseudo-labelling L2-normalise them (docs/cpl.md#6-pitfalls, item 1).
+The teacher and student themselves (:func:`build_teacher`, :func:`build_student`, :func:`load_model`,
+:func:`class_embeddings`) are built by ``ovis.pseudo.detectors``, which the pseudo-labeler shares.
 """
 
 from __future__ import annotations
@@ -21,30 +21,34 @@ import dataclasses
 import json
 import time
 from collections.abc import Callable, Sequence
-from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor, nn
-from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.roi_heads import RoIHeads
 
 from ovis.config import Recipe
-from ovis.data.coco import CocoFormatError, read_json
 from ovis.data.dataset import CocoDetection, collate_fn
 from ovis.data.transforms import RandomHorizontalFlip
 from ovis.io import copy_atomic, write_json_atomic, write_text_atomic
-from ovis.models.detector import build_detector, set_class_embeddings
+from ovis.models.detector import set_class_embeddings
 from ovis.models.grounding import grounding_task
-from ovis.models.student import RobustStudent, StudentDataset, StudentHook
-from ovis.models.text import TextEncoder, build_text_encoder
+from ovis.models.student import StudentDataset, StudentHook
 from ovis.pseudo.cross_modal import (
     PseudoLabeler,
     pseudo_browser,
     pseudo_figures,
     pseudo_vocabulary,
     run_pseudo,
+)
+from ovis.pseudo.detectors import (
+    build_student,
+    build_teacher,
+    class_embeddings,
+    load_model,
+    need_file,
+    read_partition,
 )
 
 if TYPE_CHECKING:
@@ -85,37 +89,6 @@ GROUNDING_PREFIXES = (
 
 # --------------------------------------------------------------------------------------------
 # shared helpers
-
-
-@lru_cache(maxsize=4)
-def _encoder(name: str) -> TextEncoder:
-    return build_text_encoder(name)
-
-
-def text_encoder(recipe: Recipe) -> TextEncoder:
-    """The recipe's text encoder (``model.text_encoder``), one instance per process."""
-    return _encoder(recipe.model.text_encoder)
-
-
-def class_embeddings(recipe: Recipe, names: Sequence[str], normalize: bool) -> Tensor:
-    """Text embeddings ``[K, d]`` of class names (teacher: ``normalize=False``; student: True)."""
-    return text_encoder(recipe).encode(list(names), normalize=normalize)
-
-
-def _partition(run_dir: Path) -> dict:
-    path = run_dir / "splits" / "partition.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found; run the splits stage first")
-    partition = read_json(path)
-    if not isinstance(partition, dict) or not all(isinstance(partition.get(k), list) for k in ("base", "novel")):
-        raise CocoFormatError(f"{path}: expected an object with 'base' and 'novel' category lists (re-run the splits stage)")
-    return partition
-
-
-def _need(path: Path, what: str) -> Path:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found; {what}")
-    return path
 
 
 def grounding_to_detector(state: dict[str, Tensor], detector: nn.Module) -> dict[str, Tensor]:
@@ -163,12 +136,6 @@ def _ratios(ds: CocoDetection) -> list[float]:
 # teacher
 
 
-def build_teacher(recipe: Recipe, run_dir: str | Path) -> MaskRCNN:
-    """The R-C4 embedding detector with the base classes' unnormalised name embeddings."""
-    base = _partition(Path(run_dir))["base"]
-    return build_detector(recipe.model, class_embeddings=class_embeddings(recipe, [c["name"] for c in base], False))
-
-
 def teacher_task(recipe: Recipe, run_dir: str | Path, stage: str = "teacher") -> TrainTask:
     """Teacher training (docs/cpl.md#22-teacher): ``splits/train_base.json`` base masks (labels 1..K in the
     partition's base order), flip ``teacher.flip_prob``; backbone, res5 and projection from
@@ -177,12 +144,12 @@ def teacher_task(recipe: Recipe, run_dir: str | Path, stage: str = "teacher") ->
 
     run_dir = Path(run_dir)
     cfg = recipe.teacher
-    base_ids = [c["id"] for c in _partition(run_dir)["base"]]
-    ds = _train_dataset(recipe, _need(run_dir / "splits" / "train_base.json", "run the splits stage first"),
+    base_ids = [c["id"] for c in read_partition(run_dir)["base"]]
+    ds = _train_dataset(recipe, need_file(run_dir / "splits" / "train_base.json", "run the splits stage first"),
                         base_ids, cfg.flip_prob)
     model = build_teacher(recipe, run_dir)
     if cfg.init is None:
-        ckpt = load_checkpoint(_need(run_dir / GROUNDING_CHECKPOINT, "run the grounding stage first (run_teacher does)"))
+        ckpt = load_checkpoint(need_file(run_dir / GROUNDING_CHECKPOINT, "run the grounding stage first (run_teacher does)"))
         model.load_state_dict(grounding_to_detector(ckpt["model"], model), strict=False)
     return TrainTask(model, ds, cfg, collate_fn=collate_fn, aspect_ratios=_ratios(ds))
 
@@ -207,8 +174,8 @@ def run_teacher(recipe: Recipe, run_dir: str | Path, launcher: str | None = None
 
 
 def _val_images(run_dir: Path, n: int) -> tuple[dict, list[int]]:
-    val = json.loads(_need(run_dir / "splits" / "val.json", "run the splits stage first").read_text())
-    novel = {c["id"] for c in _partition(run_dir)["novel"]}
+    val = json.loads(need_file(run_dir / "splits" / "val.json", "run the splits stage first").read_text())
+    novel = {c["id"] for c in read_partition(run_dir)["novel"]}
     with_novel = list(dict.fromkeys(a["image_id"] for a in val["annotations"] if a["category_id"] in novel))
     rest = [im["id"] for im in val["images"] if im["id"] not in set(with_novel)]
     return val, (with_novel + rest)[:n]
@@ -233,7 +200,7 @@ def _vocab_figure(recipe: Recipe, run_dir: str | Path, which: str, n: int, norma
 
     run_dir = Path(run_dir)
     model = load_model(recipe, run_dir, which)
-    part = _partition(run_dir)
+    part = read_partition(run_dir)
     val, ids = _val_images(run_dir, n)
     panels = {}
     for split in ("base", "novel"):
@@ -254,19 +221,6 @@ def teacher_figures(recipe: Recipe, run_dir: str | Path, n: int = 4) -> list[Fig
 # student
 
 
-def build_student(recipe: Recipe, run_dir: str | Path, pseudo_names: Sequence[str] | None = None) -> RobustStudent:
-    """The robust student: teacher layout, base embeddings L2-normalised for the GT branch and,
-    when given, the pseudo vocabulary's names (L2-normalised) for the pseudo branch."""
-    s = recipe.student
-    detector = build_teacher(recipe, run_dir)
-    base = _partition(Path(run_dir))["base"]
-    set_class_embeddings(detector, class_embeddings(recipe, [c["name"] for c in base], True))
-    model = RobustStudent.from_detector(detector, s.uncertainty, s.pseudo_box_loss, s.lambda_pseudo)
-    if pseudo_names is not None:
-        model.roi_heads.set_pseudo_class_embeddings(class_embeddings(recipe, list(pseudo_names), True))
-    return model
-
-
 def student_task(recipe: Recipe, run_dir: str | Path, stage: str = "student") -> TrainTask:
     """Student training (docs/cpl.md#24-robust-student): init from ``teacher/model_final.pth`` (``student.init``
     overrides), ``student.freeze`` (backbone, rpn) frozen; offline pseudo masks from
@@ -282,17 +236,17 @@ def student_task(recipe: Recipe, run_dir: str | Path, stage: str = "student") ->
     s = recipe.student
     init = s.init or TEACHER_CHECKPOINT
     cfg = dataclasses.replace(s, init=init, find_unused_parameters=True)
-    _need(run_dir / init if not Path(init).is_absolute() else Path(init), "train the teacher first")
-    base_ids = [c["id"] for c in _partition(run_dir)["base"]]
+    need_file(run_dir / init if not Path(init).is_absolute() else Path(init), "train the teacher first")
+    base_ids = [c["id"] for c in read_partition(run_dir)["base"]]
     pv = pseudo_vocabulary(recipe, run_dir)
     pseudo_ids = [c["id"] for c in pv.categories]
     if s.online_pseudo:
-        ds = _train_dataset(recipe, _need(run_dir / "splits" / "train_base.json", "run the splits stage first"),
+        ds = _train_dataset(recipe, need_file(run_dir / "splits" / "train_base.json", "run the splits stage first"),
                             base_ids, cfg.flip_prob)
         caps = {int(k): v for k, v in json.loads((run_dir / "splits" / "captions.json").read_text()).items()}
         data = StudentDataset(ds, base_ids, pseudo_ids, captions=caps)
     else:
-        path = _need(run_dir / "pseudo" / "train_pseudo.json", "run the pseudo stage first (run_pseudo)")
+        path = need_file(run_dir / "pseudo" / "train_pseudo.json", "run the pseudo stage first (run_pseudo)")
         ds = _train_dataset(recipe, path, None, cfg.flip_prob)
         data = StudentDataset(ds, base_ids, pseudo_ids)
     model = build_student(recipe, run_dir, pv.names)
@@ -345,21 +299,6 @@ def student_figures(recipe: Recipe, run_dir: str | Path, n: int = 4) -> list[Fig
 
 # --------------------------------------------------------------------------------------------
 # inference and evaluation
-
-
-def load_model(recipe: Recipe, run_dir: str | Path, which: str = "student") -> nn.Module:
-    """The trained ``teacher`` or ``student`` of a run (eval mode, CPU), weights from
-    ``<run_dir>/<which>/model_final.pth``. Its vocabulary is the base classes until
-    :func:`ovis.models.detector.set_class_embeddings` swaps it."""
-    from ovis.engine.train import load_checkpoint
-
-    run_dir = Path(run_dir)
-    if which not in ("teacher", "student"):
-        raise ValueError(f"load_model: which={which!r}; use 'teacher' or 'student'")
-    path = _need(run_dir / which / "model_final.pth", f"train the {which} first (run_{which})")
-    model = build_teacher(recipe, run_dir) if which == "teacher" else build_student(recipe, run_dir)
-    model.load_state_dict(load_checkpoint(path, keys=("model",))["model"])
-    return model.eval()
 
 
 def _subset_gt(gt: dict, ids: Sequence[int]) -> dict:
@@ -425,7 +364,7 @@ def run_eval(recipe: Recipe, run_dir: str | Path, force: bool = False, stream: C
         model = load_model(recipe, run_dir, which).to(dev)
         cast(RoIHeads, model.roi_heads).detections_per_img = recipe.eval.detections_per_img
         for setting, fname in EVAL_SETTINGS.items():
-            gt_path = _need(run_dir / "splits" / fname, "run the splits stage first")
+            gt_path = need_file(run_dir / "splits" / fname, "run the splits stage first")
             ds = CocoDetection(gt_path, recipe.data.path(recipe.data.val_images), with_masks=False, drop_crowd=False)
             names = [c["name"] for c in ds.coco["categories"] if c["id"] in ds.category_ids]
             set_class_embeddings(model, class_embeddings(recipe, names, normalize=which == "student"))

@@ -52,6 +52,7 @@ from ovis.data.captions import (
 from ovis.data.coco import CocoFormatError, ann_to_rle, load_coco, masks_to_rles, read_json
 from ovis.io import write_json_atomic
 from ovis.models.text import TextEncoder
+from ovis.pseudo.detectors import class_embeddings, load_model, text_encoder
 from ovis.runs import stage_hash
 
 if TYPE_CHECKING:
@@ -310,8 +311,6 @@ def _annotations(image_id: int, res: Mapping[str, Any], pv: PseudoVocabulary) ->
 
 def build_labeler(recipe: Recipe, run_dir: str | Path, device: str | torch.device = "cpu") -> PseudoLabeler:
     """The frozen teacher of ``<run_dir>/teacher/model_final.pth`` as a :class:`PseudoLabeler`."""
-    from ovis.methods.cpl import load_model, text_encoder
-
     teacher = cast("MaskRCNN", load_model(recipe, run_dir, "teacher").to(device))
     return PseudoLabeler(teacher, pseudo_vocabulary(recipe, run_dir).vocab, text_encoder(recipe))
 
@@ -577,7 +576,6 @@ def pseudo_browser(recipe: Recipe, run_dir: str | Path, max_images: int = 50, de
     images: GT (all classes) | teacher (its detections with the pseudo vocabulary's names,
     cached in ``pseudo/teacher_detections.json``) | pseudo; captions and caption words."""
     from ovis.engine.infer import to_results
-    from ovis.methods.cpl import class_embeddings, load_model
     from ovis.models.detector import set_class_embeddings
     from ovis.viz.draw import load_image
     from ovis.viz.widgets import MaskBrowser
