@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import sys
-
-from ovis.locks import folder_lock
 
 # subcommand -> (module with `main(argv) -> int`, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -19,8 +16,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "reproduce": ("ovis.pipeline", "run the stage notebooks of a recipe with papermill"),
     "lab": ("ovis.pipeline", "open JupyterLab on notebooks/"),
 }
-# commands that write one folder named by an option: a second concurrent run into it fails at once
-LOCKED_OPTION = {"splits": "--out"}
+# Each command that writes a folder locks it (ovis.locks) where it has parsed its arguments, so that
+# every spelling argparse accepts (--out X, --out=X, --ou X) names the folder it locks.
 
 
 def usage() -> str:
@@ -28,15 +25,6 @@ def usage() -> str:
     lines += [f"  {name:<10} {help_}" for name, (_, help_) in COMMANDS.items()]
     lines += ["", "`ovis COMMAND --help` lists a command's arguments."]
     return "\n".join(lines)
-
-
-def _option_value(argv: list[str], option: str) -> str | None:
-    for i, arg in enumerate(argv):
-        if arg == option and i + 1 < len(argv):
-            return argv[i + 1]
-        if arg.startswith(option + "="):
-            return arg[len(option) + 1:]
-    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,10 +38,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     module = importlib.import_module(COMMANDS[name][0])
     entry = getattr(module, "lab_main" if name == "lab" else "main")
-    folder = _option_value(rest, LOCKED_OPTION[name]) if name in LOCKED_OPTION else None
     try:
-        with folder_lock(folder) if folder else contextlib.nullcontext():
-            return int(entry(rest) or 0)
+        return int(entry(rest) or 0)
     except OSError as e:  # the file system said no: an output path that is a file, no permission, ...
         where = f" ({e.filename})" if e.filename and str(e.filename) not in str(e) else ""
         print(f"ovis {name}: error: {e}{where}", file=sys.stderr)

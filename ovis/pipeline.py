@@ -16,11 +16,12 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ovis.config import Recipe, RecipeError, list_recipes, load_recipe
 from ovis.data.coco import read_json, validate_coco
 from ovis.data.splits import check_data_files
-from ovis.locks import FolderInUse, folder_lock
+from ovis.locks import FolderInUse, folder_lock, held_lock_fds
 from ovis.runs import STAGES, default_run_dir, stage_done, training_stages
 
 NOTEBOOKS = {
@@ -81,6 +82,20 @@ def _failing_cell(executed: Path) -> str:
     return "an unknown cell"
 
 
+def _kernel_manager_class() -> type:
+    """papermill's kernel manager, starting the kernel with this process's folder locks open
+    (:func:`ovis.locks.held_lock_fds`): the run folder stays locked while the kernel lives, even when
+    ``ovis reproduce`` is killed (jupyter_client closes every other inherited file)."""
+    from jupyter_client import AsyncKernelManager
+
+    class LockSharingKernelManager(AsyncKernelManager):
+        async def start_kernel(self, **kw: Any) -> None:  # type: ignore[override]
+            kw["pass_fds"] = (*kw.get("pass_fds", ()), *held_lock_fds())
+            await super().start_kernel(**kw)
+
+    return LockSharingKernelManager
+
+
 def run_stage(stage: str, recipe: Recipe, recipe_ref: str, run_dir: Path, overrides: list[str],
               force: bool = False, kernel: str = "python3") -> StageResult:
     """Execute one stage notebook; skip it when its outputs match the recipe hash."""
@@ -105,6 +120,7 @@ def run_stage(stage: str, recipe: Recipe, recipe_ref: str, run_dir: Path, overri
             papermill.execute_notebook(
                 str(notebook_dir() / NOTEBOOKS[stage]), str(out), parameters=params, kernel_name=kernel,
                 progress_bar=False, request_save_on_cell_execute=True, cwd=os.getcwd(), config=config,
+                kernel_manager_class=_kernel_manager_class(),
             )
     except PapermillExecutionError as e:
         where = _failing_cell(out)
