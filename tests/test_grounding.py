@@ -14,12 +14,12 @@ import torchvision
 from PIL import Image
 
 from ovis.config import Recipe
+from ovis.data.dataset import CaptionImages
+from ovis.methods.cpl import grounding_task
 from ovis.models.grounding import (
     LOSS_NAMES,
-    CaptionImages,
     GroundingModel,
     grounding_scores,
-    grounding_task,
     save_grounding_checkpoint,
     teacher_init_state,
 )

@@ -11,13 +11,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ovis.config import ModelConfig
-from ovis.data.dataset import CocoDetection
+from ovis.data.dataset import CocoDetection, StudentDataset
+from ovis.methods.cpl import StudentHook
 from ovis.models.detector import build_detector
 from ovis.models.student import (
     HeteroscedasticMaskPredictor,
     RobustStudent,
-    StudentDataset,
-    StudentHook,
     adaptive_weight,
     heteroscedastic_bce,
 )

@@ -1,21 +1,29 @@
-"""COCO instances as a torch Dataset for torchvision detection models, and image loading."""
+"""COCO instances as torch Datasets for torchvision detection models, and image loading.
+
+:class:`CocoDetection` serves ``(image, target)`` pairs of a COCO instances file; :class:`CaptionImages`
+pairs its images with captions (CPL's caption grounding, docs/cpl.md#21-caption-pretraining);
+:class:`StudentDataset` relabels GT and pseudo annotations for CPL's robust student
+(docs/cpl.md#24-robust-student).
+"""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from pycocotools import mask as mask_utils
+from torch import Tensor
 from torch.utils.data import Dataset
 
 from ovis.data.coco import CocoFormatError, ann_to_rle, load_coco
 
-__all__ = ["CocoDetection", "Transform", "collate_fn", "load_rgb"]
+__all__ = ["CaptionImages", "CocoDetection", "StudentDataset", "Transform", "collate_fn", "load_rgb"]
 
 
 def load_rgb(path: Path, size: tuple[int, int], where: str) -> torch.Tensor:
@@ -187,3 +195,118 @@ def collate_fn(
     """Detection samples -> (list of images, list of targets), the form torchvision models take."""
     images, targets = zip(*batch) if batch else ((), ())
     return list(images), list(targets)
+
+
+class CaptionImages(Dataset):
+    """Images of a COCO instances JSON paired with one of their captions.
+
+    Items: ``(image float32 [3, H, W] RGB in 0..1, {"image_id": int, "caption": str})``; the
+    caption is drawn uniformly from the image's list on every access with torch's RNG (the
+    training loop seeds each item). Images without a caption are skipped. ``captions`` maps image
+    id (int, or str as in ``splits/captions.json``) to captions. ``min_size`` rescales the shorter
+    side to that many pixels, with the longer side capped at ``max_size`` (torchvision's detection
+    rule); ``flip_prob`` mirrors the image left-right.
+    """
+
+    def __init__(
+        self,
+        ann_file: str | Path,
+        image_root: str | Path,
+        captions: Mapping[int | str, Sequence[str]],
+        min_size: int | None = None,
+        max_size: int | None = None,
+        flip_prob: float = 0.0,
+    ) -> None:
+        if not 0.0 <= flip_prob <= 1.0:
+            raise ValueError(f"flip_prob must be in [0, 1], got {flip_prob}")
+        self.ann_file = Path(ann_file)
+        self.image_root = Path(image_root)
+        self.min_size, self.max_size, self.flip_prob = min_size, max_size, flip_prob
+        coco = load_coco(ann_file)
+        self.captions: dict[int, list[str]] = {}
+        for key, caps in captions.items():
+            try:
+                image_id = int(key)
+            except (TypeError, ValueError):
+                raise ValueError(f"captions: key {key!r} is not an image id (expected an int or a digit string)") from None
+            if isinstance(caps, str) or not all(isinstance(c, str) for c in caps):
+                raise ValueError(f"captions: image {image_id}: expected a list of caption strings, got {caps!r:.80}")
+            self.captions[image_id] = [c for c in caps if c.strip()]
+        self._images = {img["id"]: img for img in coco["images"]}
+        self.ids = [img["id"] for img in coco["images"] if self.captions.get(img["id"])]
+        if not self.ids:
+            raise ValueError(f"{self.ann_file}: none of its {len(self._images)} images has a caption; "
+                             "check that the captions belong to this split (image ids must match)")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def aspect_ratios(self) -> list[float]:
+        """Width / height of every item (for aspect-ratio grouped batches)."""
+        return [self._images[i]["width"] / self._images[i]["height"] for i in self.ids]
+
+    def load_image(self, image_id: int) -> Tensor:
+        """RGB float32 [3, H, W] in 0..1 at file resolution; checks the size against the JSON."""
+        info = self._images[image_id]
+        return load_rgb(self.image_root / info["file_name"], (info["width"], info["height"]),
+                        f"{self.ann_file}: image {image_id}")
+
+    def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Any]]:
+        image_id = self.ids[index]
+        image = self.load_image(image_id)
+        if self.min_size:
+            h, w = image.shape[-2:]
+            scale = self.min_size / min(h, w)
+            if self.max_size:
+                scale = min(scale, self.max_size / max(h, w))
+            size = (max(1, round(h * scale)), max(1, round(w * scale)))
+            if size != (h, w):
+                image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
+        if self.flip_prob > 0 and torch.rand(()) < self.flip_prob:
+            image = image.flip(-1)
+        caps = self.captions[image_id]
+        caption = caps[int(torch.randint(len(caps), ()))]
+        return image, {"image_id": image_id, "caption": caption}
+
+
+class StudentDataset(Dataset):
+    """Student training items from ``pseudo/train_pseudo.json`` (or, online, from train_base.json).
+
+    Wraps a :class:`CocoDetection` over every category of the file and relabels: GT boxes →
+    base labels (1..K in ``base_ids`` order), pseudo boxes → pseudo-vocabulary labels (1..V in
+    ``pseudo_ids`` order). ``captions`` (image id → captions) adds ``target["captions"]``.
+    """
+
+    def __init__(self, dataset: CocoDetection, base_ids: Sequence[int], pseudo_ids: Sequence[int],
+                 captions: Mapping[int, Sequence[str]] | None = None) -> None:
+        self.dataset, self.captions = dataset, captions
+        base = {c: i + 1 for i, c in enumerate(base_ids)}
+        vocab = {c: i + 1 for i, c in enumerate(pseudo_ids)}
+        n = max(dataset.label_to_cat_id, default=0) + 1
+        self._gt_label = torch.full((n,), -1, dtype=torch.int64)
+        self._pl_label = torch.full((n,), -1, dtype=torch.int64)
+        for label, cid in dataset.label_to_cat_id.items():
+            self._gt_label[label] = base.get(cid, -1)
+            self._pl_label[label] = vocab.get(cid, -1)
+        self.ids = dataset.ids
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def aspect_ratios(self) -> list[float]:
+        imgs = self.dataset._images
+        return [imgs[i]["width"] / imgs[i]["height"] for i in self.dataset.ids]
+
+    def __getitem__(self, index: int) -> tuple[Tensor, dict]:
+        image, target = self.dataset[index]
+        pseudo = target["pseudo"]
+        labels = torch.where(pseudo, self._pl_label[target["labels"]], self._gt_label[target["labels"]])
+        if (labels < 0).any():
+            bad = target["labels"][labels < 0].tolist()
+            cats = sorted({self.dataset.label_to_cat_id[b] for b in bad})
+            raise ValueError(f"{self.dataset.ann_file}: image {target['image_id']}: categories {cats} are neither "
+                             "base classes (GT) nor in the pseudo vocabulary (pseudo annotations)")
+        target = {**target, "labels": labels}
+        if self.captions is not None:
+            target["captions"] = list(self.captions.get(target["image_id"], []))
+        return image, target

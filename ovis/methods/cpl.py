@@ -29,12 +29,13 @@ from torch import Tensor, nn
 from torchvision.models.detection.roi_heads import RoIHeads
 
 from ovis.config import Recipe
-from ovis.data.dataset import CocoDetection, collate_fn
+from ovis.data.dataset import CaptionImages, CocoDetection, StudentDataset, collate_fn
 from ovis.data.transforms import RandomHorizontalFlip
 from ovis.io import copy_atomic, write_json_atomic, write_text_atomic
 from ovis.models.detector import set_class_embeddings
-from ovis.models.grounding import grounding_task
-from ovis.models.student import StudentDataset, StudentHook
+from ovis.models.grounding import GroundingModel
+from ovis.models.student import RobustStudent
+from ovis.models.text import StaticTokenEmbedding, build_text_encoder
 from ovis.pseudo.cross_modal import (
     PseudoLabeler,
     pseudo_browser,
@@ -59,6 +60,7 @@ if TYPE_CHECKING:
 __all__ = [
     "EVAL_SETTINGS",
     "PseudoLabeler",
+    "StudentHook",
     "class_embeddings",
     "grounding_task",
     "grounding_to_detector",
@@ -88,7 +90,40 @@ GROUNDING_PREFIXES = (
 
 
 # --------------------------------------------------------------------------------------------
-# shared helpers
+# grounding (caption pretraining) and its hand-over to the teacher
+
+
+def grounding_task(recipe: Recipe, run_dir: str | Path, stage: str = "grounding") -> TrainTask:
+    """The loop's task for caption pretraining: ``<run_dir>/splits/train_base.json`` images with
+    ``<run_dir>/splits/captions.json`` captions, images from ``data.train_images`` resized by
+    ``model.min_size``/``max_size``; model from ``model.backbone``, ``backbone_weights`` (BN trained
+    only when there are none), ``text_encoder``, ``input_format``, ``stride_in_1x1``; optimiser
+    settings from ``recipe.<stage>`` (``grounding``). Batches are grouped by aspect ratio."""
+    from ovis.engine.train import TrainTask
+
+    cfg = getattr(recipe, stage, None)
+    if cfg is None or not hasattr(cfg, "max_iter"):
+        raise ValueError(f"grounding_task: recipe has no training section {stage!r}")
+    splits = Path(run_dir) / "splits"
+    ann_file, captions_file = splits / "train_base.json", splits / "captions.json"
+    for f in (ann_file, captions_file):
+        if not f.is_file():
+            raise FileNotFoundError(f"grounding: {f} not found; run the splits stage first "
+                                    f"(`ovis splits --recipe {recipe.name} --run-dir {run_dir}`) with data.train_captions set")
+    captions = json.loads(captions_file.read_text())
+    m = recipe.model
+    dataset = CaptionImages(ann_file, recipe.data.path(recipe.data.train_images), captions,
+                            min_size=m.min_size, max_size=m.max_size, flip_prob=cfg.flip_prob)
+    encoder = build_text_encoder(m.text_encoder)
+    if not isinstance(encoder, StaticTokenEmbedding):
+        raise ValueError(f"model.text_encoder={m.text_encoder!r}: grounding needs static token embeddings; "
+                         "use 'minilm' or 'bert-base-uncased'")
+    model = GroundingModel(m.backbone, encoder, weights=m.backbone_weights, input_format=m.input_format,
+                           stride_in_1x1=m.stride_in_1x1, train_bn=not m.backbone_weights, norm=m.norm)
+    if m.embedding_dim is not None and m.embedding_dim != model.embedding_dim:
+        raise ValueError(f"model.embedding_dim={m.embedding_dim} but text encoder {m.text_encoder!r} gives "
+                         f"{model.embedding_dim}-d token embeddings; set model.embedding_dim: null")
+    return TrainTask(model, dataset, cfg, aspect_ratios=dataset.aspect_ratios())
 
 
 def grounding_to_detector(state: dict[str, Tensor], detector: nn.Module) -> dict[str, Tensor]:
@@ -219,6 +254,49 @@ def teacher_figures(recipe: Recipe, run_dir: str | Path, n: int = 4) -> list[Fig
 
 # --------------------------------------------------------------------------------------------
 # student
+
+
+class StudentHook:
+    """``TrainTask.after_step``: freezes the σ-head once ``iteration ≥ freeze_after`` (idempotent),
+    and appends ``{"iteration", "sigma_mean", "lambda_pl"}`` means to ``log_path`` every
+    ``log_period`` iterations, each over the steps that reported it (``log_path`` None: no log; only
+    the process with ``is_main``)."""
+
+    def __init__(self, freeze_after: int, log_path: str | Path | None = None, log_period: int = 20,
+                 is_main: Callable[[], bool] = lambda: True) -> None:
+        self.freeze_after, self.log_period, self.is_main = freeze_after, max(1, log_period), is_main
+        self.log_path = Path(log_path) if log_path is not None else None
+        self._sums: dict[str, float] = {}
+        self._counts: dict[str, int] = {}
+        self._started = False
+
+    def __call__(self, iteration: int, model: nn.Module) -> None:
+        model = cast(RobustStudent, getattr(model, "module", model))
+        if iteration >= self.freeze_after:
+            model.roi_heads.mask_predictor.log_var.requires_grad_(False)
+        if self.log_path is None or not self.is_main():
+            return
+        if not self._started:  # a fresh or resumed run: drop lines past the current iteration
+            self._started = True
+            keep = []
+            if self.log_path.is_file():
+                for line in self.log_path.read_text().splitlines():
+                    try:
+                        if json.loads(line)["iteration"] <= iteration:
+                            keep.append(line + "\n")
+                    except (ValueError, KeyError, TypeError):
+                        continue
+            write_text_atomic("".join(keep), self.log_path)
+        stats = getattr(model, "last_stats", {})
+        for k, v in stats.items():
+            self._sums[k] = self._sums.get(k, 0.0) + v
+            self._counts[k] = self._counts.get(k, 0) + 1
+        if iteration % self.log_period == 0 and self._counts:
+            row = {"iteration": iteration, **{k: v / self._counts[k] for k, v in self._sums.items()},
+                   "sigma_head_frozen": iteration >= self.freeze_after}
+            with open(self.log_path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+            self._sums, self._counts = {}, {}
 
 
 def student_task(recipe: Recipe, run_dir: str | Path, stage: str = "student") -> TrainTask:

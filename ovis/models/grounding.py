@@ -32,19 +32,15 @@ under ``"model"``).
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import Dataset
 
-from ovis.data.coco import load_coco
-from ovis.data.dataset import load_rgb
 from ovis.io import atomic_path
 from ovis.models.backbones import (
     NORMS,
@@ -55,18 +51,12 @@ from ovis.models.backbones import (
     stage_channels,
     trunk_children,
 )
-from ovis.models.text import StaticTokenEmbedding, build_text_encoder
-
-if TYPE_CHECKING:
-    from ovis.config import Recipe
-    from ovis.engine.train import TrainTask
+from ovis.models.text import StaticTokenEmbedding
 
 __all__ = [
-    "CaptionImages",
     "GroundingModel",
     "grounding_losses",
     "grounding_scores",
-    "grounding_task",
     "save_grounding_checkpoint",
     "teacher_init_state",
 ]
@@ -75,82 +65,6 @@ BGR255_MEAN = (102.9801, 115.9465, 122.7717)  # maskrcnn-benchmark / caffe2 pixe
 C5_STRIDE = 32
 LOSS_NAMES = ("loss_grounding_w2r_caption", "loss_grounding_w2r_image",
               "loss_grounding_r2w_caption", "loss_grounding_r2w_image")
-
-
-# --------------------------------------------------------------------------------------------
-# data
-
-
-class CaptionImages(Dataset):
-    """Images of a COCO instances JSON paired with one of their captions.
-
-    Items: ``(image float32 [3, H, W] RGB in 0..1, {"image_id": int, "caption": str})``; the
-    caption is drawn uniformly from the image's list on every access with torch's RNG (the
-    training loop seeds each item). Images without a caption are skipped. ``captions`` maps image
-    id (int, or str as in ``splits/captions.json``) to captions. ``min_size`` rescales the shorter
-    side to that many pixels, with the longer side capped at ``max_size`` (torchvision's detection
-    rule); ``flip_prob`` mirrors the image left-right.
-    """
-
-    def __init__(
-        self,
-        ann_file: str | Path,
-        image_root: str | Path,
-        captions: Mapping[int | str, Sequence[str]],
-        min_size: int | None = None,
-        max_size: int | None = None,
-        flip_prob: float = 0.0,
-    ) -> None:
-        if not 0.0 <= flip_prob <= 1.0:
-            raise ValueError(f"flip_prob must be in [0, 1], got {flip_prob}")
-        self.ann_file = Path(ann_file)
-        self.image_root = Path(image_root)
-        self.min_size, self.max_size, self.flip_prob = min_size, max_size, flip_prob
-        coco = load_coco(ann_file)
-        self.captions: dict[int, list[str]] = {}
-        for key, caps in captions.items():
-            try:
-                image_id = int(key)
-            except (TypeError, ValueError):
-                raise ValueError(f"captions: key {key!r} is not an image id (expected an int or a digit string)") from None
-            if isinstance(caps, str) or not all(isinstance(c, str) for c in caps):
-                raise ValueError(f"captions: image {image_id}: expected a list of caption strings, got {caps!r:.80}")
-            self.captions[image_id] = [c for c in caps if c.strip()]
-        self._images = {img["id"]: img for img in coco["images"]}
-        self.ids = [img["id"] for img in coco["images"] if self.captions.get(img["id"])]
-        if not self.ids:
-            raise ValueError(f"{self.ann_file}: none of its {len(self._images)} images has a caption; "
-                             "check that the captions belong to this split (image ids must match)")
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def aspect_ratios(self) -> list[float]:
-        """Width / height of every item (for aspect-ratio grouped batches)."""
-        return [self._images[i]["width"] / self._images[i]["height"] for i in self.ids]
-
-    def load_image(self, image_id: int) -> Tensor:
-        """RGB float32 [3, H, W] in 0..1 at file resolution; checks the size against the JSON."""
-        info = self._images[image_id]
-        return load_rgb(self.image_root / info["file_name"], (info["width"], info["height"]),
-                        f"{self.ann_file}: image {image_id}")
-
-    def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Any]]:
-        image_id = self.ids[index]
-        image = self.load_image(image_id)
-        if self.min_size:
-            h, w = image.shape[-2:]
-            scale = self.min_size / min(h, w)
-            if self.max_size:
-                scale = min(scale, self.max_size / max(h, w))
-            size = (max(1, round(h * scale)), max(1, round(w * scale)))
-            if size != (h, w):
-                image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
-        if self.flip_prob > 0 and torch.rand(()) < self.flip_prob:
-            image = image.flip(-1)
-        caps = self.captions[image_id]
-        caption = caps[int(torch.randint(len(caps), ()))]
-        return image, {"image_id": image_id, "caption": caption}
 
 
 # --------------------------------------------------------------------------------------------
@@ -380,40 +294,3 @@ def save_grounding_checkpoint(model: nn.Module, path: str | Path) -> Path:
     with atomic_path(path, unique=False, sync_dir=True) as tmp:  # as the engine's checkpoints
         torch.save(blob, tmp)
     return path
-
-
-# --------------------------------------------------------------------------------------------
-# training task
-
-
-def grounding_task(recipe: Recipe, run_dir: str | Path, stage: str = "grounding") -> TrainTask:
-    """The loop's task for caption pretraining: ``<run_dir>/splits/train_base.json`` images with
-    ``<run_dir>/splits/captions.json`` captions, images from ``data.train_images`` resized by
-    ``model.min_size``/``max_size``; model from ``model.backbone``, ``backbone_weights`` (BN trained
-    only when there are none), ``text_encoder``, ``input_format``, ``stride_in_1x1``; optimiser
-    settings from ``recipe.<stage>`` (``grounding``). Batches are grouped by aspect ratio."""
-    from ovis.engine.train import TrainTask
-
-    cfg = getattr(recipe, stage, None)
-    if cfg is None or not hasattr(cfg, "max_iter"):
-        raise ValueError(f"grounding_task: recipe has no training section {stage!r}")
-    splits = Path(run_dir) / "splits"
-    ann_file, captions_file = splits / "train_base.json", splits / "captions.json"
-    for f in (ann_file, captions_file):
-        if not f.is_file():
-            raise FileNotFoundError(f"grounding: {f} not found; run the splits stage first "
-                                    f"(`ovis splits --recipe {recipe.name} --run-dir {run_dir}`) with data.train_captions set")
-    captions = json.loads(captions_file.read_text())
-    m = recipe.model
-    dataset = CaptionImages(ann_file, recipe.data.path(recipe.data.train_images), captions,
-                            min_size=m.min_size, max_size=m.max_size, flip_prob=cfg.flip_prob)
-    encoder = build_text_encoder(m.text_encoder)
-    if not isinstance(encoder, StaticTokenEmbedding):
-        raise ValueError(f"model.text_encoder={m.text_encoder!r}: grounding needs static token embeddings; "
-                         "use 'minilm' or 'bert-base-uncased'")
-    model = GroundingModel(m.backbone, encoder, weights=m.backbone_weights, input_format=m.input_format,
-                           stride_in_1x1=m.stride_in_1x1, train_bn=not m.backbone_weights, norm=m.norm)
-    if m.embedding_dim is not None and m.embedding_dim != model.embedding_dim:
-        raise ValueError(f"model.embedding_dim={m.embedding_dim} but text encoder {m.text_encoder!r} gives "
-                         f"{model.embedding_dim}-d token embeddings; set model.embedding_dim: null")
-    return TrainTask(model, dataset, cfg, aspect_ratios=dataset.aspect_ratios())

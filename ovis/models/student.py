@@ -24,7 +24,7 @@ only new tensor). Training, per batch:
 Batches of any size work: λ is computed per image, so batch size 1 (upstream's hard requirement)
 gives upstream's numbers exactly. ``σ`` and ``λ`` are not losses (the loop sums every entry of the
 loss dict): :attr:`RobustStudent.last_stats` holds the last batch's ``sigma_mean`` / ``lambda_pl``
-and :class:`StudentHook` logs them to ``student/robust.jsonl``.
+and ``ovis.methods.cpl.StudentHook`` logs them to ``student/robust.jsonl``.
 
 Inference is a plain Mask R-CNN forward (mask logits μ only) with whatever class embeddings
 :func:`ovis.models.detector.set_class_embeddings` installed.
@@ -32,22 +32,18 @@ Inference is a plain Mask R-CNN forward (mask logits μ only) with whatever clas
 
 from __future__ import annotations
 
-import json
 import math
-from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import Dataset
 from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
 from torchvision.models.detection.roi_heads import project_masks_on_boxes
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
-from ovis.data.dataset import CocoDetection
 from ovis.models.heads import ClassAgnosticRoIHeads, EmbeddingRoIHeads
 
 __all__ = [
@@ -55,8 +51,6 @@ __all__ = [
     "LAMBDA_NUMERATOR",
     "RobustRoIHeads",
     "RobustStudent",
-    "StudentDataset",
-    "StudentHook",
     "adaptive_weight",
     "heteroscedastic_bce",
 ]
@@ -322,90 +316,3 @@ class RobustStudent(nn.Module):
             self.last_stats = {}
         losses.update(pl_losses)
         return losses
-
-
-class StudentDataset(Dataset):
-    """Student training items from ``pseudo/train_pseudo.json`` (or, online, from train_base.json).
-
-    Wraps a :class:`CocoDetection` over every category of the file and relabels: GT boxes →
-    base labels (1..K in ``base_ids`` order), pseudo boxes → pseudo-vocabulary labels (1..V in
-    ``pseudo_ids`` order). ``captions`` (image id → captions) adds ``target["captions"]``.
-    """
-
-    def __init__(self, dataset: CocoDetection, base_ids: Sequence[int], pseudo_ids: Sequence[int],
-                 captions: Mapping[int, Sequence[str]] | None = None) -> None:
-        self.dataset, self.captions = dataset, captions
-        base = {c: i + 1 for i, c in enumerate(base_ids)}
-        vocab = {c: i + 1 for i, c in enumerate(pseudo_ids)}
-        n = max(dataset.label_to_cat_id, default=0) + 1
-        self._gt_label = torch.full((n,), -1, dtype=torch.int64)
-        self._pl_label = torch.full((n,), -1, dtype=torch.int64)
-        for label, cid in dataset.label_to_cat_id.items():
-            self._gt_label[label] = base.get(cid, -1)
-            self._pl_label[label] = vocab.get(cid, -1)
-        self.ids = dataset.ids
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def aspect_ratios(self) -> list[float]:
-        imgs = self.dataset._images
-        return [imgs[i]["width"] / imgs[i]["height"] for i in self.dataset.ids]
-
-    def __getitem__(self, index: int) -> tuple[Tensor, dict]:
-        image, target = self.dataset[index]
-        pseudo = target["pseudo"]
-        labels = torch.where(pseudo, self._pl_label[target["labels"]], self._gt_label[target["labels"]])
-        if (labels < 0).any():
-            bad = target["labels"][labels < 0].tolist()
-            cats = sorted({self.dataset.label_to_cat_id[b] for b in bad})
-            raise ValueError(f"{self.dataset.ann_file}: image {target['image_id']}: categories {cats} are neither "
-                             "base classes (GT) nor in the pseudo vocabulary (pseudo annotations)")
-        target = {**target, "labels": labels}
-        if self.captions is not None:
-            target["captions"] = list(self.captions.get(target["image_id"], []))
-        return image, target
-
-
-class StudentHook:
-    """``TrainTask.after_step``: freezes the σ-head once ``iteration ≥ freeze_after`` (idempotent),
-    and appends ``{"iteration", "sigma_mean", "lambda_pl"}`` means to ``log_path`` every
-    ``log_period`` iterations, each over the steps that reported it (``log_path`` None: no log; only
-    the process with ``is_main``)."""
-
-    def __init__(self, freeze_after: int, log_path: str | Path | None = None, log_period: int = 20,
-                 is_main: Callable[[], bool] = lambda: True) -> None:
-        self.freeze_after, self.log_period, self.is_main = freeze_after, max(1, log_period), is_main
-        self.log_path = Path(log_path) if log_path is not None else None
-        self._sums: dict[str, float] = {}
-        self._counts: dict[str, int] = {}
-        self._started = False
-
-    def __call__(self, iteration: int, model: nn.Module) -> None:
-        model = cast(RobustStudent, getattr(model, "module", model))
-        if iteration >= self.freeze_after:
-            model.roi_heads.mask_predictor.log_var.requires_grad_(False)
-        if self.log_path is None or not self.is_main():
-            return
-        if not self._started:  # a fresh or resumed run: drop lines past the current iteration
-            self._started = True
-            keep = []
-            if self.log_path.is_file():
-                for line in self.log_path.read_text().splitlines():
-                    try:
-                        if json.loads(line)["iteration"] <= iteration:
-                            keep.append(line + "\n")
-                    except (ValueError, KeyError, TypeError):
-                        continue
-            self.log_path.parent.mkdir(parents=True, exist_ok=True)
-            self.log_path.write_text("".join(keep))
-        stats = getattr(model, "last_stats", {})
-        for k, v in stats.items():
-            self._sums[k] = self._sums.get(k, 0.0) + v
-            self._counts[k] = self._counts.get(k, 0) + 1
-        if iteration % self.log_period == 0 and self._counts:
-            row = {"iteration": iteration, **{k: v / self._counts[k] for k, v in self._sums.items()},
-                   "sigma_head_frozen": iteration >= self.freeze_after}
-            with open(self.log_path, "a") as f:
-                f.write(json.dumps(row) + "\n")
-            self._sums, self._counts = {}, {}
