@@ -27,7 +27,6 @@ from torchvision.models.detection.faster_rcnn import TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.rpn import RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
-from torchvision.ops import MultiScaleRoIAlign
 
 from ovis.config import ModelConfig
 from ovis.models.backbones import (
@@ -50,6 +49,7 @@ from ovis.models.heads import (
     OLNRoIHeads,
     OLNRPNHead,
 )
+from ovis.models.roi_align import RoIAlignPool
 
 FPN_LEVELS = ("0", "1", "2", "3")
 # maskrcnn-benchmark / Detectron caffe2 pixel mean (BGR, 0-255), std 1
@@ -108,17 +108,17 @@ def build_detector(
     if cfg.arch == "c4":
         backbone, res5 = build_c4(net)
         anchors = AnchorGenerator((sizes,), (ratios,))
-        box_pool = MultiScaleRoIAlign(["0"], output_size=cfg.c4_pooler_resolution, sampling_ratio=0)
+        box_pool = RoIAlignPool(["0"], output_size=cfg.c4_pooler_resolution, sampling_ratio=0)
         box_head: nn.Module = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
         box_dim = mask_in = stage_channels(res5)
         mask_pool, mask_head = box_pool, nn.Identity()
     else:
         backbone, res5 = build_fpn(net, cfg.fpn_channels), None
         anchors = AnchorGenerator(tuple((s,) for s in sizes), (ratios,) * len(sizes))
-        box_pool = MultiScaleRoIAlign(list(FPN_LEVELS), output_size=7, sampling_ratio=2)
+        box_pool = RoIAlignPool(list(FPN_LEVELS), output_size=7, sampling_ratio=2)
         box_head = TwoMLPHead(cfg.fpn_channels * 7 * 7, cfg.representation_size)
         box_dim, mask_in = cfg.representation_size, cfg.mask_head_channels
-        mask_pool = MultiScaleRoIAlign(list(FPN_LEVELS), output_size=14, sampling_ratio=2)
+        mask_pool = RoIAlignPool(list(FPN_LEVELS), output_size=14, sampling_ratio=2)
         mask_head = MaskRCNNHeads(cfg.fpn_channels, [cfg.mask_head_channels] * 4, 1)
     mask_predictor = MaskRCNNPredictor(mask_in, cfg.mask_head_channels, 1)
     if cfg.mask_logits_init_std is not None:  # detectron2's init; torchvision's (maskrcnn-benchmark's) is Kaiming
