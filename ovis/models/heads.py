@@ -28,6 +28,9 @@ from torchvision.models.detection.rpn import (
 )
 from torchvision.ops import boxes as box_ops
 
+# the mask branch at inference, RoIs at a time: all 300 of a demo image at once (28x28 maps, 64 channels)
+# spill out of cache, 1.3-1.6x slower on 2 CPU cores (benchmarks/detector_speed.py, infer_ms_per_img)
+MASK_CHUNK = 64
 OLN_RPN_IOU_LOSS_WEIGHT = 10.0  # oln_box.py: IoULoss(linear=True, loss_weight=10)
 OLN_OBJECTNESS_POS_IOU = 0.3  # objectness assigner: positive IoU >= 0.3, negative < 0.1
 OLN_OBJECTNESS_NEG_IOU = 0.1
@@ -196,10 +199,12 @@ class ClassAgnosticRoIHeads(RoIHeads):
     def predict_masks(
         self, features: dict[str, Tensor], boxes: list[Tensor], image_shapes: list[tuple[int, int]]
     ) -> list[Tensor]:
-        """Mask probabilities ``[n_i, 1, M, M]`` per image for the given boxes (not pasted)."""
-        maps = self._roi_maps(features, boxes, image_shapes, self.mask_roi_pool)
-        probs = self.mask_predictor(self.mask_head(maps)).sigmoid()
-        return list(probs.split([len(b) for b in boxes]))
+        """Mask probabilities ``[n_i, 1, M, M]`` per image for the given boxes (not pasted), computed
+        :data:`MASK_CHUNK` RoIs at a time."""
+        pooled = self.mask_roi_pool(features, boxes, image_shapes)
+        logits = [self.mask_predictor(self.mask_head(x if self.res5 is None else self.res5(x)))
+                  for x in pooled.split(MASK_CHUNK)]
+        return list(torch.cat(logits).sigmoid().split([len(b) for b in boxes]))
 
     def training_losses(
         self,
