@@ -9,6 +9,7 @@ names the stage and the failing cell, keeps what earlier stages wrote, and exits
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import subprocess
 import sys
@@ -16,13 +17,16 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ovis.config import Recipe, RecipeError, list_recipes, load_recipe
 from ovis.data.coco import read_json, validate_coco
 from ovis.data.splits import check_data_files
 from ovis.locks import FolderInUse, folder_lock, held_lock_fds
 from ovis.runs import STAGES, default_run_dir, stage_done, training_stages
+
+if TYPE_CHECKING:
+    from torch import nn
 
 NOTEBOOKS = {
     "splits": "00_splits.ipynb",
@@ -129,21 +133,95 @@ def run_stage(stage: str, recipe: Recipe, recipe_ref: str, run_dir: Path, overri
     return StageResult(stage, "ran", time.perf_counter() - start, out)
 
 
-def check_run_files(run_dir: Path, stage: str, checked: set[tuple[Path, int, int]]) -> None:
+def trained_model(recipe: Recipe, run_dir: Path, stage: str) -> nn.Module | None:
+    """The model whose weights ``<run_dir>/<stage>/model_final.pth`` of engine training stage ``stage``
+    must hold, as the stage that reads it builds it from the recipe (its pretrained backbone weights
+    not loaded: the checkpoint replaces them), or None for a stage the method does not train.
+
+    CPL: ``grounding`` the caption-grounding network (the teacher maps its weights), ``teacher`` and
+    ``student`` the embedding detectors (``ovis.pseudo.detectors``, as ``load_model`` builds them). GGN /
+    OLN: ``teacher`` the affinity network, the other stages the class-agnostic detectors (the OLN
+    variants with ``model.heads: oln``), as ``ovis.methods.ggn.load_model`` builds them."""
+    bare = dataclasses.replace(recipe.model, backbone_weights=None)
+    if recipe.method == "cpl":
+        if stage == "grounding":  # as the grounding task (ovis.engine.train.TASKS) builds it
+            from ovis.models.grounding import GroundingModel
+            from ovis.models.text import StaticTokenEmbedding, build_text_encoder
+
+            encoder = build_text_encoder(bare.text_encoder)
+            if not isinstance(encoder, StaticTokenEmbedding):
+                return None  # a recipe grounding cannot train with: the stage itself says so
+            return GroundingModel(bare.backbone, encoder, weights=None, input_format=bare.input_format,
+                                  stride_in_1x1=bare.stride_in_1x1, norm=bare.norm)
+        from ovis.pseudo.detectors import build_student, build_teacher
+
+        if stage == "teacher":
+            return build_teacher(dataclasses.replace(recipe, model=bare), run_dir)
+        if stage == "student":
+            return build_student(dataclasses.replace(recipe, model=bare), run_dir)
+    if recipe.method in ("ggn", "oln"):
+        from ovis.methods.ggn import MODELS, OLN_VARIANTS, affinity_net, oln_recipe
+        from ovis.models.detector import build_detector
+
+        if stage == "teacher":  # the recipe's weights decide its BatchNorm (frozen or trained), not loaded
+            return affinity_net(recipe, None)
+        if stage in MODELS:
+            cfg = oln_recipe(recipe).model if stage in OLN_VARIANTS else recipe.model
+            return build_detector(dataclasses.replace(cfg, backbone_weights=None), num_classes=1)
+    return None
+
+
+def _shape(t: Any) -> str:
+    return f"({', '.join(str(n) for n in t.shape)})"
+
+
+def check_state_dict(path: Path, state: Any, model: nn.Module) -> None:
+    """``state`` (the ``model`` entry of checkpoint ``path``) holds every tensor of ``model`` with its shape
+    and nothing else; otherwise a CheckpointError names the file and the first tensor that differs."""
+    import torch
+
+    from ovis.engine.train import CheckpointError
+
+    hint = "; was it trained under another recipe? Delete it and run its stage again"
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: 'model' is a {type(state).__name__}, not a state dict{hint}")
+    needed = model.state_dict()
+    for key, value in state.items():
+        if key not in needed:
+            what = _shape(value) if isinstance(value, torch.Tensor) else type(value).__name__
+            raise CheckpointError(f"{path}: parameter {key!r} {what} is not in the recipe's model{hint}")
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"{path}: parameter {key!r} is a {type(value).__name__}, not a tensor{hint}")
+        if value.shape != needed[key].shape:
+            raise CheckpointError(f"{path}: parameter {key!r} has shape {_shape(value)}, the recipe's model needs "
+                                  f"{_shape(needed[key])}{hint}")
+    missing = [k for k in needed if k not in state]
+    if missing:
+        raise CheckpointError(f"{path}: parameter {missing[0]!r} {_shape(needed[missing[0]])} of the recipe's model is "
+                              f"missing ({len(missing)} of {len(needed)} missing){hint}")
+
+
+def check_run_files(run_dir: Path, stage: str, checked: set[tuple[Path, int, int]], recipe: Recipe) -> None:
     """Read and check what the stages before ``stage`` left in the run folder, as ``stage`` will read it:
-    every JSON file (COCO instances files fully, with ``validate_coco``) and every ``model_final.pth``.
-    A corrupt one stops ``reproduce`` with one line naming it before the stage's kernel starts or
-    writes its notebook. ``checked`` holds the (path, size, mtime) already found good."""
+    every JSON file (COCO instances files fully, with ``validate_coco``) and every ``model_final.pth``,
+    whose tensors must be those of the model the recipe builds for it (:func:`trained_model`, names and
+    shapes). A corrupt one, or a checkpoint of another model, stops ``reproduce`` with one line naming
+    it before the stage's kernel starts or writes its notebook. ``checked`` holds the (path, size, mtime)
+    already found good."""
     from ovis.engine.train import load_checkpoint
 
-    folders = [run_dir / f for s in STAGES[: STAGES.index(stage)] for f in dict.fromkeys([s, *training_stages(s)])]
-    files = [p for f in folders for p in sorted(f.glob("*.json")) + [f / "model_final.pth"] if p.is_file()]
-    for path in files:
+    folders = {f: run_dir / f for s in STAGES[: STAGES.index(stage)] for f in dict.fromkeys([s, *training_stages(s)])}
+    files = [(f, p) for f, d in folders.items() for p in sorted(d.glob("*.json")) + [d / "model_final.pth"]
+             if p.is_file()]
+    for folder, path in files:
         key = (path, path.stat().st_size, path.stat().st_mtime_ns)
         if key in checked:
             continue
         if path.suffix == ".pth":
-            load_checkpoint(path, mmap=True, keys=("model",))
+            state = load_checkpoint(path, mmap=True, keys=("model",))
+            model = trained_model(recipe, run_dir, folder)
+            if model is not None:
+                check_state_dict(path, state["model"], model)
         else:
             data = read_json(path)
             if isinstance(data, dict) and "images" in data and "annotations" in data:
@@ -166,7 +244,7 @@ def reproduce(recipe_ref: str, stages: list[str] | None = None, run_dir: str | P
     with folder_lock(run_dir):
         for i, stage in enumerate(todo, 1):
             if force or not stage_done(run_dir, stage, recipe):
-                check_run_files(run_dir, stage, checked)
+                check_run_files(run_dir, stage, checked, recipe)
             log(f"[{i}/{len(todo)}] {stage}: running {NOTEBOOKS[stage]} ...")
             result = run_stage(stage, recipe, recipe_ref, run_dir, overrides, force)
             what = "skipped (outputs match recipe hash)" if result.status == "skipped" else f"done in {result.seconds:.1f} s"

@@ -581,15 +581,167 @@ def test_reproduce_refuses_corrupt_split_file_before_the_stage_kernel(case: Corr
                    split.name)
 
 
-# a checkpoint of another model loads; only building the model finds it out (inside the stage)
-@pytest.mark.parametrize("kind", [k for k in CHECKPOINTS if k != "another model"])
+# a checkpoint of another model loads: the pre-check builds the recipe's model and compares names and shapes
+@pytest.mark.parametrize("kind", list(CHECKPOINTS))
 def test_reproduce_refuses_corrupt_teacher_checkpoint_before_the_stage_kernel(kind: str, run_copy: tuple[Path, Path],
                                                                               capsys: pytest.CaptureFixture) -> None:
     recipe_path, run = run_copy
     ckpt = run / "teacher" / "model_final.pth"
     _replace(ckpt, CHECKPOINTS[kind](ckpt.read_bytes(), recipe_path))
-    assert_refused(["reproduce", str(recipe_path), "--run-dir", str(run), "--stages", "pseudo"], capsys, [run], (),
-                   ckpt.name)
+    names = ("has shape", "the recipe's model needs") if kind == "another model" else ()
+    assert_refused(["reproduce", str(recipe_path), "--run-dir", str(run), "--stages", "pseudo"], capsys, [run], names,
+                   str(ckpt))
+
+
+# --------------------------------------------------------------------------------------------
+# model_final.pth of every training stage of both methods, against the model the recipe builds for it
+
+
+def _cpl_recipe_data() -> dict:
+    data = _recipe_data()
+    return {
+        "extends": str(RECIPES / "cpl_coco.yaml"),
+        "name": "bad_inputs_cpl",
+        "data": {**data["data"], "train_captions": "annotations/captions_train2017.json"},
+        "model": {"backbone": "resnet18", "backbone_weights": None, "min_size": 64, "max_size": 64,
+                  "mask_head_channels": 8, "c4_pooler_resolution": 4},
+        **{stage: {"max_iter": 1, "num_workers": 0} for stage in ("grounding", "teacher", "student")},
+        "launch": {"device": "cpu"},
+    }
+
+
+def _cpl_models(recipe_path: Path, run: Path, overrides: list[str] | None = None
+                ) -> dict[str, Callable[[], torch.nn.Module]]:
+    """Builders of the models CPL's training stages train (as their tasks build them), for the recipe
+    with ``overrides``."""
+    from ovis.engine.train import default_task, load_task_builder
+    from ovis.methods import cpl
+
+    recipe = load_recipe(recipe_path, overrides)
+    return {"grounding": lambda: load_task_builder(default_task("cpl", "grounding"))(recipe, run, "grounding").model,
+            "teacher": lambda: cpl.build_teacher(recipe, run),
+            "student": lambda: cpl.build_student(recipe, run, ["umbrella", "zebra"])}  # a pseudo vocabulary
+
+
+def _ggn_models(recipe_path: Path, overrides: list[str] | None = None) -> dict[str, Callable[[], torch.nn.Module]]:
+    """Builders of the models GGN's training stages train, for the recipe with ``overrides``."""
+    from ovis.methods.ggn import oln_recipe
+    from ovis.models.detector import build_detector
+
+    recipe = load_recipe(recipe_path, overrides)
+    oln = oln_recipe(recipe).model
+    return {"teacher": lambda: affinity_net(recipe, None),
+            **{s: lambda: build_detector(recipe.model, num_classes=1) for s in ("baseline", "student")},
+            **{s: lambda: build_detector(oln, num_classes=1) for s in ("oln", "oln_baseline")}}
+
+
+def _save_models(run: Path, models: dict[str, Callable[[], torch.nn.Module]]) -> None:
+    torch.manual_seed(0)
+    for stage, build in models.items():
+        (run / stage).mkdir(exist_ok=True)
+        torch.save({"model": build().state_dict(), "iteration": 1, "recipe_hash": "earlier"},
+                   run / stage / "model_final.pth")
+
+
+@pytest.fixture(scope="module")
+def cpl_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(recipe file, run folder) of a CPL recipe on coco_mini: valid splits and a model_final.pth of
+    grounding, teacher and student that fit the recipe."""
+    root = tmp_path_factory.mktemp("cpl")
+    recipe_path = root / "cpl_real.yaml"
+    recipe_path.write_text(yaml.safe_dump(_cpl_recipe_data()))
+    recipe = load_recipe(recipe_path)
+    run = root / "run"
+    write_splits(recipe.splits.protocol, _train_on_disk(root), VAL, run / "splits", CAPTIONS)
+    _save_models(run, _cpl_models(recipe_path, run))
+    return recipe_path, run
+
+
+@pytest.fixture(scope="module")
+def ggn_full_run(ggn_run: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """ggn_run's folder with a model_final.pth of every detector of the student stage too."""
+    recipe_path, run = ggn_run
+    full = tmp_path_factory.mktemp("ggn_full") / "run"
+    shutil.copytree(run, full)
+    _save_models(full, {k: v for k, v in _ggn_models(recipe_path).items() if k != "teacher"})
+    return recipe_path, full
+
+
+# a checkpoint's model state dict -> a wrong one and the words its refusal names (besides the file)
+def _first_matrix(state: dict) -> str:
+    return next(k for k, v in state.items() if v.dim() >= 2)
+
+
+def _wider(state: dict) -> tuple[dict, tuple[str, ...]]:
+    key = _first_matrix(state)
+    shape = tuple(state[key].shape)
+    state[key] = torch.zeros(shape[0] + 1, *shape[1:])
+    return state, (repr(key), f"({', '.join(map(str, (shape[0] + 1, *shape[1:])))})",
+                   f"({', '.join(map(str, shape))})")
+
+
+def _dropped(state: dict) -> tuple[dict, tuple[str, ...]]:
+    key = list(state)[len(state) // 2]
+    del state[key]
+    return state, (repr(key), "missing")
+
+
+def _extra(state: dict) -> tuple[dict, tuple[str, ...]]:
+    state["roi_heads.extra_head.weight"] = torch.zeros(3, 4)
+    return state, ("'roi_heads.extra_head.weight'", "(3, 4)", "not in the recipe's model")
+
+
+def _not_a_tensor(state: dict) -> tuple[dict, tuple[str, ...]]:
+    key = list(state)[-1]
+    state[key] = [1.0, 2.0]
+    return state, (repr(key), "list")
+
+
+STATE_CORRUPTIONS = {"a tensor wider": _wider, "a tensor dropped": _dropped, "an extra tensor": _extra,
+                     "a tensor a list": _not_a_tensor}
+# another model: the recipe with a model setting changed, and the run's stages it changes
+OTHER_MODELS = {"cpl": ["model.backbone=resnet34"], "ggn": ["model.fpn_channels=4", "model.decoder_channels=4"]}
+MODEL_CASES = ([("cpl", stage, kind) for stage in ("grounding", "teacher", "student")
+                for kind in [*STATE_CORRUPTIONS, "another model"]]
+               + [("ggn", stage, kind) for stage in ("teacher", "baseline", "student", "oln", "oln_baseline")
+                  for kind in [*STATE_CORRUPTIONS, "another model"]])
+
+
+@pytest.mark.parametrize("method, stage, kind", MODEL_CASES, ids=[" ".join(c) for c in MODEL_CASES])
+def test_reproduce_refuses_a_checkpoint_of_another_model_before_the_stage_kernel(
+        method: str, stage: str, kind: str, cpl_run: tuple[Path, Path], ggn_full_run: tuple[Path, Path],
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    recipe_path, source = cpl_run if method == "cpl" else ggn_full_run
+    run = tmp_path / "run"
+    shutil.copytree(source, run, copy_function=os.link)
+    ckpt = run / stage / "model_final.pth"
+    state = torch.load(ckpt, weights_only=True)
+    if kind == "another model":
+        models = _cpl_models(recipe_path, run, OTHER_MODELS[method]) if method == "cpl" else \
+            _ggn_models(recipe_path, OTHER_MODELS[method])
+        state["model"], names = models[stage]().state_dict(), ("parameter",)
+    else:
+        state["model"], names = STATE_CORRUPTIONS[kind](state["model"])
+    _replace(ckpt, _saved(state))
+    assert_refused(["reproduce", str(recipe_path), "--run-dir", str(run), "--stages", "eval"], capsys, [run], names,
+                   str(ckpt))
+    assert not (run / "notebooks").exists()  # no kernel started
+
+
+@pytest.mark.parametrize("method", ["cpl", "ggn"])
+def test_the_checkpoints_the_stages_train_pass_the_check(method: str, cpl_run: tuple[Path, Path],
+                                                         ggn_full_run: tuple[Path, Path]) -> None:
+    """Without this, a refusal above could come from a check that refuses everything."""
+    from ovis.pipeline import check_run_files, trained_model
+
+    recipe_path, run = cpl_run if method == "cpl" else ggn_full_run
+    recipe = load_recipe(recipe_path)
+    checked: set[tuple[Path, int, int]] = set()
+    check_run_files(run, "eval", checked, recipe)
+    stages = {p.parent.name for p, _, _ in checked if p.name == "model_final.pth"}
+    assert stages == ({"grounding", "teacher", "student"} if method == "cpl"
+                      else {"teacher", "baseline", "student", "oln", "oln_baseline"})
+    assert all(trained_model(recipe, run, stage) is not None for stage in stages)
 
 
 @pytest.mark.parametrize("kind", list(CHECKPOINTS))
@@ -792,7 +944,7 @@ def test_at_least_100_distinct_corruptions() -> None:
         "train": len(SPLIT_FILE_CASES) + len(CHECKPOINTS) + len(RECIPE_CASES) + 1 + 3 + 2,
         "pseudo": len(SPLIT_FILE_CASES[1::2]) + len(CHECKPOINTS) + len(RECIPE_CASES) + 1 + 3,
         "reproduce": len(RECIPE_CASES) + 1 + len(MISSING_DATA) + len(INSTANCES[::9]) + len(CAPTION_CASES[::9])
-        + len(SPLIT_FILE_CASES[::4]) + len(CHECKPOINTS) - 1,
+        + len(SPLIT_FILE_CASES[::4]) + len(CHECKPOINTS) + len(MODEL_CASES),
     }
     assert all(n >= 10 for n in per_command.values()) and sum(per_command.values()) >= 100, per_command
     labels = [c.label for c in INSTANCES + CAPTION_CASES + SEGM_CASES + BBOX_CASES]
