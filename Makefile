@@ -17,13 +17,11 @@ setup: $(VENV)/.synced
 	.tools/bin/python -m pip install --quiet uv
 
 $(VENV)/.synced: pyproject.toml uv.lock | $(UV)
-	$(UV) sync --frozen --python $(PYTHON)
+	$(UV) sync --frozen --quiet --python $(PYTHON)
 	touch $@
 
 demo: setup
-	$(OVIS) reproduce demo_cpl
-	$(OVIS) reproduce demo_ggn
-	$(VENV)/bin/python -m ovis.pipeline summary demo_cpl demo_ggn
+	$(OVIS) demo
 
 test: setup
 	$(VENV)/bin/ruff check ovis tests benchmarks tools

@@ -10,10 +10,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "splits": ("ovis.data.splits", "build base/novel (or seen/unseen) COCO splits"),
     "demo-data": ("ovis.data.synthetic", "generate the embedded demo dataset"),
     "train": ("ovis.engine.train", "train a detector / affinity network from a recipe"),
-    "pseudo": ("ovis.pseudo.stage", "extract pseudo masks (sharded) and merge them"),
+    "pseudo": ("ovis.methods.pseudo_cli", "extract pseudo masks (sharded) and merge them"),
     "eval": ("ovis.eval.cli", "evaluate detections under a named protocol"),
     "curves": ("ovis.viz.curves", "draw training curves and the ours-vs-paper report"),
     "reproduce": ("ovis.pipeline", "run the stage notebooks of a recipe with papermill"),
+    "demo": ("ovis.demo", "reproduce both demo recipes side by side, then print their summary"),
     "lab": ("ovis.pipeline", "open JupyterLab on notebooks/"),
 }
 # Each command that writes a folder locks it (ovis.locks) where it has parsed its arguments, so that

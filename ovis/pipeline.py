@@ -276,9 +276,6 @@ def summary(recipes: list[str], runs_root: Path = Path("runs")) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["summary"]:
-        print(summary(argv[1:]))
-        return 0
     ap = argparse.ArgumentParser(prog="ovis reproduce", description=__doc__.splitlines()[0])
     ap.add_argument("recipe", nargs="?", help="packaged recipe name (see --list) or a YAML file")
     ap.add_argument("--stages", help=f"comma-separated subset of {','.join(STAGES)}")

@@ -35,9 +35,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("pseudo", ("ovis.pseudo",)),
     # the methods' stages and tasks, and the registry that picks them
     ("methods", ("ovis.methods",)),
-    # commands, the notebook pipeline, the curves stage and the notebooks' live helpers;
-    # ovis.pseudo.stage is the `ovis pseudo` command's old address, kept while ovis.cli names it
-    ("top", ("ovis.cli", "ovis.pipeline", "ovis.viz", "ovis.pseudo.stage")),
+    # commands, the notebook pipeline, the demo driver, the curves stage and the notebooks' live helpers
+    ("top", ("ovis.cli", "ovis.demo", "ovis.pipeline", "ovis.viz")),
 ]
 
 

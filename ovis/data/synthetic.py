@@ -37,6 +37,7 @@ from pycocotools import mask as mask_utils
 from scipy import ndimage
 
 from ovis.io import write_json_atomic, write_text_atomic
+from ovis.locks import folder_lock
 
 GENERATOR_VERSION = 1
 """Bump when the drawing or captioning changes, so existing demo folders are regenerated."""
@@ -600,6 +601,13 @@ def generate_demo_dataset(root: str | Path, seed: int = 0, num_train: int = 240,
     params = _params(seed, num_train, num_val, image_size)
     if not force and _up_to_date(paths, params):
         return paths
+    with folder_lock(paths.root):  # a second process generating into root fails with FolderInUse, not a mix
+        if force or not _up_to_date(paths, params):
+            _write_dataset(paths, params, seed, num_train, num_val, image_size)
+    return paths
+
+
+def _write_dataset(paths: DemoPaths, params: dict, seed: int, num_train: int, num_val: int, image_size: int) -> None:
     paths.root.mkdir(parents=True, exist_ok=True)
     paths.manifest.unlink(missing_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=paths.root))
@@ -645,7 +653,6 @@ def generate_demo_dataset(root: str | Path, seed: int = 0, num_train: int = 240,
                           paths.manifest)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return paths
 
 
 # ----------------------------------------------------------------------------------------------
