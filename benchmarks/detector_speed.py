@@ -1,6 +1,6 @@
 """Forward+backward and inference time of the detector variants at a recipe's model size.
 
-Usage: python benchmarks/detector_speed.py [--recipe demo_cpl] [--batch 4] [--iters 5] [--threads 2]
+Usage: python benchmarks/detector_speed.py [--recipe demo_cpl] [--batch 4] [--iters 5] [--threads 2] [--nchw]
 Synthetic images (recipe image size) with 3 boxes/masks each; random backbone weights (timing only).
 Last line: key=value pairs.
 """
@@ -37,6 +37,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--nchw", action="store_true", help="weights in contiguous (NCHW) format instead of channels-last")
     ap.add_argument("--set", nargs="*", default=[], help="recipe overrides, e.g. model.box_batch_size_per_image=64")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -44,6 +45,8 @@ def main() -> None:
     gen = torch.Generator().manual_seed(0)
     emb = torch.randn(8, cfg.embedding_dim or 384, generator=gen)
     model = build_detector(dataclasses.replace(cfg, backbone_weights=None), class_embeddings=emb)
+    if args.nchw:
+        model = model.to(memory_format=torch.contiguous_format)
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
     images, targets = synthetic_batch(args.batch, cfg.min_size, gen)
     model.train()
@@ -64,7 +67,7 @@ def main() -> None:
         infer = (time.perf_counter() - t0) / args.batch
     train = sorted(times)[len(times) // 2]
     print(f"recipe={args.recipe} arch={cfg.arch} heads={cfg.heads} batch={args.batch} size={cfg.min_size} "
-          f"threads={args.threads} train_s_per_iter={train:.3f} infer_ms_per_img={infer * 1000:.1f}")
+          f"threads={args.threads} format={'nchw' if args.nchw else 'as_built'} train_s_per_iter={train:.3f} infer_ms_per_img={infer * 1000:.1f}")
 
 
 if __name__ == "__main__":

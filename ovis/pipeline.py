@@ -86,16 +86,21 @@ def _failing_cell(executed: Path) -> str:
     return "an unknown cell"
 
 
-def _kernel_manager_class() -> type:
+def _kernel_manager_class(log: Path) -> type:
     """papermill's kernel manager, starting the kernel with this process's folder locks open
     (:func:`ovis.locks.held_lock_fds`): the run folder stays locked while the kernel lives, even when
-    ``ovis reproduce`` is killed (jupyter_client closes every other inherited file)."""
+    ``ovis reproduce`` is killed (jupyter_client closes every other inherited file). The kernel
+    process's own stderr (IPKernelApp's log, such as the "KeyboardInterrupt caught in kernel" of
+    jupyter_client's SIGINT at shutdown, and C-level warnings) goes to ``log``, not to the terminal;
+    what the cells print is in the executed notebook."""
     from jupyter_client import AsyncKernelManager
 
     class LockSharingKernelManager(AsyncKernelManager):
         async def start_kernel(self, **kw: Any) -> None:  # type: ignore[override]
             kw["pass_fds"] = (*kw.get("pass_fds", ()), *held_lock_fds())
-            await super().start_kernel(**kw)
+            with open(log, "ab") as stderr:  # the kernel keeps its own copy of the file
+                kw["stderr"] = stderr
+                await super().start_kernel(**kw)
 
     return LockSharingKernelManager
 
@@ -124,7 +129,7 @@ def run_stage(stage: str, recipe: Recipe, recipe_ref: str, run_dir: Path, overri
             papermill.execute_notebook(
                 str(notebook_dir() / NOTEBOOKS[stage]), str(out), parameters=params, kernel_name=kernel,
                 progress_bar=False, request_save_on_cell_execute=True, cwd=os.getcwd(), config=config,
-                kernel_manager_class=_kernel_manager_class(),
+                kernel_manager_class=_kernel_manager_class(out.with_suffix(".kernel.log")),
             )
     except PapermillExecutionError as e:
         where = _failing_cell(out)

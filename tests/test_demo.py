@@ -28,9 +28,11 @@ def test_both_recipes_run_side_by_side_with_prefixed_lines_and_a_summary(tmp_pat
     assert lines[0].startswith("running demo_cpl, demo_ggn in parallel, ")
     for name in ("demo_cpl", "demo_ggn"):
         assert any(line.startswith(f"{name} | [1/1] splits: done in ") for line in lines), done.stdout
+        assert (tmp_path / "runs" / name / "notebooks" / "00_splits.kernel.log").is_file()
         counts = json.loads((tmp_path / "runs" / name / "splits" / "stage.json").read_text())["counts"]
         assert counts
     assert "| recipe | model / setting | protocol | metrics (%) |" in lines
+    assert "IPKernelApp" not in done.stdout + done.stderr and done.stderr == ""
     manifest = json.loads((tmp_path / "data" / "manifest.json").read_text())
     assert manifest["parameters"]["num_train"] == CPL["data.demo_num_train"]
 

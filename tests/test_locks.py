@@ -206,3 +206,27 @@ def test_every_spelling_of_splits_out_locks_the_folder(spelling, tmp_path, capsy
         assert sorted(p.name for p in out.iterdir()) == [LOCK]
     assert ovis(args) == 0
     assert sorted(p.name for p in out.iterdir()) == ["partition.json", "train_base.json", "val.json"]
+
+
+def test_eval_out_and_curves_run_dir_are_locked(tmp_path, capsys):
+    """`ovis eval --out` and `ovis curves` refuse a folder another process writes, and write nothing."""
+    out, run = tmp_path / "ev", tmp_path / "run"
+    gt = ANN / "instances_val2017.json"
+    dets = tmp_path / "dets.json"
+    dets.write_text("[]")
+    evaluate = ["eval", "--protocol", "coco", "--gt", str(gt), "--detections", str(dets), "--iou-type", "bbox",
+                "--out", str(out)]
+    curves = ["curves", "--recipe", "demo_ggn", "--run-dir", str(run)]
+    run.mkdir()
+    for args, folder in ((evaluate, out), (curves, run)):
+        with folder_lock(folder):
+            env = os.environ.pop(HELD_LOCKS_ENV)  # as another process: not a descendant of this lock's holder
+            try:
+                assert ovis(args) == 2
+            finally:
+                os.environ[HELD_LOCKS_ENV] = env
+            err = capsys.readouterr().err
+            assert f"{folder.resolve()} is in use by another ovis process" in err and len(err.strip().splitlines()) == 1
+            assert sorted(p.name for p in folder.iterdir()) == [LOCK]
+    assert ovis(evaluate) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "metrics.md"]

@@ -46,6 +46,7 @@ def test_six_notebooks_run_headless_and_write_every_stage_file(recipe, tmp_path,
     for stage, name in NOTEBOOKS.items():
         executed = run / "notebooks" / name
         assert executed.is_file(), stage
+        assert executed.with_suffix(".kernel.log").is_file(), stage  # the kernel process's stderr
         if stage in ("splits", "teacher", "pseudo", "curves"):
             assert _images(executed) >= 1, f"{name} shows no figure"
     assert json.loads((run / "eval" / "metrics.json").read_text())["protocol"] == recipe.replace("demo_cpl", "demo_ovr").replace("demo_ggn", "demo_open_world")

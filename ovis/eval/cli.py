@@ -7,12 +7,14 @@ The last line of standard output is one JSON object {"protocol", "iou_type", "me
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 
 from ovis.eval.io import EvalInputError
 from ovis.eval.protocols import PROTOCOLS, evaluate
 from ovis.eval.report import write_metrics
+from ovis.locks import folder_lock
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,16 +38,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        result = evaluate(args.protocol, args.gt, args.detections, args.iou_type, args.partition, args.backend,
-                          args.segm_area)
-    except (EvalInputError, json.JSONDecodeError) as e:
-        print(f"ovis eval: error: {e}", file=sys.stderr)
-        return 2
-    for note in result["notes"]:
-        print(f"ovis eval: note: {note}", file=sys.stderr)
-    if args.out:
-        write_metrics(result, args.out)
+    # --out is locked before the work: two evals into one folder, the second fails at once
+    with folder_lock(args.out) if args.out else contextlib.nullcontext():
+        try:
+            result = evaluate(args.protocol, args.gt, args.detections, args.iou_type, args.partition, args.backend,
+                              args.segm_area)
+        except (EvalInputError, json.JSONDecodeError) as e:
+            print(f"ovis eval: error: {e}", file=sys.stderr)
+            return 2
+        for note in result["notes"]:
+            print(f"ovis eval: note: {note}", file=sys.stderr)
+        if args.out:
+            write_metrics(result, args.out)
     summary = {"protocol": result["protocol"], "iou_type": result["iou_type"], "segm_area": result["segm_area"],
                "metrics": result["metrics"]}
     print(json.dumps(summary))

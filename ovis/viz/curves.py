@@ -28,6 +28,7 @@ from ovis.config import Recipe, RecipeError, load_recipe
 from ovis.eval.protocols import PROTOCOLS
 from ovis.eval.reference import PAPER_AP50, PAPER_AR_CURVES, PAPER_AUC, SOURCES
 from ovis.io import atomic_path, write_text_atomic
+from ovis.locks import folder_lock
 from ovis.runs import MARKER, STAGES, default_run_dir, mark_stage_done, stage_dir, stage_done
 
 BASE_COLOR = "tab:blue"
@@ -587,7 +588,8 @@ def main(argv: list[str] | None = None) -> int:
         run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(recipe)
         if not run_dir.is_dir():
             raise FileNotFoundError(f"run dir {run_dir} does not exist; run the earlier stages or pass --run-dir")
-        report = run_curves_stage(recipe, run_dir, args.force, args.smooth)
+        with folder_lock(run_dir):  # not while a reproduce (or another curves) writes the run
+            report = run_curves_stage(recipe, run_dir, args.force, args.smooth)
     except (RecipeError, ValueError, FileNotFoundError) as e:
         print(f"ovis curves: error: {e}", file=sys.stderr)
         return 2
