@@ -156,7 +156,8 @@ def write_json_atomic(obj: Any, path: str | Path) -> Path:
     """
     path = Path(path)
     with atomic_path(path) as tmp, _create(tmp) as f:
-        json.dump(obj, f, separators=(",", ":"), allow_nan=False, default=_json_default)
+        # one string, then one write: json.dump's chunked writes took 5x as long on a detections file
+        f.write(json.dumps(obj, separators=(",", ":"), allow_nan=False, default=_json_default))
     return path
 
 
