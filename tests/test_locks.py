@@ -191,19 +191,25 @@ def test_a_killed_reproduce_keeps_its_run_folder_locked_while_its_kernel_or_work
     assert _free(run)
 
 
+def refused_while_locked(args: list[str], folder: Path, capsys) -> str:
+    """Run ``ovis args`` while this process holds ``folder``'s lock, as another process would (not a
+    descendant of the holder): it must exit 2 and leave only the lock file; returns its stderr."""
+    with folder_lock(folder):
+        env = os.environ.pop(HELD_LOCKS_ENV)
+        try:
+            assert ovis(args) == 2
+        finally:
+            os.environ[HELD_LOCKS_ENV] = env
+        assert sorted(p.name for p in folder.iterdir()) == [LOCK]
+    return capsys.readouterr().err
+
+
 @pytest.mark.parametrize("spelling", [["--out", "{}"], ["--out={}"], ["--ou", "{}"], ["--ou={}"]])
 def test_every_spelling_of_splits_out_locks_the_folder(spelling, tmp_path, capsys):
     out = tmp_path / "out"
     args = ["splits", "--protocol", "coco_voc_nonvoc", "--train-instances", str(ANN / "instances_train2017.json"),
             "--val-instances", str(ANN / "instances_val2017.json"), *(s.format(out) for s in spelling)]
-    with folder_lock(out):
-        env = os.environ.pop(HELD_LOCKS_ENV)  # as another process: not a descendant of this lock's holder
-        try:
-            assert ovis(args) == 2
-        finally:
-            os.environ[HELD_LOCKS_ENV] = env
-        assert f"{out} is in use by another ovis process (pid {os.getpid()})" in capsys.readouterr().err
-        assert sorted(p.name for p in out.iterdir()) == [LOCK]
+    assert f"{out} is in use by another ovis process (pid {os.getpid()})" in refused_while_locked(args, out, capsys)
     assert ovis(args) == 0
     assert sorted(p.name for p in out.iterdir()) == ["partition.json", "train_base.json", "val.json"]
 
@@ -219,14 +225,7 @@ def test_eval_out_and_curves_run_dir_are_locked(tmp_path, capsys):
     curves = ["curves", "--recipe", "demo_ggn", "--run-dir", str(run)]
     run.mkdir()
     for args, folder in ((evaluate, out), (curves, run)):
-        with folder_lock(folder):
-            env = os.environ.pop(HELD_LOCKS_ENV)  # as another process: not a descendant of this lock's holder
-            try:
-                assert ovis(args) == 2
-            finally:
-                os.environ[HELD_LOCKS_ENV] = env
-            err = capsys.readouterr().err
-            assert f"{folder.resolve()} is in use by another ovis process" in err and len(err.strip().splitlines()) == 1
-            assert sorted(p.name for p in folder.iterdir()) == [LOCK]
+        err = refused_while_locked(args, folder, capsys)
+        assert f"{folder.resolve()} is in use by another ovis process" in err and len(err.strip().splitlines()) == 1
     assert ovis(evaluate) == 0
     assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "metrics.md"]
