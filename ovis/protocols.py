@@ -24,6 +24,10 @@ class SplitProtocol:
     base_key: str  # key of the trained-on classes in the resource file
     novel_key: str  # key of the held-out classes
     min_train_side: int = 0  # drop training images whose shorter side is below this
+    # cross-dataset protocols (COCO <-> LVIS): which input file holds LVIS categories, "train" or "val". Its
+    # categories are divided by `synset` into those with a COCO counterpart (key "coco") and the rest
+    # ("noncoco") through the resource, the LVIS API's coco_to_synset.json; the other file holds COCO's 80.
+    lvis_side: str | None = None
 
 
 SPLIT_PROTOCOLS: dict[str, SplitProtocol] = {
@@ -31,6 +35,12 @@ SPLIT_PROTOCOLS: dict[str, SplitProtocol] = {
     for p in (
         SplitProtocol("coco_ovr_48_17", "ovr", "coco_ovr_48_17.json", "base", "novel"),
         SplitProtocol("coco_voc_nonvoc", "open_world", "coco_voc_nonvoc.json", "voc", "nonvoc", min_train_side=32),
+        SplitProtocol("coco_person_nonperson", "open_world", "coco_person_nonperson.json", "person", "nonperson",
+                      min_train_side=32),
+        SplitProtocol("coco_lvis_noncoco", "open_world", "coco_to_synset.json", "coco", "noncoco", min_train_side=32,
+                      lvis_side="val"),
+        SplitProtocol("lvis_noncoco_coco", "open_world", "coco_to_synset.json", "noncoco", "coco", min_train_side=32,
+                      lvis_side="train"),
         SplitProtocol("demo_ovr", "ovr", "demo_ovr.json", "base", "novel"),
         SplitProtocol("demo_open_world", "open_world", "demo_open_world.json", "seen", "unseen", min_train_side=32),
     )
@@ -48,6 +58,9 @@ class EvalProtocol:
     description: str
     split_resource: str | None = None
     max_dets: tuple[int, ...] = (1, 10, 100)
+    # with split_resource coco_to_synset.json: the GT's vocabulary. "lvis": seen = the GT categories whose
+    # synset is a COCO class's, the rest unseen; "coco": COCO's 80 categories, all unseen (nothing ignored)
+    synset_gt: str | None = None
 
 
 OPEN_WORLD_BUDGETS = (10, 20, 30, 50, 100, 300, 500, 1000, 1500)
@@ -71,6 +84,22 @@ EVAL_PROTOCOLS: dict[str, EvalProtocol] = {
             "coco_voc_nonvoc_ldet", "open_world",
             "VOC -> non-VOC with budgets capped at 100 (top-100 list), as LDET-style tables report",
             "coco_voc_nonvoc.json", (10, 20, 30, 50, 100),
+        ),
+        EvalProtocol(
+            "coco_person_nonperson", "open_world",
+            "GGN person -> non-person (COCO): class-agnostic AR@k (k <= 1500), person hits removed from the budget, AUC",
+            "coco_person_nonperson.json", OPEN_WORLD_BUDGETS,
+        ),
+        EvalProtocol(
+            "coco_lvis_noncoco", "open_world",
+            "GGN COCO -> non-COCO (LVIS): class-agnostic AR@k on LVIS categories without a COCO synset; "
+            "hits on LVIS categories with one removed from the budget, AUC",
+            "coco_to_synset.json", OPEN_WORLD_BUDGETS, synset_gt="lvis",
+        ),
+        EvalProtocol(
+            "lvis_noncoco_coco", "open_world",
+            "GGN non-COCO (LVIS) -> COCO: class-agnostic AR@k on all COCO instances (no class seen), AUC",
+            "coco_to_synset.json", OPEN_WORLD_BUDGETS, synset_gt="coco",
         ),
         EvalProtocol(
             "demo_open_world", "open_world",

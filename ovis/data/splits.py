@@ -7,6 +7,11 @@ Two kinds of protocol, each named once (``ovis.protocols``) and used by name eve
   annotations are dropped everywhere (docs/protocols.md#12-split-construction).
 - ``open_world`` (OLN/GGN): seen / unseen classes. Train on seen annotations of images with min side
   ≥ 32; evaluate on all val images with seen-class GT flagged ``ignored_split`` (docs/protocols.md#13-voc-split).
+  The cross-dataset ones (``coco_lvis_noncoco``, ``lvis_noncoco_coco``, docs/protocols.md#15-coco-and-lvis)
+  divide the LVIS categories by synset into those with a COCO counterpart and the rest
+  (the LVIS API's ``coco_to_synset.json``); the train file and the val file then have different
+  vocabularies, and ``partition.json`` carries ``eval_seen``/``eval_unseen`` (val-file ids) beside
+  ``base``/``novel`` (train-file ids).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ovis.data.captions import parse_caption_file
-from ovis.data.coco import EVAL_ANNOTATION_KEYS, CocoFormatError, load_coco
+from ovis.data.coco import EVAL_ANNOTATION_KEYS, CocoFormatError, read_json, validate_coco
 from ovis.io import write_json_atomic
 from ovis.locks import FolderInUse, folder_lock
 from ovis.protocols import SPLIT_PROTOCOLS as PROTOCOLS
@@ -36,20 +41,75 @@ def get_protocol(name: str) -> Protocol:
     return PROTOCOLS[name]
 
 
-def load_partition(protocol: str) -> dict[str, Any]:
+def _resource(name: str) -> Any:
+    return json.loads((resources.files("ovis.data") / "resources" / name).read_text(encoding="utf-8"))
+
+
+def coco_synsets() -> dict[str, dict[str, Any]]:
+    """{WordNet synset: {"id", "name"}} of COCO's 80 classes, from the LVIS API's ``coco_to_synset.json``
+    (package data, docs/data.md#coco-to-lvis-synsets)."""
+    raw = _resource("coco_to_synset.json")
+    return {v["synset"]: {"id": v["coco_cat_id"], "name": name} for name, v in raw.items()}
+
+
+def coco_categories() -> list[dict[str, Any]]:
+    """COCO's 80 categories as ``{"id", "name"}``, sorted by id (from ``coco_to_synset.json``)."""
+    return sorted(coco_synsets().values(), key=lambda c: c["id"])
+
+
+def is_lvis(data: Any) -> bool:
+    """Whether a parsed instances file has LVIS categories: a non-empty list, each with a ``synset``."""
+    cats = data.get("categories") if isinstance(data, dict) else None
+    return isinstance(cats, list) and bool(cats) and all(isinstance(c, dict) and "synset" in c for c in cats)
+
+
+def split_lvis_categories(categories: list[dict], path: str | Path = "LVIS categories",
+                          protocol: str = "") -> tuple[list[dict], list[dict]]:
+    """(LVIS categories with a COCO counterpart, those without), each ``{"id", "name", "synset"}`` sorted by
+    id: a category has a COCO counterpart when its ``synset`` is one of ``coco_synsets()``. A category
+    without a string ``synset`` is a CocoFormatError naming ``path``."""
+    coco = coco_synsets()
+    with_coco: list[dict[str, Any]] = []
+    without: list[dict[str, Any]] = []
+    for c in categories:
+        if not isinstance(c.get("synset"), str):
+            raise CocoFormatError(
+                f"{path}: category {c.get('id')} ({c.get('name')}) has no 'synset'; protocol {protocol} needs an "
+                "LVIS instances file (v0.5 or v1, whose categories carry WordNet synsets) here")
+        entry = {"id": c["id"], "name": c["name"], "synset": c["synset"]}
+        (with_coco if c["synset"] in coco else without).append(entry)
+    return sorted(with_coco, key=lambda c: c["id"]), sorted(without, key=lambda c: c["id"])
+
+
+def load_partition(protocol: str, lvis_categories: list[dict] | None = None) -> dict[str, Any]:
     """The protocol's category partition: ``{"protocol", "kind", "base", "novel", "excluded"}``.
 
-    ``base``/``novel`` are lists of ``{"id", "name"}`` (for open-world protocols: seen/unseen).
+    ``base``/``novel`` are lists of ``{"id", "name"}`` (for open-world protocols: seen/unseen) of the
+    training file's categories. A cross-dataset protocol (``lvis_side`` set) adds ``eval_seen`` and
+    ``eval_unseen``, the val file's categories whose GT is ignored and recalled; its LVIS categories are
+    ``lvis_categories`` (the LVIS file's own) or, without them, the packaged LVIS v1 vocabulary.
     """
     p = get_protocol(protocol)
-    raw = json.loads((resources.files("ovis.data") / "resources" / p.resource).read_text())
-    return {
-        "protocol": p.name,
-        "kind": p.kind,
-        "base": raw[p.base_key],
-        "novel": raw[p.novel_key],
-        "excluded": raw.get("excluded", []),
-    }
+    if p.lvis_side is None:
+        raw = _resource(p.resource)
+        return {
+            "protocol": p.name,
+            "kind": p.kind,
+            "base": raw[p.base_key],
+            "novel": raw[p.novel_key],
+            "excluded": raw.get("excluded", []),
+        }
+    if lvis_categories is None:
+        lvis_categories = _resource("lvis_v1_categories.json")
+    with_coco, without = split_lvis_categories(lvis_categories, "lvis_v1_categories.json", p.name)
+    groups = {"coco": with_coco, "noncoco": without}
+    coco = coco_categories()
+    if p.lvis_side == "val":  # train on COCO's 80, recall the LVIS categories without a COCO counterpart
+        base, novel, seen, unseen = coco, [], groups[p.base_key], groups[p.novel_key]
+    else:  # train on the LVIS categories without a COCO counterpart, recall all of COCO
+        base, novel, seen, unseen = groups[p.base_key], groups[p.novel_key], [], coco
+    return {"protocol": p.name, "kind": p.kind, "base": base, "novel": novel, "excluded": [],
+            "eval_seen": seen, "eval_unseen": unseen}
 
 
 def _check_categories(coco: dict, partition: dict, path: Path) -> None:
@@ -123,8 +183,10 @@ def build_splits(
     captions_path: Path = Path("captions"),
 ) -> dict[str, Any]:
     """All split files of a protocol, as ``{file name: JSON object}`` (nothing written)."""
-    partition = load_partition(protocol)
     p = get_protocol(protocol)
+    if p.lvis_side is not None:
+        return _build_cross_dataset(p, train, val, captions, train_path, val_path)
+    partition = load_partition(protocol)
     _check_categories(train, partition, train_path)
     _check_categories(val, partition, val_path)
     base = {c["id"] for c in partition["base"]}
@@ -146,6 +208,32 @@ def build_splits(
         if captions and not files["captions.json"]:
             raise CocoFormatError(f"{captions_path}: none of its {len(captions)} captioned images is a base-training "
                                   f"image of {train_path}; is it the captions file of the same split?")
+    return files
+
+
+def _build_cross_dataset(p: Protocol, train: dict, val: dict, captions: dict[int, list[str]] | None,
+                         train_path: Path, val_path: Path) -> dict[str, Any]:
+    """Split files of a COCO <-> LVIS protocol (docs/protocols.md#15-coco-and-lvis): train on one file's
+    categories, recall on the other's; the LVIS side divided by synset."""
+    if captions is not None:
+        raise CocoFormatError(f"protocol {p.name} trains a class-agnostic detector and takes no captions file")
+    lvis, lvis_path, coco_file, coco_path = (val, val_path, train, train_path) if p.lvis_side == "val" else (
+        train, train_path, val, val_path)
+    split_lvis_categories(lvis["categories"], lvis_path, p.name)  # every category has a synset
+    partition = load_partition(p.name, lvis_categories=lvis["categories"])
+    _check_categories(coco_file, {"protocol": p.name, "base": coco_categories(), "novel": []}, coco_path)
+    if not any(a["category_id"] in {c["id"] for c in partition["base"]} for a in train["annotations"]):
+        raise CocoFormatError(f"{train_path}: no annotation of the {len(partition['base'])} categories protocol "
+                              f"{p.name} trains on; is this the training file of the protocol?")
+    base = {c["id"] for c in partition["base"]}
+    seen, unseen = {c["id"] for c in partition["eval_seen"]}, {c["id"] for c in partition["eval_unseen"]}
+    train_names = {**{i: "base" for i in base}, **{c["id"]: "novel" for c in partition["novel"]}}
+    val_names = {**{i: "base" for i in seen}, **{i: "novel" for i in unseen}}
+    files: dict[str, Any] = {
+        "train_base.json": subset(train, base, min_side=p.min_train_side, split_names=train_names),
+        "val.json": subset(val, seen | unseen, keep_all_images=True, ignored_ids=seen, split_names=val_names),
+        "partition.json": partition,
+    }
     return files
 
 
@@ -180,9 +268,8 @@ def write_splits(
     """
     train_path, val_path = Path(train_instances), Path(val_instances)
     # the split files are trained on and evaluated: every annotation needs what COCOeval reads
-    train = load_coco(train_path, need_file_names=True, annotation_keys=EVAL_ANNOTATION_KEYS)
-    val = train if val_path == train_path else load_coco(val_path, need_file_names=True,
-                                                         annotation_keys=EVAL_ANNOTATION_KEYS)
+    train = read_instances(train_path)
+    val = train if val_path == train_path else read_instances(val_path)
     captions = parse_caption_file(train_captions) if train_captions else None
     files = build_splits(protocol, train, val, captions, train_path=train_path, val_path=val_path,
                          captions_path=Path(train_captions or "captions"))
@@ -194,6 +281,40 @@ def write_splits(
     return counts(files)
 
 
+def read_instances(path: str | Path) -> dict:
+    """A COCO or LVIS instances file, read and checked as the split files need it (file names; ``area`` and
+    ``iscrowd`` on every annotation); CocoFormatError naming the file and the entry otherwise.
+
+    An LVIS file (categories with ``synset``) is brought to COCO's form first: every annotation gets
+    ``iscrowd: 0`` where it has none (LVIS has no crowd regions), and every image with a ``coco_url`` gets
+    ``file_name`` = the URL's last two parts (``val2017/000000397133.jpg``), so its image folder is the COCO
+    root that holds train2017/ and val2017/ (LVIS v1 has no ``file_name``; v0.5's are COCO 2014 names).
+    """
+    name = str(path)
+    data = read_json(path)
+    if is_lvis(data):
+        _lvis_as_coco(data, name)
+    validate_coco(data, name, True, EVAL_ANNOTATION_KEYS)
+    return data
+
+
+def _lvis_as_coco(data: dict, name: str) -> None:
+    for key in ("images", "annotations"):
+        if not isinstance(data.get(key, []), list):
+            return  # validate_coco names the problem
+    for im in data["images"]:
+        if isinstance(im, dict) and "coco_url" in im:
+            url = im["coco_url"]
+            parts = url.rstrip("/").split("/") if isinstance(url, str) else []
+            if len(parts) < 2 or not all(parts[-2:]):
+                raise CocoFormatError(f"{name}: image {im.get('id')}: coco_url {url!r:.80} has no <folder>/<file> "
+                                      "ending to take the file name from")
+            im["file_name"] = "/".join(parts[-2:])
+    for a in data.get("annotations", []):
+        if isinstance(a, dict):
+            a.setdefault("iscrowd", 0)
+
+
 def check_data_files(data: DataConfig) -> None:
     """Read and check every file and folder a recipe's ``data`` section names, as the splits stage will:
     a missing or corrupt one is a CocoFormatError (or FileNotFoundError for an image folder) before any
@@ -201,7 +322,7 @@ def check_data_files(data: DataConfig) -> None:
     if data.demo:
         return
     for key in ("train_instances", "val_instances"):
-        load_coco(data.path(getattr(data, key)), need_file_names=True, annotation_keys=EVAL_ANNOTATION_KEYS)
+        read_instances(data.path(getattr(data, key)))
     if data.train_captions is not None:
         parse_caption_file(data.path(data.train_captions))
     for key in ("train_images", "val_images"):

@@ -5,7 +5,9 @@ Kinds:
 - ``ovr`` (CPL/XPM, docs/protocols.md#41-open-vocabulary-ap): the 12 stats plus AP50 averaged over the base, novel and
   base+novel categories of the split.
 - ``open_world`` (OLN/GGN, docs/protocols.md#42-open-world-ar): class-agnostic AR@k with seen-class GT ignored and
-  seen-class hits removed from the budget, AR_s/m/l@100 and OLN's AUC.
+  seen-class hits removed from the budget, AR_s/m/l@100 and OLN's AUC. The COCO <-> LVIS protocols
+  (docs/protocols.md#15-coco-and-lvis) take their seen classes from the GT's own categories when no partition is
+  given: on LVIS GT those whose synset is a COCO class's, on COCO GT none.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ovis.data.coco import CocoFormatError, is_coco_id, read_json
+from ovis.data.coco import EVAL_ANNOTATION_KEYS, CocoFormatError, is_coco_id, read_json, validate_coco
 from ovis.eval.ap import STAT_NAMES, ap50_of, ap50_per_class, coco_eval
 from ovis.eval.io import EvalInputError, check_detections, load_detections, load_gt
 from ovis.eval.recall import AUC_BUDGETS, compute_recall, recall_metrics
@@ -35,12 +37,16 @@ def get_protocol(name: str) -> Protocol:
     return PROTOCOLS[name]
 
 
-_PARTITION_KEYS = (("base", "novel"), ("voc", "nonvoc"), ("seen", "unseen"))
+# eval_seen/eval_unseen first: a cross-dataset partition.json holds the val file's classes there and the
+# training file's in base/novel
+_PARTITION_KEYS = (("eval_seen", "eval_unseen"), ("base", "novel"), ("voc", "nonvoc"), ("person", "nonperson"),
+                   ("seen", "unseen"))
 
 
 def partition_ids(data: Any, name: str = "partition") -> tuple[list[int], list[int]]:
-    """(base/seen ids, novel/unseen ids) of a partition: keys base/novel, voc/nonvoc or seen/unseen,
-    each a list of category ids or {"id", "name"} objects; EvalInputError naming `name` otherwise."""
+    """(base/seen ids, novel/unseen ids) of a partition: keys eval_seen/eval_unseen, base/novel, voc/nonvoc,
+    person/nonperson or seen/unseen (the first pair present), each a list of category ids or {"id", "name"} objects;
+    EvalInputError naming `name` otherwise."""
     if not isinstance(data, dict):
         raise EvalInputError(f"{name}: a partition is a JSON object with base/novel category lists, "
                              f"got a {type(data).__name__}; use the splits stage's partition.json")
@@ -61,16 +67,64 @@ def partition_ids(data: Any, name: str = "partition") -> tuple[list[int], list[i
     return ids[0], ids[1]
 
 
-def split_category_ids(protocol: Protocol, partition: dict | None) -> tuple[list[int], list[int]] | None:
-    """(base/seen ids, novel/unseen ids) from `partition` or the protocol's resource file; None
-    when neither exists (see `partition_ids`)."""
+def split_category_ids(protocol: Protocol, partition: dict | None, gt: dict | None = None,
+                       gt_name: str = "the GT") -> tuple[list[int], list[int]] | None:
+    """(base/seen ids, novel/unseen ids) from `partition` or the protocol's resource file (for a COCO <-> LVIS
+    protocol: from the categories of `gt`, see `synset_split`); None when neither exists (see `partition_ids`)."""
     if partition is not None:
         return partition_ids(partition)
+    if protocol.synset_gt is not None and gt is not None:
+        return synset_split(protocol, gt, gt_name)
     if protocol.split_resource:
         res = resources.files("ovis.data").joinpath("resources", protocol.split_resource)
         if res.is_file():
             return partition_ids(json.loads(res.read_text(encoding="utf-8")), str(res))
     return None
+
+
+def synset_split(protocol: Protocol, gt: dict, gt_name: str = "the GT") -> tuple[list[int], list[int]]:
+    """(seen ids, unseen ids) of a COCO <-> LVIS protocol's GT: on LVIS GT (``synset_gt="lvis"``) the
+    categories whose synset is a COCO class's are seen, the rest unseen; on COCO GT (``"coco"``) nothing
+    is seen and COCO's 80 classes are unseen (checked by id and name). EvalInputError naming `gt_name`."""
+    from ovis.data.splits import coco_categories, split_lvis_categories
+
+    try:
+        if protocol.synset_gt == "lvis":
+            with_coco, without = split_lvis_categories(gt["categories"], gt_name, protocol.name)
+            return [c["id"] for c in with_coco], [c["id"] for c in without]
+    except CocoFormatError as e:
+        raise EvalInputError(str(e)) from None
+    names = {c["id"]: c["name"] for c in gt["categories"]}
+    coco = coco_categories()
+    bad = next((c for c in coco if names.get(c["id"]) != c["name"]), None)
+    if bad is not None:
+        here = f"is named {names[bad['id']]!r} there" if bad["id"] in names else "is missing there"
+        raise EvalInputError(f"{gt_name}: COCO category {bad['id']} ({bad['name']}) {here}; protocol {protocol.name} "
+                             "evaluates on COCO instances (e.g. instances_val2017.json or the splits' val.json)")
+    return [], [c["id"] for c in coco]
+
+
+def load_lvis_gt(gt: str | Path | dict) -> dict:
+    """An LVIS (or COCO) GT file or dict as `load_gt` returns it, with ``iscrowd: 0`` on every annotation
+    that has none (LVIS has no crowd regions); the caller's dict is not changed."""
+    if isinstance(gt, dict):
+        data, name = gt, "<gt dict>"
+    else:
+        path = Path(gt)
+        if not path.is_file():
+            raise EvalInputError(f"ground-truth file {path} does not exist")
+        try:
+            data, name = read_json(path), str(path)
+        except CocoFormatError as e:
+            raise EvalInputError(str(e)) from None
+    if isinstance(data, dict) and isinstance(data.get("annotations"), list):
+        data = {**data, "annotations": [{"iscrowd": 0, **a} if isinstance(a, dict) else a
+                                        for a in data["annotations"]]}
+    try:
+        validate_coco(data, name, annotation_keys=EVAL_ANNOTATION_KEYS)
+    except CocoFormatError as e:
+        raise EvalInputError(str(e)) from None
+    return data
 
 
 def read_partition(path: str | Path) -> dict:
@@ -133,9 +187,10 @@ def flag_seen(gt: dict, seen_ids: set[int]) -> dict:
 
 
 def _evaluate_open_world(
-    protocol: Protocol, gt: dict, dets: list[dict], iou_type: str, partition: dict | None, backend: str
+    protocol: Protocol, gt: dict, dets: list[dict], iou_type: str, partition: dict | None, backend: str,
+    gt_name: str = "the GT",
 ) -> tuple[dict, dict]:
-    split = split_category_ids(protocol, partition)
+    split = split_category_ids(protocol, partition, gt, gt_name)
     flagged = any(a.get("ignored_split", 0) for a in gt["annotations"])
     if split is None and not flagged:
         raise EvalInputError(
@@ -207,7 +262,7 @@ def _cyclic_gc_paused() -> Iterator[None]:
 
 def _evaluate(proto: Protocol, gt: str | Path | dict, detections: str | Path | list, iou_type: str,
               partition: dict | str | Path | None, backend: str, segm_area: str) -> dict:
-    gt_data = load_gt(gt)
+    gt_data = load_lvis_gt(gt) if proto.synset_gt == "lvis" else load_gt(gt)
     source = str(detections) if not isinstance(detections, list) else "detections"
     dets = check_detections(load_detections(detections), gt_data, iou_type, source,
                             segm_area if iou_type == "segm" else "mask")
@@ -222,7 +277,8 @@ def _evaluate(proto: Protocol, gt: str | Path | dict, detections: str | Path | l
     elif proto.kind == "ovr":
         metrics, extra = _evaluate_ovr(proto, gt_data, dets, iou_type, part, backend)
     else:
-        metrics, extra = _evaluate_open_world(proto, gt_data, dets, iou_type, part, backend)
+        metrics, extra = _evaluate_open_world(proto, gt_data, dets, iou_type, part, backend,
+                                              str(gt) if isinstance(gt, (str, Path)) else "the GT")
     # pycocotools' -1 means "no GT to score": null, never a number to average ("stats" keeps its layout)
     undefined = sorted(k for k, v in metrics.items() if isinstance(v, float) and v < 0)
     metrics = {k: None if k in undefined else v for k, v in metrics.items()}

@@ -1,6 +1,7 @@
 """Published numbers to hold ovis against (docs/protocols.md#8-reference-numbers), as fractions like our metrics.
 
-Each entry names its source; `PAPER_AR_CURVES` holds AR@k points (k -> AR) for the AR-vs-k plot,
+Each entry names its source; `PAPER_AR_CURVES` holds VOC -> non-VOC AR@k points (k -> AR) for the AR-vs-k plot,
+`PAPER_AR_BY_PROTOCOL` the points of every open-world setting by protocol (`paper_ar_curves`),
 `PAPER_AP50` holds the COCO 48/17 mask AP50 table.
 """
 
@@ -39,9 +40,32 @@ PAPER_AR_CURVES: dict[str, dict[str, dict[int, float]]] = {
 
 PAPER_AUC: dict[str, float] = {"OLN-Box (bbox)": 0.248}
 
+# GGN's other settings, mask AR@100 from the model zoo (docs/protocols.md#52-ggn-results): "Mask R-CNN
+# (class-agnostic)" is the table's baseline, "GGN (Mask R-CNN)" GGN; both entries name source "GGN".
+# Keyed by the protocol that evaluates the setting; `paper_ar_curves` looks them up.
+PAPER_AR_BY_PROTOCOL: dict[str, dict[str, dict[str, dict[int, float]]]] = {
+    "coco_voc_nonvoc": PAPER_AR_CURVES,
+    "coco_person_nonperson": {  # Person, COCO -> Non-Person, COCO; top-k 3
+        "segm": {"GGN (Mask R-CNN)": {100: 0.209}, "Mask R-CNN (class-agnostic)": {100: 0.049}},
+    },
+    "coco_lvis_noncoco": {  # COCO, LVIS -> Non-COCO, LVIS; top-k 1
+        "segm": {"GGN (Mask R-CNN)": {100: 0.204}, "Mask R-CNN (class-agnostic)": {100: 0.165}},
+    },
+    "lvis_noncoco_coco": {  # Non-COCO, LVIS -> COCO; top-k 1
+        "segm": {"GGN (Mask R-CNN)": {100: 0.236}, "Mask R-CNN (class-agnostic)": {100: 0.217}},
+    },
+}
+
+
+def paper_ar_curves(protocol: str, iou_type: str) -> dict[str, dict[int, float]]:
+    """The papers' AR@k points for a protocol's setting and IoU type ({} where none are held). Protocols
+    without an entry of their own (the VOC -> non-VOC variants and the demo) get the VOC -> non-VOC curves."""
+    return PAPER_AR_BY_PROTOCOL.get(protocol, PAPER_AR_CURVES).get(iou_type, {})
+
 SOURCES: dict[str, str] = {
     "PAPER_AP50": "jianzongwu/betrayed-by-captions:figs/result-OVIS.png (CGG paper table), docs/protocols.md#8-reference-numbers",
     "OLN-Box": "mcahny/object_localization_network README and tools/compute_auc.py, docs/protocols.md#53-oln-results",
-    "GGN": "facebookresearch/Generic-Grouping README model zoo, docs/protocols.md#52-ggn-results, docs/protocols.md#8-reference-numbers",
+    "GGN": "facebookresearch/Generic-Grouping README model zoo (VOC -> non-VOC, person -> non-person, COCO -> "
+           "non-COCO LVIS, non-COCO LVIS -> COCO), docs/protocols.md#52-ggn-results, docs/protocols.md#8-reference-numbers",
     "v-CLR / UDOS": "self-reported best later numbers, docs/protocols.md#8-reference-numbers",
 }
