@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from seed_study import parse_args, seed_runs
 
-from ovis.engine.train import run_stage
 from ovis.methods import cpl
+from ovis.methods.train import run_stage
 
 SHARED = ("splits", "grounding", "teacher", "pseudo")
 

@@ -9,7 +9,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "splits": ("ovis.data.splits", "build base/novel (or seen/unseen) COCO splits"),
     "demo-data": ("ovis.data.synthetic", "generate the embedded demo dataset"),
-    "train": ("ovis.engine.train", "train a detector / affinity network from a recipe"),
+    "train": ("ovis.methods.train", "train a detector / affinity network from a recipe"),
     "pseudo": ("ovis.methods.pseudo_cli", "extract pseudo masks (sharded) and merge them"),
     "eval": ("ovis.eval.cli", "evaluate detections under a named protocol"),
     "curves": ("ovis.viz.curves", "draw training curves and the ours-vs-paper report"),

@@ -23,7 +23,8 @@ from ovis.config import Recipe, RecipeError, list_recipes, load_recipe
 from ovis.data.coco import read_json, validate_coco
 from ovis.data.splits import check_data_files
 from ovis.locks import FolderInUse, folder_lock, held_lock_fds
-from ovis.runs import STAGES, default_run_dir, stage_done, training_stages
+from ovis.methods import training_stages
+from ovis.runs import STAGES, default_run_dir, stage_done
 
 if TYPE_CHECKING:
     from torch import nn
@@ -149,7 +150,7 @@ def trained_model(recipe: Recipe, run_dir: Path, stage: str) -> nn.Module | None
     variants with ``model.heads: oln``), as ``ovis.methods.ggn.load_model`` builds them."""
     bare = dataclasses.replace(recipe.model, backbone_weights=None)
     if recipe.method == "cpl":
-        if stage == "grounding":  # as the grounding task (ovis.engine.train.TASKS) builds it
+        if stage == "grounding":  # as the grounding task (ovis.methods.cpl.TRAINING_STAGES) builds it
             from ovis.models.grounding import GroundingModel
             from ovis.models.text import StaticTokenEmbedding, build_text_encoder
 

@@ -29,32 +29,28 @@ _OWN_SECTIONS = {
     "eval": ("eval",),
     "curves": ("name", "description"),
 }
-# training stages of the engine → the pipeline stage they belong to
-TRAINING_STAGES = {"grounding": "teacher", "teacher": "teacher", "student": "student", "baseline": "student",
-                   "oln": "student", "oln_baseline": "student"}
-# engine stages that read fewer sections of their pipeline stage than it owns: caption grounding runs
-# before the teacher and never reads the teacher section
-_TRAINING_OWN_SECTIONS = {"grounding": ("model", "grounding")}
+# What notebooks 01 and 03 import as `ovis.runs.training_stages` until they ask the method registry
+# (ovis.methods.training_stages, which tests/test_runs.py checks this against); nothing else reads it.
+_NOTEBOOK_TRAINING_STAGES = {"teacher": ["grounding", "teacher"], "student": ["student", "baseline", "oln", "oln_baseline"]}
 
 
 def training_stages(stage: str) -> list[str]:
-    """The engine training stages of pipeline stage ``stage`` (``"teacher"`` → grounding, teacher;
-    ``"student"`` → student, baseline, oln, oln_baseline); a run trains those its method has."""
-    return [s for s, pipeline_stage in TRAINING_STAGES.items() if pipeline_stage == stage]
+    """Deprecated: :func:`ovis.methods.training_stages` (the methods declare their training stages)."""
+    return list(_NOTEBOOK_TRAINING_STAGES.get(stage, []))
 
 
-def stage_sections(stage: str) -> tuple[str, ...]:
-    """The recipe sections ``stage`` (pipeline or engine training stage) depends on, in stage order:
-    every earlier pipeline stage's, then its own."""
-    pipeline_stage = TRAINING_STAGES.get(stage, stage)
-    if pipeline_stage not in STAGES:
+def stage_sections(stage: str, own: Sequence[str] | None = None) -> tuple[str, ...]:
+    """The recipe sections pipeline stage ``stage`` depends on, in stage order: every earlier stage's,
+    then its own, or ``own`` for a training stage of ``stage`` that reads fewer of them (a method
+    registry declares its training stages this way)."""
+    if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
-    earlier = tuple(s for st in STAGES[: STAGES.index(pipeline_stage)] for s in _OWN_SECTIONS[st])
-    return earlier + _TRAINING_OWN_SECTIONS.get(stage, _OWN_SECTIONS[pipeline_stage])
+    earlier = tuple(s for st in STAGES[: STAGES.index(stage)] for s in _OWN_SECTIONS[st])
+    return earlier + (tuple(own) if own is not None else _OWN_SECTIONS[stage])
 
 
 def stage_hash(recipe: Recipe, stage: str) -> str:
-    """Hash of the part of the recipe that ``stage`` (or an engine training stage) depends on."""
+    """Hash of the part of the recipe that pipeline stage ``stage`` depends on."""
     return recipe.hash(stage_sections(stage))
 
 

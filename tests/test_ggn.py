@@ -18,8 +18,7 @@ from ovis.config import load_recipe
 from ovis.data.coco import ann_to_mask, load_coco
 from ovis.data.dataset import CocoDetection
 from ovis.data.splits import run_splits_stage
-from ovis.engine.train import STAGES, default_task
-from ovis.methods import ggn
+from ovis.methods import all_training_stages, ggn, task_builder
 
 TINY = tiny.GGN
 
@@ -213,10 +212,10 @@ def test_baseline_sees_base_gt_only_and_student_sees_pseudo_gt_too(run):
     assert base.dataset.ids == student.dataset.ids and base.cfg is recipe.student
     _, target = student.dataset[0]
     assert set(target["labels"].tolist()) == {1}  # one foreground class
-    assert default_task("ggn", "baseline") == default_task("oln", "baseline") == "ovis.methods.ggn:baseline_task"
-    assert default_task("ggn", "oln") == default_task("oln", "oln") == "ovis.methods.ggn:oln_task"
-    assert default_task("ggn", "oln_baseline") == "ovis.methods.ggn:oln_baseline_task"
-    assert {"baseline", "oln", "oln_baseline"} <= set(STAGES)
+    assert task_builder("ggn", "baseline") is task_builder("oln", "baseline") is ggn.baseline_task
+    assert task_builder("ggn", "oln") is task_builder("oln", "oln") is ggn.oln_task
+    assert task_builder("ggn", "oln_baseline") is ggn.oln_baseline_task
+    assert {"baseline", "oln", "oln_baseline"} <= set(all_training_stages())
 
 
 def test_student_needs_pseudo_gt_and_pseudo_needs_a_teacher(run, tmp_path):

@@ -20,7 +20,10 @@ from ovis.engine.launch import (
     launch,
     slurm_parameters,
     stream_process,
+    torchrun_command,
 )
+from ovis.engine.train import TrainResult
+from ovis.methods import train as method_train
 
 TOY = f"{Path(__file__).with_name('toy_task.py')}:toy_task"
 
@@ -42,8 +45,9 @@ def test_local_launch_trains_in_process_then_skips_when_recipe_unchanged(tmp_pat
 
 def test_torchrun_two_cpu_processes_write_once_and_stream_to_caller(tmp_path):
     lines: list[str] = []
+    # the workers run the method layer's entry, as the methods' stages launch them
     res = launch(_recipe(), "teacher", tmp_path, launcher="torchrun", nproc=2, task=TOY, device="cpu",
-                 stream=lines.append)
+                 stream=lines.append, entry=method_train.ENTRY)
     assert res.iteration == 4
     ckpt = torch.load(res.last, weights_only=True)
     assert ckpt["world_size"] == 2 and len(ckpt["rng"]) == 2
@@ -54,6 +58,26 @@ def test_torchrun_two_cpu_processes_write_once_and_stream_to_caller(tmp_path):
     assert sorted(p.name for p in res.final.parent.iterdir()) == ["last.pth", "metrics.jsonl", "model_final.pth", "recipe.yaml"]
     assert any("trained 4 iterations" in line for line in lines)  # the child's log line reached us
     assert any("4/4" in line for line in lines)  # and its progress bar
+
+
+def test_a_methods_stage_reaches_the_launcher_with_its_builder_sections_and_entry(tmp_path, monkeypatch):
+    from ovis.config import load_recipe
+    from ovis.methods import ggn, training_stage
+
+    seen: dict = {}
+
+    def fake_launch(recipe, stage, run_dir, **kw):
+        seen.update(kw, stage=stage)
+        return TrainResult(tmp_path / "final", tmp_path / "last", tmp_path / "metrics", 3)
+
+    monkeypatch.setattr(launch_mod, "launch", fake_launch)
+    res = method_train.train_stage(load_recipe("demo_ggn"), "oln_baseline", tmp_path, launcher="torchrun")
+    assert seen["stage"] == "oln_baseline" and seen["task"] is ggn.oln_baseline_task and res["iteration"] == 3
+    assert seen["sections"] == training_stage("oln_baseline").sections and seen["config"] == "student"
+    assert seen["entry"] == method_train.ENTRY == method_train.__name__
+    cmd = torchrun_command(tmp_path / "recipe.yaml", "oln_baseline", tmp_path, 2, task="ovis.methods.ggn:oln_baseline_task",
+                           entry=seen["entry"])
+    assert cmd[cmd.index("--standalone") + 1 :][:2] == ["-m", "ovis.methods.train"]
 
 
 def test_streaming_splits_progress_updates_and_merges_stderr():

@@ -7,6 +7,7 @@ Every ``import`` statement counts, wherever it stands (module level, inside a fu
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1] / "ovis"
@@ -152,3 +153,56 @@ def test_no_layer_imports_a_higher_one():
                 upward.append(f"{module} ({names[own]}) imports {target} ({names[theirs]})")
     assert not upward, "imports from a higher layer:\n" + "\n".join(upward)
 
+
+
+def _docstrings(tree: ast.AST) -> set[int]:
+    """ids of the docstring nodes of a module, its classes and functions."""
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+                out.add(id(first.value))
+    return out
+
+
+def named_modules(source: str, known: set[str] | dict[str, Path]) -> set[str]:
+    """The ovis modules that string constants of ``source`` name (``"ovis.methods.cpl:teacher_task"``,
+    ``["-m", "ovis.methods.train"]``), docstrings left out: an import by name (importlib, ``-m``, a
+    ``module:function`` spec) is a dependency that no import statement shows."""
+    tree = ast.parse(source)
+    docs = _docstrings(tree)
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docs:
+            for name in re.findall(r"\bovis(?:\.\w+)+", node.value):
+                while name and name not in known:
+                    name = name.rpartition(".")[0]
+                if name:
+                    found.add(name)
+    return found
+
+
+def test_the_name_finder_sees_specs_and_commands_but_not_docstrings():
+    known = {"ovis", "ovis.methods", "ovis.methods.cpl", "ovis.methods.train"}
+    source = ('"""Trains what ovis.methods.cpl declares."""\n'
+              'TASK = "ovis.methods.cpl:teacher_task"\n'
+              'def f():\n    """see ovis.methods.train"""\n    return ["-m", f"ovis.methods.train{1}"]\n')
+    assert named_modules(source, known) == {"ovis.methods.cpl", "ovis.methods.train"}
+
+
+def test_no_layer_names_a_higher_one_in_a_string():
+    # e.g. the engine naming method tasks as "ovis.methods.cpl:teacher_task", or ovis.runs naming a method's stages
+    names = [name for name, _ in LAYERS]
+    upward = []
+    for module, path in sorted(MODULES.items()):
+        own = layer_of(module)
+        if module == "ovis" or own is None:
+            continue
+        for target in sorted(named_modules(path.read_text(encoding="utf-8"), MODULES) - {module}):
+            theirs = layer_of(target)
+            if theirs is not None and theirs > own:
+                upward.append(f"{module} ({names[own]}) names {target} ({names[theirs]}) in a string")
+    assert not upward, "modules named by higher layers' strings:\n" + "\n".join(upward)
+    engine_and_runs = [ROOT / "runs.py", *sorted((ROOT / "engine").glob("*.py"))]
+    assert not [p.name for p in engine_and_runs if named_modules(p.read_text(encoding="utf-8"), {"ovis.methods"})]

@@ -16,7 +16,9 @@ from ovis.cli import main as ovis
 from ovis.config import load_recipe
 from ovis.data.splits import run_splits_stage
 from ovis.locks import LOCK, FolderInUse, folder_lock
-from ovis.runs import STAGES, inputs_changed, link_stages, mark_stage_done, stage_done, stage_hash, training_stages
+from ovis.methods import training_stage, training_stages
+from ovis.runs import STAGES, inputs_changed, link_stages, mark_stage_done, stage_done, stage_hash
+from ovis.runs import training_stages as notebook_training_stages
 
 ANN = Path(__file__).parent / "data" / "real" / "coco_mini" / "annotations"
 HOLDER = """
@@ -36,29 +38,37 @@ def test_changing_eval_does_not_retrain_and_changing_the_teacher_redoes_everythi
     assert [stage_hash(base, s) == stage_hash(te, s) for s in STAGES] == [True, False, False, False, False, False]
     la = load_recipe("demo_ggn", ["launch.launcher=torchrun", "launch.nproc=2"])
     assert all(stage_hash(base, s) == stage_hash(la, s) for s in STAGES)  # where it runs changes nothing
-    assert stage_hash(base, "baseline") == stage_hash(base, "student")  # engine stages map onto pipeline stages
+    # engine training stages map onto pipeline stages
+    assert training_stage("baseline").recipe_hash(base) == stage_hash(base, "student")
+
+
+def _hash(recipe, stage):
+    """The recipe hash of an engine training stage, as its method declares it (ovis.methods)."""
+    return training_stage(stage).recipe_hash(recipe)
 
 
 def test_a_new_teacher_schedule_keeps_the_caption_grounding_but_a_new_grounding_one_does_not():
     base = load_recipe("demo_cpl")
     te = load_recipe("demo_cpl", ["teacher.max_iter=7"])
-    assert stage_hash(base, "grounding") == stage_hash(te, "grounding")
-    assert stage_hash(base, "teacher") != stage_hash(te, "teacher")
+    assert _hash(base, "grounding") == _hash(te, "grounding")
+    assert _hash(base, "teacher") != _hash(te, "teacher")
     gr = load_recipe("demo_cpl", ["grounding.max_iter=7"])
-    assert stage_hash(base, "grounding") != stage_hash(gr, "grounding")
-    assert stage_hash(base, "teacher") != stage_hash(gr, "teacher")  # the teacher starts from the grounding
+    assert _hash(base, "grounding") != _hash(gr, "grounding")
+    assert _hash(base, "teacher") != _hash(gr, "teacher")  # the teacher starts from the grounding
     md = load_recipe("demo_cpl", ["model.min_size=128"])
-    assert stage_hash(base, "grounding") != stage_hash(md, "grounding")
+    assert _hash(base, "grounding") != _hash(md, "grounding")
 
 
 def test_each_pipeline_stage_names_the_models_it_trains():
     assert training_stages("teacher") == ["grounding", "teacher"]
     assert training_stages("student") == ["student", "baseline", "oln", "oln_baseline"]
     assert training_stages("eval") == []
+    for stage in STAGES:  # what notebooks 01 and 03 still import from ovis.runs
+        assert notebook_training_stages(stage) == training_stages(stage)
     # the OLN baseline depends on the same recipe sections as the student, so the same changes retrain it
     r = load_recipe("demo_ggn")
-    assert stage_hash(r, "oln_baseline") == stage_hash(r, "student")
-    assert stage_hash(load_recipe("demo_ggn", ["student.max_iter=7"]), "oln_baseline") != stage_hash(r, "oln_baseline")
+    assert _hash(r, "oln_baseline") == stage_hash(r, "student")
+    assert _hash(load_recipe("demo_ggn", ["student.max_iter=7"]), "oln_baseline") != _hash(r, "oln_baseline")
 
 
 def test_marker_needs_matching_hash_and_existing_outputs(tmp_path):

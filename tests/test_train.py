@@ -21,15 +21,18 @@ from ovis.engine.schedule import build_lr_scheduler, build_optimizer, lr_factor
 from ovis.engine.train import (
     BatchStream,
     InfiniteSampler,
+    StageSpec,
     TaskError,
     TrainingDiverged,
     TrainTask,
     load_task_builder,
-    main,
     run_stage,
     save_atomic,
+    task_spec,
     train,
 )
+from ovis.methods.train import main as ovis_train
+from ovis.methods.train import run_stage as method_run_stage
 
 
 def _cfg(**kw) -> TrainConfig:
@@ -184,8 +187,39 @@ def test_init_loads_weights_non_strictly_from_a_checkpoint(tmp_path, caplog):
 def test_task_spec_errors_are_clear(capsys):
     with pytest.raises(TaskError, match="cannot import 'ovis.methods.nope'"):
         load_task_builder("ovis.methods.nope:teacher_task")
-    assert main(["--recipe", "demo_cpl", "--stage", "teacher", "--task", "ovis.methods.nope:x", "--run-dir", "/nonexistent"]) == 2
+    assert ovis_train(["--recipe", "demo_cpl", "--stage", "teacher", "--task", "ovis.methods.nope:x", "--run-dir", "/nonexistent"]) == 2
     assert capsys.readouterr().err.startswith("ovis train: error: --task 'ovis.methods.nope:x': cannot import")
+
+
+def test_the_engine_names_a_task_builder_by_module_for_other_processes():
+    from ovis.methods import ggn
+
+    assert task_spec(ggn.baseline_task) == "ovis.methods.ggn:baseline_task"
+    assert load_task_builder(task_spec(ggn.baseline_task)) is ggn.baseline_task
+    from_file = load_task_builder(f"{Path(__file__).with_name('toy_task.py')}:toy_task")
+    for unnamed in (from_file, lambda recipe, run_dir, stage: None):  # a torchrun worker could not import them
+        with pytest.raises(TaskError, match="cannot be imported by name in another process"):
+            task_spec(unnamed)
+
+
+def test_the_engine_command_line_takes_its_task_from_the_caller(tmp_path, capsys):
+    recipe_path = Recipe(name="toy", teacher=_cfg(max_iter=2)).save(tmp_path)
+    args = ["--recipe", str(recipe_path), "--stage", "extra", "--run-dir", str(tmp_path / "run"), "--device", "cpu",
+            "--no-progress"]
+    with pytest.raises(SystemExit):  # without a resolver --task is required
+        engine.main(args)
+    assert "--task" in capsys.readouterr().err
+    toy = load_task_builder(f"{Path(__file__).with_name('toy_task.py')}:toy_task")
+    seen = []
+
+    def resolve(recipe, stage, task):  # the method layer's part: builder, sections hashed, TrainConfig section
+        seen.append((stage, task))
+        return StageSpec(lambda r, d, s: toy(r, d, "teacher"), sections=("teacher",), config="teacher")
+
+    assert engine.main(args, resolve=resolve, stages=["extra"]) == 0
+    final = torch.load(tmp_path / "run" / "extra" / "model_final.pth", weights_only=True)
+    assert seen == [("extra", None)] and final["iteration"] == 2
+    assert final["recipe_hash"] == load_recipe(recipe_path).hash(("teacher",))
 
 
 def test_stage_seeds_the_initial_weights_whatever_ran_before(tmp_path):
@@ -194,7 +228,7 @@ def test_stage_seeds_the_initial_weights_whatever_ran_before(tmp_path):
     finals = []
     for run, noise in (("a", 1), ("b", 2)):
         torch.manual_seed(noise)  # a notebook or library touched the global RNG before the stage
-        res = run_stage(recipe, "teacher", tmp_path / run, task=spec, device="cpu", progress=False)
+        res = run_stage(recipe, "teacher", tmp_path / run, task=load_task_builder(spec), device="cpu", progress=False)
         finals.append(torch.load(res.final, weights_only=True)["model"])
         assert not (tmp_path / run / ".ovis.lock").exists()  # the run dir's lock goes with the run
     assert finals[0].keys() == finals[1].keys()
@@ -222,7 +256,7 @@ def test_a_corrupt_final_checkpoint_is_named(tmp_path):
 def test_a_stage_without_its_inputs_writes_nothing(tmp_path):
     recipe = load_recipe("demo_ggn", {"data.root": str(tmp_path / "data")})
     with pytest.raises(FileNotFoundError, match="run the splits stage first"):
-        run_stage(recipe, "teacher", tmp_path / "run")
+        method_run_stage(recipe, "teacher", tmp_path / "run")
     assert not (tmp_path / "run").exists()
 
 

@@ -1,8 +1,10 @@
 """Run a training stage in-process, under torchrun, or on Slurm (submitit), from a notebook or a script.
 
 * ``local``: :func:`ovis.engine.train.run_stage` in this process (CPU or one GPU; a notebook cell).
-* ``torchrun``: ``python -m torch.distributed.run --nproc-per-node N -m ovis.engine.train ...`` as a
-  child process whose output (log lines, progress bar updates) is passed line by line to ``stream``.
+* ``torchrun``: ``python -m torch.distributed.run --nproc-per-node N -m ENTRY ...`` as a child process
+  whose output (log lines, progress bar updates) is passed line by line to ``stream``; ``ENTRY`` is the
+  module whose command line the workers run: :mod:`ovis.engine.train` (which needs ``--task``) unless
+  the caller names its own (the method layer's, which resolves the stage as the caller did).
 * ``slurm``: a submitit job with one task per GPU; every task runs the same entry, rendezvous via
   ``env://`` (ovis.engine.dist), and a preempted or timed-out job requeues itself and resumes from
   ``last.pth``.
@@ -26,10 +28,22 @@ import submitit
 
 from ovis.config import Recipe, load_recipe, parse_overrides, recipe_from_dict
 from ovis.engine import dist as odist
-from ovis.engine.train import FINAL, LAST, METRICS, TrainResult, load_checkpoint, run_stage
+from ovis.engine.train import (
+    FINAL,
+    LAST,
+    METRICS,
+    TaskBuilder,
+    TaskError,
+    TrainResult,
+    load_checkpoint,
+    load_task_builder,
+    run_stage,
+    task_spec,
+)
 from ovis.locks import folder_lock
 
 LAUNCHERS = ("local", "torchrun", "slurm")
+ENGINE_ENTRY = run_stage.__module__  # the engine's own command line (ovis.engine.train)
 
 
 class LaunchError(RuntimeError):
@@ -55,8 +69,9 @@ def _result_from_dir(out_dir: Path) -> TrainResult:
 
 def torchrun_command(recipe_path: Path, stage: str, run_dir: Path, nproc: int, nodes: int = 1,
                      rdzv_endpoint: str | None = None, task: str | None = None, device: str = "auto",
-                     resume: bool = True) -> list[str]:
-    """The torchrun command line for one node (``--standalone`` on a single node)."""
+                     resume: bool = True, entry: str = ENGINE_ENTRY) -> list[str]:
+    """The torchrun command line for one node (``--standalone`` on a single node); every worker runs
+    ``python -m entry`` (a module whose ``main()`` is an :func:`ovis.engine.train.main`)."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc)]
     if nodes == 1:
         cmd.append("--standalone")
@@ -65,7 +80,7 @@ def torchrun_command(recipe_path: Path, stage: str, run_dir: Path, nproc: int, n
             raise ValueError(f"torchrun on {nodes} nodes needs launch.rdzv_endpoint=HOST:PORT (run the same launch on every node)")
         cmd += ["--nnodes", str(nodes), "--rdzv-backend", "c10d", "--rdzv-endpoint", rdzv_endpoint,
                 "--rdzv-id", f"ovis-{run_dir.name}-{stage}"]
-    cmd += ["-m", "ovis.engine.train", "--recipe", str(recipe_path), "--stage", stage, "--run-dir", str(run_dir),
+    cmd += ["-m", entry, "--recipe", str(recipe_path), "--stage", stage, "--run-dir", str(run_dir),
             "--device", device]
     if task:
         cmd += ["--task", task]
@@ -114,13 +129,16 @@ class StageJob(submitit.helpers.Checkpointable):
     calls ``checkpoint()``, which (inherited) resubmits this same callable; the requeued job
     resumes from ``last.pth``."""
 
-    def __init__(self, recipe: dict[str, Any], stage: str, run_dir: str, task: str | None, device: str):
+    def __init__(self, recipe: dict[str, Any], stage: str, run_dir: str, task: TaskBuilder | str, device: str,
+                 sections: tuple[str, ...] | None = None, config: str | None = None):
         self.recipe, self.stage, self.run_dir, self.task, self.device = recipe, stage, run_dir, task, device
+        self.sections, self.config = sections, config
 
     def __call__(self) -> TrainResult:
         try:
-            return run_stage(recipe_from_dict(self.recipe), self.stage, self.run_dir, task=self.task,
-                             device=self.device, progress=False)
+            build = load_task_builder(self.task) if isinstance(self.task, str) else self.task
+            return run_stage(recipe_from_dict(self.recipe), self.stage, self.run_dir, build, device=self.device,
+                             progress=False, sections=self.sections, config=self.config)
         finally:
             odist.destroy_distributed()
 
@@ -144,11 +162,17 @@ def slurm_parameters(recipe: Recipe, stage: str, nproc: int, nodes: int, partiti
 
 
 def launch(recipe: str | Path | Recipe, stage: str, run_dir: str | Path | None = None, launcher: str | None = None,
-           nproc: int | None = None, nodes: int | None = None, partition: str | None = None, task: str | None = None,
-           overrides: list[str] | dict[str, Any] | None = None, stream: Callable[[str], None] = print,
-           device: str | None = None, resume: bool = True, cluster: str = "slurm") -> TrainResult | submitit.Job:
+           nproc: int | None = None, nodes: int | None = None, partition: str | None = None,
+           task: TaskBuilder | str | None = None, overrides: list[str] | dict[str, Any] | None = None,
+           stream: Callable[[str], None] = print, device: str | None = None, resume: bool = True,
+           cluster: str = "slurm", sections: tuple[str, ...] | None = None, config: str | None = None,
+           entry: str | None = None) -> TrainResult | submitit.Job:
     """Train ``stage`` of ``recipe`` into ``<run_dir>/<stage>/`` (default run dir ``runs/<recipe name>``).
 
+    ``task`` is the task builder or its ``module:function`` spec; ``sections`` and ``config`` as in
+    :class:`ovis.engine.train.StageSpec`. ``entry`` is the module the torchrun workers run (default
+    the engine's command line, which hashes the stage by its name and cannot take ``sections`` or
+    ``config``); the method layer passes its own, which resolves them the same way.
     Unset arguments come from the recipe's ``launch`` section. Returns the :class:`TrainResult`
     for ``local`` and ``torchrun`` (raising :class:`LaunchError` with the output's tail when the
     child fails), and the submitted ``submitit.Job`` for ``slurm`` (``job.result()`` waits for the
@@ -162,16 +186,24 @@ def launch(recipe: str | Path | Recipe, stage: str, run_dir: str | Path | None =
     run_dir = Path(run_dir) if run_dir is not None else Path("runs") / rec.name
     if launcher not in LAUNCHERS:
         raise ValueError(f"launcher {launcher!r}: expected one of {list(LAUNCHERS)}")
+    if task is None:
+        raise TaskError(f"launch: no task builder for stage {stage!r}; pass task (a builder or its 'module:function')")
     if launcher == "local":
         if (nproc or 1) > 1 or nodes > 1:
             raise ValueError(f"launcher='local' runs one process; use launcher='torchrun' for nproc={nproc}, nodes={nodes}")
-        return run_stage(rec, stage, run_dir, task=task, device=device, resume=resume)
+        build = load_task_builder(task) if isinstance(task, str) else task
+        return run_stage(rec, stage, run_dir, build, device=device, resume=resume, sections=sections, config=config)
     nproc = nproc or cfg.nproc
     out_dir = run_dir / stage
     if launcher == "torchrun":
+        if entry is None and (sections is not None or config is not None):
+            raise ValueError("launcher='torchrun' with sections or config needs the entry module that resolves "
+                             "them in the workers (launch(..., entry=...))")
+        spec = task_spec(task)  # the workers import the builder by name
         with folder_lock(run_dir):  # held from the recipe copy on; the workers inherit it
             recipe_path = rec.save(out_dir)  # the child loads exactly this resolved recipe
-            cmd = torchrun_command(recipe_path, stage, run_dir, nproc, nodes, cfg.rdzv_endpoint, task, device, resume)
+            cmd = torchrun_command(recipe_path, stage, run_dir, nproc, nodes, cfg.rdzv_endpoint, spec, device, resume,
+                                   entry or ENGINE_ENTRY)
             rc, tail = stream_process(cmd, stream)
         if rc != 0:
             raise LaunchError(f"torchrun ({nproc} processes, stage {stage!r}) exited with code {rc}; last lines:\n"
@@ -184,7 +216,7 @@ def launch(recipe: str | Path | Recipe, stage: str, run_dir: str | Path | None =
                       stacklevel=2)
     executor = submitit.AutoExecutor(folder=out_dir / "slurm" / "%j", cluster=cluster)
     executor.update_parameters(**slurm_parameters(rec, stage, nproc, nodes, partition or cfg.partition))
-    job = executor.submit(StageJob(rec.to_dict(), stage, str(run_dir), task, device))
+    job = executor.submit(StageJob(rec.to_dict(), stage, str(run_dir), task, device, sections, config))
     stream(f"submitted Slurm job {job.job_id}: {nodes} node(s) × {nproc} GPU task(s), logs in {out_dir / 'slurm'}")
     return job
 

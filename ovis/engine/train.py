@@ -19,10 +19,12 @@ The model follows torchvision's detection API: in train mode ``model(images, tar
 dict of scalar losses, summed for backward. The dataset's items go through ``collate_fn``
 (default: ``(list of images, list of targets)``) and must collate to an ``(images, targets)`` pair.
 
-Command line (also ``ovis train``)::
+The engine knows no method: :func:`run_stage` receives the task builder (and the recipe sections
+its checkpoint depends on) from the layer above, whose registry names each method's tasks
+(``ovis train`` resolves them there and calls :func:`main` with its resolver). Without a resolver the
+command line needs ``--task``::
 
-    python -m ovis.engine.train --recipe demo_cpl --stage teacher --run-dir runs/demo_cpl
-    torchrun --nproc-per-node 8 -m ovis.engine.train --recipe cpl_coco --stage teacher --run-dir runs/cpl
+    python -m ovis.engine.train --recipe toy.yaml --stage teacher --task my_tasks.py:teacher_task
 """
 
 from __future__ import annotations
@@ -59,27 +61,9 @@ from ovis.engine import dist as odist
 from ovis.engine.schedule import build_lr_scheduler, build_optimizer
 from ovis.io import atomic_path, remove_stale_temps, write_text_atomic
 from ovis.locks import FolderInUse, folder_lock
-from ovis.runs import TRAINING_STAGES, stage_hash
+from ovis.runs import stage_hash
 
 logger = logging.getLogger(__name__)
-
-STAGES = tuple(TRAINING_STAGES)  # what `ovis train --stage` accepts
-
-# (method, stage) -> "module:function" building the TrainTask; methods register here.
-TASKS: dict[tuple[str, str], str] = {
-    ("cpl", "grounding"): "ovis.methods.cpl:grounding_task",
-    ("cpl", "teacher"): "ovis.methods.cpl:teacher_task",
-    ("cpl", "student"): "ovis.methods.cpl:student_task",
-    ("ggn", "teacher"): "ovis.methods.ggn:teacher_task",
-    ("ggn", "student"): "ovis.methods.ggn:student_task",
-    ("oln", "teacher"): "ovis.methods.ggn:teacher_task",
-    ("oln", "student"): "ovis.methods.ggn:student_task",
-    ("ggn", "baseline"): "ovis.methods.ggn:baseline_task",
-    ("oln", "baseline"): "ovis.methods.ggn:baseline_task",
-    ("ggn", "oln"): "ovis.methods.ggn:oln_task", ("oln", "oln"): "ovis.methods.ggn:oln_task",
-    ("ggn", "oln_baseline"): "ovis.methods.ggn:oln_baseline_task",
-    ("oln", "oln_baseline"): "ovis.methods.ggn:oln_baseline_task",
-}
 
 LAST, FINAL, METRICS = "last.pth", "model_final.pth", "metrics.jsonl"
 
@@ -121,6 +105,25 @@ class TrainTask:
     aspect_ratios: Sequence[float] | None = None
     after_step: Callable[[int, nn.Module], None] | None = None
     param_groups: list[dict[str, Any]] | None = None
+
+
+# what a method hands the engine for a stage: (recipe, run dir, stage name) -> the stage's TrainTask
+TaskBuilder = Callable[[Recipe, Path, str], TrainTask]
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """How to train one stage, as the layer above the engine declares it.
+
+    ``build`` makes the :class:`TrainTask`; ``sections`` are the recipe sections the stage's checkpoint
+    depends on (its recipe hash; default: those of the pipeline stage named like it,
+    :func:`ovis.runs.stage_sections`); ``config`` names the recipe section holding its ``TrainConfig``
+    (default: the one named like the stage).
+    """
+
+    build: TaskBuilder
+    sections: tuple[str, ...] | None = None
+    config: str | None = None
 
 
 @dataclass
@@ -632,21 +635,11 @@ def train(task: TrainTask, out_dir: str | Path, device: str = "auto", resume: bo
 # tasks and the command line
 
 
-def default_task(method: str, stage: str) -> str:
-    """The registered ``module:function`` for a recipe's method and stage."""
-    try:
-        return TASKS[(method, stage)]
-    except KeyError:
-        known = ", ".join(f"{m}/{s}" for m, s in TASKS)
-        raise TaskError(f"no training task registered for method {method!r}, stage {stage!r} (known: {known}); "
-                        "pass --task module:function") from None
-
-
-def load_task_builder(spec: str) -> Callable[[Recipe, Path, str], TrainTask]:
+def load_task_builder(spec: str) -> TaskBuilder:
     """``package.module:function`` or ``path/to/file.py:function`` → the task builder."""
     module_name, _, fn_name = spec.rpartition(":")
     if not module_name or not fn_name:
-        raise TaskError(f"--task {spec!r}: expected module:function, e.g. ovis.methods.cpl:teacher_task")
+        raise TaskError(f"--task {spec!r}: expected module:function, e.g. my_package.tasks:teacher_task")
     try:
         if module_name.endswith(".py"):
             path = Path(module_name)
@@ -668,16 +661,36 @@ def load_task_builder(spec: str) -> Callable[[Recipe, Path, str], TrainTask]:
     return fn
 
 
-def run_stage(recipe: Recipe, stage: str, run_dir: str | Path, task: str | None = None, device: str = "auto",
-              resume: bool = True, progress: bool = True) -> TrainResult:
-    """Train one stage of a recipe into ``<run_dir>/<stage>/``: build the task (``task`` spec or the
-    method's default from :data:`TASKS`), save the resolved recipe, run :func:`train`."""
-    if stage not in STAGES:
-        raise TaskError(f"unknown training stage {stage!r}; expected one of {list(STAGES)}")
+def task_spec(build: TaskBuilder | str) -> str:
+    """The ``module:function`` that :func:`load_task_builder` turns back into ``build`` (a process that
+    starts afresh, a torchrun worker, imports the builder by name); a spec string is returned as is."""
+    if isinstance(build, str):
+        return build
+    module, name = getattr(build, "__module__", None), getattr(build, "__qualname__", None)
+    found = None
+    if module and name and module != "__main__":
+        with contextlib.suppress(ImportError):
+            found = getattr(importlib.import_module(module), name, None)
+    if found is not build:
+        raise TaskError(f"task builder {build!r} cannot be imported by name in another process; "
+                        "pass a module-level function or its 'module:function' / 'file.py:function' spec")
+    return f"{module}:{name}"
+
+
+def run_stage(recipe: Recipe, stage: str, run_dir: str | Path, task: TaskBuilder, device: str = "auto",
+              resume: bool = True, progress: bool = True, sections: Sequence[str] | None = None,
+              config: str | None = None) -> TrainResult:
+    """Train one stage of a recipe into ``<run_dir>/<stage>/``: build the task with ``task`` (the
+    builder the method declares, see :class:`StageSpec` for ``sections`` and ``config``), save the
+    resolved recipe, run :func:`train`."""
     run_dir = Path(run_dir)
     out_dir = run_dir / stage
+    recipe_hash = recipe.hash(tuple(sections)) if sections is not None else stage_hash(recipe, stage)
+    section = config or stage
+    cfg = getattr(recipe, section, None)
+    if not isinstance(cfg, TrainConfig):
+        raise TaskError(f"recipe {recipe.name}: no training section {section!r} for stage {stage!r}")
     info = odist.init_distributed(device)
-    recipe_hash = stage_hash(recipe, stage)
     # one run at a time in a run dir (rank 0 stands for its job): a second fails here, having changed nothing
     with folder_lock(run_dir) if info.is_main else contextlib.nullcontext():
         if resume and final_is_current(out_dir, recipe_hash):  # before building the task, which may be costly
@@ -686,30 +699,36 @@ def run_stage(recipe: Recipe, stage: str, run_dir: str | Path, task: str | None 
                 logger.info(f"{out_dir / FINAL} matches recipe hash {recipe_hash}: nothing to train")
             it = int(load_checkpoint(out_dir / FINAL, mmap=True).get("iteration", 0))
             return TrainResult(out_dir / FINAL, out_dir / LAST, out_dir / METRICS, it, skipped=True)
-        spec = task or default_task(recipe.method, stage)
-        builder = load_task_builder(spec)
-        # baseline and oln have no section: they train with recipe.student
-        cfg = getattr(recipe, stage, None) or recipe.student
         if cfg.init and not (resume and (out_dir / LAST).is_file()):  # read before anything is written
             init = Path(cfg.init) if Path(cfg.init).is_absolute() else run_dir / cfg.init
             if not init.is_file():
                 raise FileNotFoundError(f"train.init: checkpoint {init} not found (relative paths resolve against the run dir)")
             load_checkpoint(init, mmap=True)
         _seed_all(cfg.seed)  # the same initial weights in every process
-        train_task = builder(recipe, run_dir, stage)
+        train_task = task(recipe, run_dir, stage)
         if not isinstance(train_task, TrainTask):
-            raise TaskError(f"task builder {spec} returned {type(train_task).__name__}, expected ovis.engine.train.TrainTask")
+            name = getattr(task, "__qualname__", repr(task))
+            raise TaskError(f"task builder {name} returned {type(train_task).__name__}, expected ovis.engine.train.TrainTask")
         if info.is_main:  # only once the task is built: a missing input leaves no stage folder behind
             recipe.save(out_dir)
         return train(train_task, out_dir, device=device, resume=resume, progress=progress, recipe_hash=recipe_hash)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="ovis train", description="Train one stage of a recipe (also under torchrun / Slurm).")
+# what the layer above the engine gives main(): (recipe, stage, --task spec or None) -> the stage's spec
+Resolver = Callable[[Recipe, str, str | None], StageSpec]
+
+
+def main(argv: list[str] | None = None, resolve: Resolver | None = None, stages: Sequence[str] | None = None,
+         prog: str = "ovis train") -> int:
+    """The training command line. ``resolve`` turns the recipe, ``--stage`` and ``--task`` into a
+    :class:`StageSpec` (the method layer's registry; without one ``--task`` is required and the stage
+    hashes like the pipeline stage of its name); ``stages`` are the ``--stage`` choices."""
+    parser = argparse.ArgumentParser(prog=prog, description="Train one stage of a recipe (also under torchrun / Slurm).")
     parser.add_argument("--recipe", required=True, help="packaged recipe name (demo_cpl) or path to a YAML file")
-    parser.add_argument("--stage", required=True, choices=STAGES)
+    parser.add_argument("--stage", required=True, choices=list(stages) if stages is not None else None)
     parser.add_argument("--run-dir", default=None, help="run folder (default runs/<recipe name>); writes <run-dir>/<stage>/")
-    parser.add_argument("--task", default=None, help="module:function building the TrainTask (default: the method's)")
+    parser.add_argument("--task", default=None, required=resolve is None,
+                        help="module:function building the TrainTask" + (" (default: the method's)" if resolve else ""))
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="recipe override, e.g. teacher.max_iter=100 (repeatable)")
     parser.add_argument("--device", default=None, help="auto | cpu | cuda (default: the recipe's launch.device)")
@@ -719,13 +738,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         recipe = load_recipe(args.recipe, args.overrides)
         run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / recipe.name
-        run_stage(recipe, args.stage, run_dir, task=args.task, device=args.device or recipe.launch.device,
-                  resume=not args.no_resume, progress=not args.no_progress)
+        spec = resolve(recipe, args.stage, args.task) if resolve else StageSpec(load_task_builder(args.task))
+        run_stage(recipe, args.stage, run_dir, spec.build, device=args.device or recipe.launch.device,
+                  resume=not args.no_resume, progress=not args.no_progress, sections=spec.sections, config=spec.config)
     except (ValueError, FileNotFoundError, FolderInUse) as e:  # recipe, task spec, missing inputs, a run dir in use
-        print(f"ovis train: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
     except TrainingDiverged as e:
-        print(f"ovis train: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {e}", file=sys.stderr)
         return 1
     finally:
         odist.destroy_distributed()

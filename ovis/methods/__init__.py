@@ -1,22 +1,118 @@
-"""The two methods' stage functions; ``for_recipe`` picks the module a recipe's method uses.
+"""The methods' registry: ``METHOD_MODULES`` names each method's module; ``for_recipe`` picks the one a
+recipe's method uses, and the training stages and task builders come from what each module declares.
 
 Each method module provides the same stage functions, which the notebooks call:
 ``run_teacher``, ``teacher_figures``, ``run_pseudo``, ``pseudo_figures``, ``pseudo_browser``,
-``run_student``, ``student_figures``, ``load_model``, ``run_eval``.
+``run_student``, ``student_figures``, ``load_model``, ``run_eval``; and declares ``TRAINING_STAGES``:
+engine training stage name → :class:`TrainingStage` (its task builder, the pipeline stage that trains
+it, the recipe sections it reads). ``ovis train`` (:mod:`ovis.methods.train`) resolves a recipe's
+stage here; the engine receives the builder. A new method is a module plus one line of
+``METHOD_MODULES``.
 """
 
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 from ovis.config import Recipe
+from ovis.runs import STAGES, stage_sections
+
+if TYPE_CHECKING:
+    from ovis.engine.train import TaskBuilder
 
 METHOD_MODULES = {"cpl": "ovis.methods.cpl", "ggn": "ovis.methods.ggn", "oln": "ovis.methods.ggn"}
+
+
+@dataclass(frozen=True)
+class TrainingStage:
+    """One engine training stage of a method, trained into ``<run_dir>/<name>/``.
+
+    ``task`` builds its ``TrainTask`` (an ``ovis.engine.train.TaskBuilder``); ``part_of`` is the
+    pipeline stage (``ovis.runs.STAGES``) whose notebook trains it; ``own_sections`` replaces that
+    stage's own recipe sections for a stage that reads fewer of them (caption grounding runs before
+    the teacher and never reads the teacher section); ``config`` names the recipe section with its
+    ``TrainConfig`` when it is not the one named like the stage (GGN's baseline trains with ``student``).
+    """
+
+    task: TaskBuilder
+    part_of: str
+    own_sections: tuple[str, ...] | None = None
+    config: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.part_of not in STAGES:
+            raise ValueError(f"TrainingStage.part_of={self.part_of!r}: expected one of {', '.join(STAGES)}")
+
+    @property
+    def sections(self) -> tuple[str, ...]:
+        """The recipe sections its checkpoint depends on (its recipe hash)."""
+        return stage_sections(self.part_of, self.own_sections)
+
+    def recipe_hash(self, recipe: Recipe) -> str:
+        """The hash its checkpoint (``model_final.pth``) records for ``recipe``."""
+        return recipe.hash(self.sections)
+
+
+def method_module(method: str) -> ModuleType:
+    """The module implementing ``method``'s stages."""
+    if method not in METHOD_MODULES:
+        raise ValueError(f"unknown method {method!r}; known: {', '.join(METHOD_MODULES)}")
+    return importlib.import_module(METHOD_MODULES[method])
 
 
 def for_recipe(recipe: Recipe) -> ModuleType:
     """The module implementing ``recipe.method``'s stages."""
     if recipe.method not in METHOD_MODULES:
         raise ValueError(f"recipe {recipe.name}: unknown method {recipe.method!r}; known: {', '.join(METHOD_MODULES)}")
-    return importlib.import_module(METHOD_MODULES[recipe.method])
+    return method_module(recipe.method)
+
+
+def method_training_stages(method: str) -> dict[str, TrainingStage]:
+    """``method``'s training stages, in the order its module declares them."""
+    return dict(method_module(method).TRAINING_STAGES)
+
+
+def all_training_stages() -> dict[str, TrainingStage]:
+    """Every method's training stages by name (the first method's declaration of a shared name; the
+    methods must agree on its pipeline stage, sections and config, which make its recipe hash)."""
+    out: dict[str, TrainingStage] = {}
+    for method in METHOD_MODULES:
+        for name, st in method_training_stages(method).items():
+            first = out.setdefault(name, st)
+            if (first.part_of, first.sections, first.config) != (st.part_of, st.sections, st.config):
+                raise ValueError(f"training stage {name!r}: method {method!r} declares it with part_of={st.part_of!r}, "
+                                 f"sections={st.sections}, config={st.config!r}; another method with "
+                                 f"part_of={first.part_of!r}, sections={first.sections}, config={first.config!r}")
+    return out
+
+
+def training_stages(stage: str) -> list[str]:
+    """The engine training stages of pipeline stage ``stage`` over all methods (``"teacher"`` →
+    grounding, teacher; ``"student"`` → student, baseline, oln, oln_baseline); a run trains those its
+    method has."""
+    return [name for name, st in all_training_stages().items() if st.part_of == stage]
+
+
+def training_stage(stage: str) -> TrainingStage:
+    """The declaration of engine training stage ``stage`` (any method's: they agree on its hash)."""
+    stages = all_training_stages()
+    if stage not in stages:
+        from ovis.engine.train import TaskError
+
+        raise TaskError(f"unknown training stage {stage!r}; expected one of {list(stages)}")
+    return stages[stage]
+
+
+def task_builder(method: str, stage: str) -> TaskBuilder:
+    """The task builder ``method`` declares for training stage ``stage``."""
+    stages = method_training_stages(method) if method in METHOD_MODULES else {}
+    if stage not in stages:
+        from ovis.engine.train import TaskError
+
+        known = ", ".join(f"{m}/{s}" for m in METHOD_MODULES for s in method_training_stages(m))
+        raise TaskError(f"no training task registered for method {method!r}, stage {stage!r} (known: {known}); "
+                        "pass --task module:function")
+    return stages[stage].task

@@ -32,6 +32,7 @@ from ovis.config import Recipe
 from ovis.data.dataset import CaptionImages, CocoDetection, StudentDataset, collate_fn
 from ovis.data.transforms import RandomHorizontalFlip
 from ovis.io import copy_atomic, write_json_atomic, write_text_atomic
+from ovis.methods import TrainingStage
 from ovis.models.detector import set_class_embeddings
 from ovis.models.grounding import GroundingModel
 from ovis.models.student import RobustStudent
@@ -59,6 +60,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EVAL_SETTINGS",
+    "TRAINING_STAGES",
     "PseudoLabeler",
     "StudentHook",
     "class_embeddings",
@@ -193,16 +195,16 @@ def run_teacher(recipe: Recipe, run_dir: str | Path, launcher: str | None = None
                 nodes: int | None = None, partition: str | None = None, stream: Callable[[str], None] = print,
                 force: bool = False) -> dict:
     """Stage 01 (CPL): caption grounding (``<run_dir>/grounding/``) then the teacher
-    (``<run_dir>/teacher/``) through :func:`ovis.engine.launch.launch`; marks stage "teacher" done.
+    (``<run_dir>/teacher/``) through :func:`ovis.methods.train.train_stage`; marks stage "teacher" done.
     Returns ``{"grounding": {...}, "teacher": {...}}`` (checkpoint, iterations, seconds)."""
-    from ovis.engine.launch import train_stage
+    from ovis.methods.train import train_stage
     from ovis.runs import inputs_changed, mark_stage_done, stage_done
 
     run_dir = Path(run_dir)
     force = force or inputs_changed(run_dir, "teacher", recipe)  # redo, do not resume
     if not force and stage_done(run_dir, "teacher", recipe):
         return json.loads((run_dir / "teacher" / "stage.json").read_text())["results"]
-    kw = dict(launcher=launcher, nproc=nproc, nodes=nodes, partition=partition)
+    kw: dict[str, Any] = dict(launcher=launcher, nproc=nproc, nodes=nodes, partition=partition)
     results = {stage: train_stage(recipe, stage, run_dir, force, stream, **kw) for stage in ("grounding", "teacher")}
     mark_stage_done(run_dir, "teacher", recipe, ["model_final.pth", "metrics.jsonl"], results=results)
     return results
@@ -341,7 +343,7 @@ def run_student(recipe: Recipe, run_dir: str | Path, launcher: str | None = None
                 nodes: int | None = None, partition: str | None = None, stream: Callable[[str], None] = print,
                 force: bool = False) -> dict:
     """Stage 03 (CPL): train the robust student into ``<run_dir>/student/``; marks it done."""
-    from ovis.engine.launch import train_stage
+    from ovis.methods.train import train_stage
     from ovis.runs import inputs_changed, mark_stage_done, stage_done
 
     run_dir = Path(run_dir)
@@ -352,6 +354,15 @@ def run_student(recipe: Recipe, run_dir: str | Path, launcher: str | None = None
                         partition=partition)
     mark_stage_done(run_dir, "student", recipe, ["model_final.pth", "metrics.jsonl"], results=res)
     return res
+
+
+# the engine training stages (``<run_dir>/<name>/``), their tasks and the pipeline stage that trains them
+TRAINING_STAGES = {
+    # caption grounding runs before the teacher and never reads the teacher section
+    "grounding": TrainingStage(grounding_task, "teacher", own_sections=("model", "grounding")),
+    "teacher": TrainingStage(teacher_task, "teacher"),
+    "student": TrainingStage(student_task, "student"),
+}
 
 
 def student_figures(recipe: Recipe, run_dir: str | Path, n: int = 4) -> list[Figure]:

@@ -50,6 +50,7 @@ from ovis.data.transforms import RandomHorizontalFlip
 from ovis.engine.dist import resolve_device
 from ovis.engine.train import FINAL, METRICS, CheckpointError, TrainTask, load_checkpoint
 from ovis.io import copy_atomic, write_json_atomic, write_text_atomic
+from ovis.methods import TrainingStage
 from ovis.models.affinity import AffinityNet, affinity_target, palette_from_masks
 from ovis.models.detector import build_detector
 from ovis.pseudo.grouping import (
@@ -62,6 +63,7 @@ from ovis.pseudo.grouping import (
 from ovis.runs import inputs_changed, mark_stage_done, stage_dir, stage_done
 
 __all__ = [
+    "TRAINING_STAGES",
     "baseline_task",
     "comparison_table",
     "extract_shard",
@@ -118,7 +120,7 @@ def _pseudo_dir(run_dir: str | Path) -> Path:
 
 
 # --------------------------------------------------------------------------------------------
-# training tasks (registered in ovis.engine.train.TASKS)
+# training tasks (declared in TRAINING_STAGES below)
 
 
 def affinity_net(recipe: Recipe, weights: str | None) -> AffinityNet:
@@ -184,6 +186,17 @@ def oln_baseline_task(recipe: Recipe, run_dir: str | Path, stage: str) -> TrainT
     return baseline_task(oln_recipe(recipe), run_dir, stage)
 
 
+# the engine training stages (``<run_dir>/<name>/``), their tasks and the pipeline stage that trains them;
+# the baseline and the OLN variants have no recipe section: they train with recipe.student
+TRAINING_STAGES = {
+    "teacher": TrainingStage(teacher_task, "teacher"),
+    "student": TrainingStage(student_task, "student"),
+    "baseline": TrainingStage(baseline_task, "student", config="student"),
+    "oln": TrainingStage(oln_task, "student", config="student"),
+    "oln_baseline": TrainingStage(oln_baseline_task, "student", config="student"),
+}
+
+
 # --------------------------------------------------------------------------------------------
 # models
 
@@ -219,7 +232,7 @@ def run_teacher(recipe: Recipe, run_dir: str | Path, launcher: str | None = None
     Skipped when the stage already finished for this recipe (unless ``force``, which trains from scratch).
     Returns ``{"stage", "final", "iteration", "skipped", "seconds"}``.
     """
-    from ovis.engine.launch import train_stage
+    from ovis.methods.train import train_stage
 
     run_dir = Path(run_dir)
     force = force or inputs_changed(run_dir, "teacher", recipe)  # redo, do not resume
@@ -242,7 +255,7 @@ def run_student(recipe: Recipe, run_dir: str | Path, launcher: str | None = None
     Each resumes from its own last.pth if interrupted. Returns ``{"baseline": {...}, "student": {...}
     [, "oln": {...}, "oln_baseline": {...}]}``.
     """
-    from ovis.engine.launch import train_stage
+    from ovis.methods.train import train_stage
 
     run_dir = Path(run_dir)
     force = force or inputs_changed(run_dir, "student", recipe)  # redo, do not resume
