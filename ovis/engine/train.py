@@ -719,7 +719,7 @@ Resolver = Callable[[Recipe, str, str | None], StageSpec]
 
 
 def main(argv: list[str] | None = None, resolve: Resolver | None = None, stages: Sequence[str] | None = None,
-         prog: str = "ovis train") -> int:
+         prog: str = "python -m ovis.engine.train") -> int:
     """The training command line. ``resolve`` turns the recipe, ``--stage`` and ``--task`` into a
     :class:`StageSpec` (the method layer's registry; without one ``--task`` is required and the stage
     hashes like the pipeline stage of its name); ``stages`` are the ``--stage`` choices."""

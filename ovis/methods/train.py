@@ -58,7 +58,7 @@ def train_stage(recipe: Recipe, stage: str, run_dir: str | Path, force: bool = F
 
 
 def main(argv: list[str] | None = None) -> int:
-    return engine.main(argv, resolve=stage_spec, stages=list(all_training_stages()))
+    return engine.main(argv, resolve=stage_spec, stages=list(all_training_stages()), prog="ovis train")
 
 
 if __name__ == "__main__":
