@@ -225,3 +225,18 @@ def test_notebook_shows_curves_and_report(ggn_run, tmp_path):
     assert len(images) >= 3  # training + two AR@k figures
     assert any("Curves report: demo_ggn" in o.get("data", {}).get("text/markdown", "") for o in outputs)
     assert (ggn_run / "curves" / "report.md").is_file()
+
+
+def test_paper_table_and_ar_plot_of_another_setting_show_that_settings_numbers(eval_results):
+    """person -> non-person: the model zoo's 4.9 -> 20.9 beside ours, not VOC -> non-VOC's curves or AUC."""
+    recipe = load_recipe("ggn_coco_person")
+    result = {**eval_results["ow_segm"], "protocol": "coco_person_nonperson", "label": "student/segm"}
+    md = paper_table([result, {**eval_results["ow_bbox"], "protocol": "coco_person_nonperson", "label": "student/bbox"}],
+                     recipe)
+    segm = md.split(", box")[0]
+    row = next(line for line in segm.splitlines() if line.startswith("| AR@100 |"))
+    assert "20.9" in row and "4.9" in row and "28.7" not in row
+    assert "24.8" not in md  # OLN-Box AUC is a VOC -> non-VOC number
+    lines = metric_figures([result])["ar_vs_k_student_segm"].axes[0].get_lines()
+    paper = {line.get_label(): list(line.get_ydata()) for line in lines if line.get_label().endswith("(paper)")}
+    assert paper == {"GGN (Mask R-CNN) (paper)": [pytest.approx(20.9)], "Mask R-CNN (class-agnostic) (paper)": [pytest.approx(4.9)]}

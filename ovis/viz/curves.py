@@ -26,7 +26,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from ovis.config import Recipe, RecipeError, load_recipe
 from ovis.eval.protocols import PROTOCOLS
-from ovis.eval.reference import PAPER_AP50, PAPER_AR_CURVES, PAPER_AUC, SOURCES
+from ovis.eval.reference import PAPER_AP50, PAPER_AR_BY_PROTOCOL, PAPER_AR_CURVES, PAPER_AUC, SOURCES, paper_ar_curves
 from ovis.io import atomic_path, write_text_atomic
 from ovis.locks import folder_lock
 from ovis.runs import MARKER, STAGES, default_run_dir, mark_stage_done, stage_dir, stage_done
@@ -362,8 +362,11 @@ def _by_method_first(names: Sequence[str], recipe: Recipe) -> list[str]:
     return sorted(names, key=lambda n: word not in n)
 
 
-def _paper_auc(iou_type: str) -> dict[str, float]:
-    """{method: AUC} of `PAPER_AUC` entries named "<method> (<iou_type>)"."""
+def _paper_auc(protocol: str, iou_type: str) -> dict[str, float]:
+    """{method: AUC} of `PAPER_AUC` entries named "<method> (<iou_type>)": published for the VOC -> non-VOC
+    setting only, so none for a protocol with paper numbers of its own (`PAPER_AR_BY_PROTOCOL`)."""
+    if PAPER_AR_BY_PROTOCOL.get(protocol, PAPER_AR_CURVES) is not PAPER_AR_CURVES:
+        return {}
     out = {}
     for key, value in PAPER_AUC.items():
         name, _, iou = key.rpartition(" (")
@@ -394,8 +397,9 @@ def _ovr_table(results: Sequence[Mapping], iou_type: str, recipe: Recipe) -> tup
 
 
 def _open_world_table(results: Sequence[Mapping], iou_type: str, recipe: Recipe) -> tuple[list[str], set[str]]:
-    curves = {name: {f"AR@{k}": v for k, v in pts.items()} for name, pts in PAPER_AR_CURVES.get(iou_type, {}).items()}
-    for name, auc in _paper_auc(iou_type).items():
+    protocol = recipe.eval.protocol
+    curves = {name: {f"AR@{k}": v for k, v in pts.items()} for name, pts in paper_ar_curves(protocol, iou_type).items()}
+    for name, auc in _paper_auc(protocol, iou_type).items():
         curves.setdefault(name, {})["AUC"] = auc
     papers = _by_method_first(list(curves), recipe)
     metric_rows = [m for m in OPEN_WORLD_ROWS
@@ -461,7 +465,8 @@ def metric_figures(results: Sequence[Mapping]) -> dict[str, Figure]:
     for r in results:
         label, kind = r["label"], protocol_kind(r["protocol"])
         if kind == "open_world":
-            fig = plot_ar_vs_k(r["metrics"], r["iou_type"], label=f"ovis {label}")
+            fig = plot_ar_vs_k(r["metrics"], r["iou_type"], label=f"ovis {label}",
+                               references=paper_ar_curves(r["protocol"], r["iou_type"]))
             fig.axes[0].set_title(f"AR@k, {r['protocol']} ({label})")
             figs[f"ar_vs_k_{file_label(label)}"] = fig
         elif kind == "ovr":
