@@ -29,16 +29,6 @@ _OWN_SECTIONS = {
     "eval": ("eval",),
     "curves": ("name", "description"),
 }
-# What notebooks 01 and 03 import as `ovis.runs.training_stages` until they ask the method registry
-# (ovis.methods.training_stages, which tests/test_runs.py checks this against); nothing else reads it.
-_NOTEBOOK_TRAINING_STAGES = {"teacher": ["grounding", "teacher"], "student": ["student", "baseline", "oln", "oln_baseline"]}
-
-
-def training_stages(stage: str) -> list[str]:
-    """Deprecated: :func:`ovis.methods.training_stages` (the methods declare their training stages)."""
-    return list(_NOTEBOOK_TRAINING_STAGES.get(stage, []))
-
-
 def stage_sections(stage: str, own: Sequence[str] | None = None) -> tuple[str, ...]:
     """The recipe sections pipeline stage ``stage`` depends on, in stage order: every earlier stage's,
     then its own, or ``own`` for a training stage of ``stage`` that reads fewer of them (a method

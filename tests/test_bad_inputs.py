@@ -614,11 +614,10 @@ def _cpl_models(recipe_path: Path, run: Path, overrides: list[str] | None = None
                 ) -> dict[str, Callable[[], torch.nn.Module]]:
     """Builders of the models CPL's training stages train (as their tasks build them), for the recipe
     with ``overrides``."""
-    from ovis.engine.train import default_task, load_task_builder
-    from ovis.methods import cpl
+    from ovis.methods import cpl, task_builder
 
     recipe = load_recipe(recipe_path, overrides)
-    return {"grounding": lambda: load_task_builder(default_task("cpl", "grounding"))(recipe, run, "grounding").model,
+    return {"grounding": lambda: task_builder("cpl", "grounding")(recipe, run, "grounding").model,
             "teacher": lambda: cpl.build_teacher(recipe, run),
             "student": lambda: cpl.build_student(recipe, run, ["umbrella", "zebra"])}  # a pseudo vocabulary
 

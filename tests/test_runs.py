@@ -18,7 +18,6 @@ from ovis.data.splits import run_splits_stage
 from ovis.locks import LOCK, FolderInUse, folder_lock
 from ovis.methods import training_stage, training_stages
 from ovis.runs import STAGES, inputs_changed, link_stages, mark_stage_done, stage_done, stage_hash
-from ovis.runs import training_stages as notebook_training_stages
 
 ANN = Path(__file__).parent / "data" / "real" / "coco_mini" / "annotations"
 HOLDER = """
@@ -63,8 +62,6 @@ def test_each_pipeline_stage_names_the_models_it_trains():
     assert training_stages("teacher") == ["grounding", "teacher"]
     assert training_stages("student") == ["student", "baseline", "oln", "oln_baseline"]
     assert training_stages("eval") == []
-    for stage in STAGES:  # what notebooks 01 and 03 still import from ovis.runs
-        assert notebook_training_stages(stage) == training_stages(stage)
     # the OLN baseline depends on the same recipe sections as the student, so the same changes retrain it
     r = load_recipe("demo_ggn")
     assert _hash(r, "oln_baseline") == stage_hash(r, "student")
