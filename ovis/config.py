@@ -169,6 +169,9 @@ class EvalConfig:
     iou_types: list[str] = field(default_factory=lambda: ["segm", "bbox"])
     max_images: int | None = None
     detections_per_img: int = 100
+    # GGN/OLN: detectors run inference side by side in this many single-threaded CPU processes (1: one
+    # after another in the stage's process); the detections do not depend on it
+    workers: int = 1
 
 
 @dataclass
@@ -378,7 +381,8 @@ _RULES: dict[type, list[tuple[str, Any, str]]] = {
                     ("lambda_pseudo", lambda v: math.isfinite(v) and v >= 0, "a finite number ≥ 0")],
     EvalConfig: [("protocol", tuple(EVAL_PROTOCOLS), ""),
                  ("iou_types", lambda v: bool(v) and set(v) <= {"segm", "bbox"}, "a non-empty list of segm, bbox"),
-                 ("max_images", _positive_or_none, "≥ 1 or null"), ("detections_per_img", lambda v: v >= 1, "≥ 1")],
+                 ("max_images", _positive_or_none, "≥ 1 or null"), ("detections_per_img", lambda v: v >= 1, "≥ 1"),
+                 ("workers", lambda v: v >= 1, "≥ 1")],
     LaunchConfig: [("launcher", ("local", "torchrun", "slurm"), ""),
                    ("device", lambda v: v in ("auto", "cpu", "cuda") or v.startswith("cuda:"), "auto, cpu, cuda or cuda:N"),
                    *[(k, lambda v: v >= 1, "≥ 1") for k in ("nproc", "nodes", "timeout_min", "cpus_per_task")],

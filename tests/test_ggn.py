@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -278,6 +279,17 @@ def test_evaluate_models_scores_the_chosen_detectors_elsewhere_with_the_same_met
     assert not (tmp_path / "student").exists()
     with pytest.raises(ValueError, match="PA network"):
         ggn.evaluate_models(recipe, run_dir, ("teacher",), tmp_path, stream=_quiet)
+
+
+def test_detectors_evaluated_in_worker_processes_give_the_same_files(run, tmp_path):
+    """eval.workers=2: the four detectors' inference in two spawned one-thread processes writes the very
+    detections the one-thread run in this process wrote."""
+    run_dir, recipe = run
+    two = dataclasses.replace(recipe, eval=dataclasses.replace(recipe.eval, workers=2))
+    results = ggn.evaluate_models(two, run_dir, ggn.MODELS[1:], tmp_path, stream=_quiet)
+    assert sorted({r["model"] for r in results}) == sorted(ggn.MODELS[1:])
+    for which in ggn.MODELS[1:]:
+        assert (tmp_path / which / "detections.json").read_bytes() == (run_dir / "eval" / which / "detections.json").read_bytes()
 
 
 def test_models_load_in_eval_mode(run):

@@ -24,7 +24,7 @@ GGN = {
     "model.rpn_pre_nms_top_n_test": 100, "model.rpn_post_nms_top_n_test": 50,
     "teacher.max_iter": 2, "teacher.batch_size": 1, "teacher.checkpoint_period": 2, "teacher.log_period": 1,
     "student.max_iter": 2, "student.batch_size": 1, "student.checkpoint_period": 2, "student.log_period": 1,
-    "pseudo.max_images": 4, "pseudo.workers": 0, "pseudo.top_k": 2, "eval.max_images": 2,
+    "pseudo.max_images": 4, "pseudo.workers": 0, "pseudo.top_k": 2, "eval.max_images": 2, "eval.workers": 1,
 }
 
 

@@ -66,10 +66,10 @@ def predict(model: nn.Module, dataset: CocoDetection, label_to_cat_id: dict[int,
 
 def run_inference(model: nn.Module, dataset: CocoDetection, out_path: str | Path,
                   label_to_cat_id: dict[int, int] | int, device: torch.device | str = "cpu",
-                  batch_size: int = 1, max_images: int | None = None) -> Path:
+                  batch_size: int = 1, max_images: int | None = None, progress: bool = True) -> Path:
     """Predict on every rank, write this rank's shard, and merge all shards into ``out_path`` on rank 0."""
     out_path = Path(out_path)
-    results = predict(model, dataset, label_to_cat_id, device, batch_size, max_images)
+    results = predict(model, dataset, label_to_cat_id, device, batch_size, max_images, progress)
     world = get_world_size()
     if world == 1:
         return write_json_atomic(results, out_path)

@@ -367,14 +367,14 @@ def _single_threaded_children() -> Iterator[None]:
 
 
 @contextmanager
-def _explain_broken_pool() -> Iterator[None]:
+def _explain_broken_pool(what: str = "pseudo: a grouping worker process died",
+                         remedy: str = "lower pseudo.workers (0: group in this process)") -> Iterator[None]:
     try:
         yield
     except BrokenProcessPool as e:
         raise RuntimeError(
-            "pseudo: a grouping worker process died. Worker processes are spawned: a script calling run_pseudo "
-            "must keep its top-level code under `if __name__ == '__main__':`. Otherwise it ran out of memory; "
-            "lower pseudo.workers (0: group in this process)"
+            f"{what}. Worker processes are spawned: a script calling ovis's stage functions must keep its "
+            f"top-level code under `if __name__ == '__main__':`. Otherwise it ran out of memory; {remedy}"
         ) from e
 
 
@@ -714,7 +714,6 @@ def evaluate_models(recipe: Recipe, run_dir: str | Path, models: Sequence[str], 
     ``<out>/<which>/detections.json`` and ``<out>/<which>/<iou_type>/metrics.{json,md}``.
     ``eval.max_images`` evaluates the first N val images (GT restricted to them). Returns one result
     dict per (model, iou type), with ``model`` added."""
-    from ovis.engine.infer import run_inference
     from ovis.eval import evaluate
     from ovis.eval.report import write_metrics
 
@@ -730,22 +729,39 @@ def evaluate_models(recipe: Recipe, run_dir: str | Path, models: Sequence[str], 
     gt = val if recipe.eval.max_images is None else {
         **val, "images": [im for im in val["images"] if im["id"] in ids],
         "annotations": [a for a in val["annotations"] if a["image_id"] in ids]}
+    if "teacher" in models:
+        raise ValueError("evaluate_models: the teacher is the PA network, not a detector")
     device = resolve_device(recipe.launch.device)
+    workers = min(recipe.eval.workers, len(models)) if device.type == "cpu" else 1
+    jobs = [(recipe, run_dir, which, ds, out / which / "detections.json", cat_id, device, workers == 1)
+            for which in models]  # no progress bars from worker processes
+    if workers > 1:  # spawned with one thread each: the detections equal a one-thread run's, whatever the cores
+        with (_single_threaded_children(), ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool,
+              _explain_broken_pool("eval: an inference worker process died", "lower eval.workers")):
+            done = list(pool.map(_infer, jobs))
+    else:
+        done = [_infer(job) for job in jobs]
     results = []
-    for which in models:
-        if which == "teacher":
-            raise ValueError("evaluate_models: the teacher is the PA network, not a detector")
-        model = load_model(recipe, run_dir, which)
-        t0 = time.perf_counter()
-        det_path = run_inference(model, ds, out / which / "detections.json", cat_id, device,
-                                 max_images=recipe.eval.max_images)
-        stream(f"eval: {which} inference on {len(ids)} images in {time.perf_counter() - t0:.1f} s")
+    for which, det_path, seconds in done:
+        stream(f"eval: {which} inference on {len(ids)} images in {seconds:.1f} s")
         for iou in _iou_types(recipe):
             res = {**evaluate(recipe.eval.protocol, gt, det_path, iou, partition=partition), "model": which,
                    "method": recipe.method}
             write_metrics(res, out / which / iou)
             results.append(res)
     return results
+
+
+def _infer(job: tuple) -> tuple[str, Path, float]:
+    """One detector's inference over the val set (an ``evaluate_models`` job): ``(which, detections path,
+    seconds)``."""
+    from ovis.engine.infer import run_inference
+
+    recipe, run_dir, which, ds, det_path, cat_id, device, progress = job
+    model = load_model(recipe, run_dir, which)
+    t0 = time.perf_counter()
+    path = run_inference(model, ds, det_path, cat_id, device, max_images=recipe.eval.max_images, progress=progress)
+    return which, path, time.perf_counter() - t0
 
 
 def comparison_table(results: list[dict], recipe: Recipe) -> str:
