@@ -3,7 +3,7 @@
 The two ``ovis reproduce`` runs go in parallel, each with its share of the CPU cores
 (``OMP_NUM_THREADS``): the demo's small networks use two cores poorly from one process, and each run's
 notebook kernels start (about 9 s each: Jupyter, torch, torchvision) while the other computes
-(benchmarks/README.md, "demo"). Their lines are prefixed with the recipe's name. If one run fails,
+(benchmarks/README.md, "demo_wall"). Their lines are prefixed with the recipe's name. If one run fails,
 the other is stopped (Ctrl-C, as a user would) and the command exits 1; stages already done are
 kept and skipped on the next run.
 """
@@ -24,8 +24,9 @@ STOP_GRACE_S = 30.0  # a stopped run's kernel gets this long to shut down before
 
 def threads_per_run(runs: int) -> int:
     """CPU threads for each of ``runs`` parallel runs: the usable cores shared out, at least one."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores // runs)
+    from ovis.engine.dist import usable_cpus
+
+    return max(1, usable_cpus() // runs)
 
 
 def _forward(name: str, proc: subprocess.Popen, width: int, lock: threading.Lock, muted: threading.Event) -> None:
@@ -54,13 +55,12 @@ def run_parallel(recipes: list[str], overrides: list[str] | None = None, stages:
     :func:`threads_per_run` threads; 0 when all succeed, else the first failure's exit code (the
     others are stopped)."""
     from ovis.config import load_recipe
-    from ovis.data.synthetic import generate_demo_dataset
+    from ovis.data.synthetic import generate_for
 
     for name in recipes:  # data both runs read is generated once, before they start
         data = load_recipe(name, overrides).data
         if data.demo:
-            generate_demo_dataset(data.root, seed=data.demo_seed, num_train=data.demo_num_train,
-                                  num_val=data.demo_num_val, image_size=data.demo_image_size)
+            generate_for(data)
     extra = [a for o in overrides or [] for a in ("--set", o)] + (["--stages", stages] if stages else [])
     extra += ["--force"] if force else []
     threads = str(threads_per_run(len(recipes)))

@@ -343,10 +343,9 @@ def run_splits_stage(recipe: Recipe, run_dir: str | Path, force: bool = False) -
         return json.loads((out / "stage.json").read_text())["counts"]
     data = recipe.data
     if data.demo:
-        from ovis.data.synthetic import generate_demo_dataset
+        from ovis.data.synthetic import generate_for
 
-        generate_demo_dataset(data.root, seed=data.demo_seed, num_train=data.demo_num_train,
-                              num_val=data.demo_num_val, image_size=data.demo_image_size)
+        generate_for(data)
     train, val, captions = data.path(data.train_instances), data.path(data.val_instances), data.path(data.train_captions)
     table = write_splits(recipe.splits.protocol, train, val, out, captions)
     recipe.save(out)

@@ -36,6 +36,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from scipy import ndimage
 
+from ovis.config import DataConfig
 from ovis.io import write_json_atomic, write_text_atomic
 from ovis.locks import folder_lock
 
@@ -606,6 +607,12 @@ def generate_demo_dataset(root: str | Path, seed: int = 0, num_train: int = 240,
             _write_dataset(paths, params, seed, num_train, num_val, image_size)
     return paths
 
+
+
+def generate_for(data: DataConfig) -> DemoPaths:
+    """The demo dataset a recipe's ``data`` section asks for (``data.demo``), generated if not up to date."""
+    return generate_demo_dataset(data.root, seed=data.demo_seed, num_train=data.demo_num_train,
+                                 num_val=data.demo_num_val, image_size=data.demo_image_size)
 
 def _write_dataset(paths: DemoPaths, params: dict, seed: int, num_train: int, num_val: int, image_size: int) -> None:
     paths.root.mkdir(parents=True, exist_ok=True)

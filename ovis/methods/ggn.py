@@ -47,7 +47,7 @@ from ovis.data.coco import (
 )
 from ovis.data.dataset import CocoDetection
 from ovis.data.transforms import RandomHorizontalFlip
-from ovis.engine.dist import resolve_device
+from ovis.engine.dist import resolve_device, usable_cpus
 from ovis.engine.train import FINAL, METRICS, CheckpointError, TrainTask, load_checkpoint
 from ovis.io import copy_atomic, write_json_atomic, write_text_atomic
 from ovis.methods import TrainingStage
@@ -390,14 +390,10 @@ def _torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(old)
 
 
-def _cpu_count() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
 def _worker_count(recipe: Recipe) -> int:
     w = recipe.pseudo.workers
     if w is None:
-        return _cpu_count()
+        return usable_cpus()
     if w < 0:
         raise ValueError(f"pseudo.workers={w} must be ≥ 0 (0: group in this process)")
     return w
@@ -487,7 +483,7 @@ def extract_shard(recipe: Recipe, run_dir: str | Path, shard: int, num_shards: i
         pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) if workers > 0 else None
         pending: deque[tuple[Future, tuple]] = deque()
         with (_single_threaded_children() if pool else nullcontext(), pool or nullcontext(), _explain_broken_pool(),
-              _torch_threads(max(1, _cpu_count() - workers)) if pool and device.type == "cpu" else nullcontext()):
+              _torch_threads(max(1, usable_cpus() - workers)) if pool and device.type == "cpu" else nullcontext()):
             for image_id in todo:
                 image, target = ds[index[image_id]]
                 t0 = time.perf_counter()
