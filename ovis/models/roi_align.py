@@ -23,8 +23,9 @@ from torchvision.ops import roi_align as tv_roi_align
 from torchvision.ops.poolers import _convert_to_roi_format, _filter_input, _setup_scales
 
 # the dense backward costs about K·ph·C·W·(pw + H) multiply-adds per image, torchvision's K·ph·pw·g²·4·C
-# scalar scatters: on CPU dense was the faster up to maps of 64x64 cells (64 channels) and the slower
-# from 80x80 (benchmarks/roi_align_speed.py); 48x48 keeps a margin (the demo's finest FPN level is 40x40)
+# scalar scatters: on CPU (64 channels) dense was 1.3x faster at 64x64 cells on 1 thread, even at 80x80,
+# slower from 96x96 (2 threads: from 128x128; benchmarks/roi_align_speed.py); 48x48 keeps a margin (the
+# demo's finest FPN level is 40x40)
 DENSE_MAX_CELLS = 48 * 48
 
 
