@@ -166,14 +166,9 @@ def trained_model(recipe: Recipe, run_dir: Path, stage: str) -> nn.Module | None
         if stage == "student":
             return build_student(dataclasses.replace(recipe, model=bare), run_dir)
     if recipe.method in ("ggn", "oln"):
-        from ovis.methods.ggn import MODELS, OLN_VARIANTS, affinity_net, oln_recipe
-        from ovis.models.detector import build_detector
+        from ovis.methods.ggn import MODELS, bare_model
 
-        if stage == "teacher":  # the recipe's weights decide its BatchNorm (frozen or trained), not loaded
-            return affinity_net(recipe, None)
-        if stage in MODELS:
-            cfg = oln_recipe(recipe).model if stage in OLN_VARIANTS else recipe.model
-            return build_detector(dataclasses.replace(cfg, backbone_weights=None), num_classes=1)
+        return bare_model(recipe, stage) if stage in MODELS else None
     return None
 
 

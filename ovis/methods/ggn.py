@@ -201,6 +201,16 @@ TRAINING_STAGES = {
 # models
 
 
+def bare_model(recipe: Recipe, which: str) -> nn.Module:
+    """Model ``which`` (of ``MODELS``) as its checkpoint's weights fill it: the PA network (the recipe's
+    weights decide its BatchNorm, frozen or trained) or a class-agnostic detector without the backbone's
+    pretrained initialisation (the checkpoint holds every weight)."""
+    if which == "teacher":
+        return affinity_net(recipe, None)
+    cfg = oln_recipe(recipe).model if which in OLN_VARIANTS else recipe.model
+    return build_detector(dataclasses.replace(cfg, backbone_weights=None), num_classes=1)
+
+
 def load_model(recipe: Recipe, run_dir: str | Path, which: str) -> nn.Module:
     """The trained ``which`` ("teacher" = PA network, "baseline", "student", "oln" / "oln_baseline" =
     the OLN variant with / without pseudo GT) from ``<run_dir>/<which>/model_final.pth``, in eval mode on CPU."""
@@ -210,11 +220,7 @@ def load_model(recipe: Recipe, run_dir: str | Path, which: str) -> nn.Module:
     if not path.is_file():
         stage = "teacher" if which == "teacher" else "student"
         raise FileNotFoundError(f"{path} not found; run the {stage} stage first")
-    if which == "teacher":
-        model: nn.Module = affinity_net(recipe, None)
-    else:  # the checkpoint holds every weight: skip the backbone's pretrained initialisation
-        cfg = oln_recipe(recipe).model if which in OLN_VARIANTS else recipe.model
-        model = build_detector(dataclasses.replace(cfg, backbone_weights=None), num_classes=1)
+    model = bare_model(recipe, which)
     state = load_checkpoint(path, keys=("model",))
     try:
         model.load_state_dict(state["model"])
