@@ -9,7 +9,6 @@ names the stage and the failing cell, keeps what earlier stages wrote, and exits
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import subprocess
 import sys
@@ -23,7 +22,7 @@ from ovis.config import Recipe, RecipeError, list_recipes, load_recipe
 from ovis.data.coco import read_json, validate_coco
 from ovis.data.splits import check_data_files
 from ovis.locks import FolderInUse, folder_lock, held_lock_fds
-from ovis.methods import training_stages
+from ovis.methods import method_training_stages, training_stages
 from ovis.runs import STAGES, default_run_dir, stage_done
 
 if TYPE_CHECKING:
@@ -141,35 +140,10 @@ def run_stage(stage: str, recipe: Recipe, recipe_ref: str, run_dir: Path, overri
 
 def trained_model(recipe: Recipe, run_dir: Path, stage: str) -> nn.Module | None:
     """The model whose weights ``<run_dir>/<stage>/model_final.pth`` of engine training stage ``stage``
-    must hold, as the stage that reads it builds it from the recipe (its pretrained backbone weights
-    not loaded: the checkpoint replaces them), or None for a stage the method does not train.
-
-    CPL: ``grounding`` the caption-grounding network (the teacher maps its weights), ``teacher`` and
-    ``student`` the embedding detectors (``ovis.pseudo.detectors``, as ``load_model`` builds them). GGN /
-    OLN: ``teacher`` the affinity network, the other stages the class-agnostic detectors (the OLN
-    variants with ``model.heads: oln``), as ``ovis.methods.ggn.load_model`` builds them."""
-    bare = dataclasses.replace(recipe.model, backbone_weights=None)
-    if recipe.method == "cpl":
-        if stage == "grounding":  # as the grounding task (ovis.methods.cpl.TRAINING_STAGES) builds it
-            from ovis.models.grounding import GroundingModel
-            from ovis.models.text import StaticTokenEmbedding, build_text_encoder
-
-            encoder = build_text_encoder(bare.text_encoder)
-            if not isinstance(encoder, StaticTokenEmbedding):
-                return None  # a recipe grounding cannot train with: the stage itself says so
-            return GroundingModel(bare.backbone, encoder, weights=None, input_format=bare.input_format,
-                                  stride_in_1x1=bare.stride_in_1x1, norm=bare.norm)
-        from ovis.pseudo.detectors import build_student, build_teacher
-
-        if stage == "teacher":
-            return build_teacher(dataclasses.replace(recipe, model=bare), run_dir)
-        if stage == "student":
-            return build_student(dataclasses.replace(recipe, model=bare), run_dir)
-    if recipe.method in ("ggn", "oln"):
-        from ovis.methods.ggn import MODELS, bare_model
-
-        return bare_model(recipe, stage) if stage in MODELS else None
-    return None
+    must hold, as the recipe's method declares it (``TrainingStage.model``), or None for a stage the
+    method does not train or a recipe the stage cannot build its model for."""
+    declared = method_training_stages(recipe.method).get(stage)
+    return declared.model(recipe, run_dir) if declared else None
 
 
 def _shape(t: Any) -> str:

@@ -13,7 +13,9 @@ stage here; the engine receives the builder. A new method is a module plus one l
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
 
@@ -21,7 +23,12 @@ from ovis.config import Recipe
 from ovis.runs import STAGES, stage_sections
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from ovis.engine.train import TaskBuilder
+
+# recipe, run folder -> the model a training stage's checkpoint fills (see TrainingStage.model)
+ModelBuilder = Callable[[Recipe, Path], "nn.Module | None"]
 
 METHOD_MODULES = {"cpl": "ovis.methods.cpl", "ggn": "ovis.methods.ggn", "oln": "ovis.methods.ggn"}
 
@@ -31,7 +38,11 @@ class TrainingStage:
     """One engine training stage of a method, trained into ``<run_dir>/<name>/``.
 
     ``task`` builds its ``TrainTask`` (an ``ovis.engine.train.TaskBuilder``); ``part_of`` is the
-    pipeline stage (``ovis.runs.STAGES``) whose notebook trains it; ``own_sections`` replaces that
+    pipeline stage (``ovis.runs.STAGES``) whose notebook trains it; ``model`` builds, from the recipe and
+    the run folder, the model whose tensors its ``model_final.pth`` holds, as the stages that read the
+    checkpoint build it, pretrained weights not loaded (the checkpoint replaces them), or returns None
+    for a recipe the stage cannot train with (the stage itself says why); ``ovis reproduce`` checks
+    each checkpoint against it before a later stage reads it. ``own_sections`` replaces that
     stage's own recipe sections for a stage that reads fewer of them (caption grounding runs before
     the teacher and never reads the teacher section); ``config`` names the recipe section with its
     ``TrainConfig`` when it is not the one named like the stage (GGN's baseline trains with ``student``).
@@ -39,6 +50,7 @@ class TrainingStage:
 
     task: TaskBuilder
     part_of: str
+    model: ModelBuilder
     own_sections: tuple[str, ...] | None = None
     config: str | None = None
 

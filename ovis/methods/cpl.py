@@ -356,12 +356,38 @@ def run_student(recipe: Recipe, run_dir: str | Path, launcher: str | None = None
     return res
 
 
-# the engine training stages (``<run_dir>/<name>/``), their tasks and the pipeline stage that trains them
+def _without_pretrained(recipe: Recipe) -> Recipe:
+    """``recipe`` without the backbone's pretrained weights: a checkpoint fills every tensor."""
+    return dataclasses.replace(recipe, model=dataclasses.replace(recipe.model, backbone_weights=None))
+
+
+def grounding_model(recipe: Recipe, run_dir: Path) -> GroundingModel | None:
+    """The caption-grounding network as its checkpoint fills it (the teacher maps its weights), or None
+    for a text encoder grounding cannot train with (:func:`grounding_task` says so)."""
+    m = _without_pretrained(recipe).model
+    encoder = build_text_encoder(m.text_encoder)
+    if not isinstance(encoder, StaticTokenEmbedding):
+        return None
+    return GroundingModel(m.backbone, encoder, weights=None, input_format=m.input_format,
+                          stride_in_1x1=m.stride_in_1x1, norm=m.norm)
+
+
+def teacher_model(recipe: Recipe, run_dir: Path) -> nn.Module:
+    """The teacher as its checkpoint fills it (as :func:`load_model` builds it)."""
+    return build_teacher(_without_pretrained(recipe), run_dir)
+
+
+def student_model(recipe: Recipe, run_dir: Path) -> nn.Module:
+    """The student as its checkpoint fills it (as :func:`load_model` builds it)."""
+    return build_student(_without_pretrained(recipe), run_dir)
+
+
+# the engine training stages (``<run_dir>/<name>/``), their tasks and models, and the pipeline stage that trains them
 TRAINING_STAGES = {
     # caption grounding runs before the teacher and never reads the teacher section
-    "grounding": TrainingStage(grounding_task, "teacher", own_sections=("model", "grounding")),
-    "teacher": TrainingStage(teacher_task, "teacher"),
-    "student": TrainingStage(student_task, "student"),
+    "grounding": TrainingStage(grounding_task, "teacher", grounding_model, own_sections=("model", "grounding")),
+    "teacher": TrainingStage(teacher_task, "teacher", teacher_model),
+    "student": TrainingStage(student_task, "student", student_model),
 }
 
 

@@ -186,14 +186,19 @@ def oln_baseline_task(recipe: Recipe, run_dir: str | Path, stage: str) -> TrainT
     return baseline_task(oln_recipe(recipe), run_dir, stage)
 
 
-# the engine training stages (``<run_dir>/<name>/``), their tasks and the pipeline stage that trains them;
-# the baseline and the OLN variants have no recipe section: they train with recipe.student
+def _model_of(which: str) -> Callable[[Recipe, Path], nn.Module]:
+    """The ``TrainingStage.model`` of ``which``: :func:`bare_model`."""
+    return lambda recipe, run_dir: bare_model(recipe, which)
+
+
+# the engine training stages (``<run_dir>/<name>/``), their tasks and models, and the pipeline stage that trains
+# them; the baseline and the OLN variants have no recipe section: they train with recipe.student
 TRAINING_STAGES = {
-    "teacher": TrainingStage(teacher_task, "teacher"),
-    "student": TrainingStage(student_task, "student"),
-    "baseline": TrainingStage(baseline_task, "student", config="student"),
-    "oln": TrainingStage(oln_task, "student", config="student"),
-    "oln_baseline": TrainingStage(oln_baseline_task, "student", config="student"),
+    "teacher": TrainingStage(teacher_task, "teacher", _model_of("teacher")),
+    "student": TrainingStage(student_task, "student", _model_of("student")),
+    "baseline": TrainingStage(baseline_task, "student", _model_of("baseline"), config="student"),
+    "oln": TrainingStage(oln_task, "student", _model_of("oln"), config="student"),
+    "oln_baseline": TrainingStage(oln_baseline_task, "student", _model_of("oln_baseline"), config="student"),
 }
 
 
