@@ -14,12 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import COCO_MINI, REAL
+from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from test_eval_recall import BUDGETS, literal_metrics
 
 from ovis.cli import main
 from ovis.config import list_recipes, load_recipe
+from ovis.data.coco import ann_to_rle
 from ovis.data.splits import PROTOCOLS, load_partition, write_splits
 from ovis.eval import evaluate
 from ovis.eval.protocols import flag_seen, load_lvis_gt
@@ -212,6 +214,90 @@ def test_lvis_gt_loader_leaves_the_callers_dict_alone():
     lvis = _load(LVIS)
     out = load_lvis_gt(lvis)
     assert "iscrowd" not in lvis["annotations"][0] and out["annotations"][0]["iscrowd"] == 0
+
+
+# --- LVIS federated labels (docs/protocols.md#16-lvis-federated-labels) -----------------------------
+
+
+def _not_hitting_seen(dets: list[dict], gt: dict, seen: set[int], iou_type: str) -> list[dict]:
+    """The detections whose IoU with every seen-class GT of their image is below 0.5: the budget rule removes none."""
+    sizes = {im["id"]: (im["height"], im["width"]) for im in gt["images"]}
+    regions: dict[int, list] = {}
+    for a in gt["annotations"]:
+        if a["category_id"] in seen:
+            h, w = sizes[a["image_id"]]
+            regions.setdefault(a["image_id"], []).append(a["bbox"] if iou_type == "bbox" else ann_to_rle(a, h, w))
+    out = []
+    for d in dets:
+        theirs = regions.get(d["image_id"])
+        mine = d["bbox"] if iou_type == "bbox" else d["segmentation"]
+        if not theirs or mask_utils.iou([mine], theirs, [0] * len(theirs)).max() < 0.5:
+            out.append(d)
+    return out
+
+
+@pytest.mark.filterwarnings("ignore:The 'warn' method is deprecated:DeprecationWarning")
+@pytest.mark.parametrize("iou_type", ["segm", "bbox"])
+def test_lvis_class_agnostic_ar_equals_the_lvis_api(iou_type, tmp_path, monkeypatch):
+    """The LVIS API (registry package `lvis`, the reference implementation) on the fixture made class-agnostic
+    its own way: one category "object" that no image verifies absent and none annotates exhaustively, seen-class
+    GT marked `ignore`; its recall (max_dets = k per image) equals ovis' AR@k and AR_s/m/l@100."""
+    import lvis as lvis_api  # a dev dependency; imported here, as it loads OpenCV
+    monkeypatch.setattr(np, "float", float, raising=False)  # lvis 0.5.3's accumulate still says np.float
+    lvis = _load(LVIS)
+    seen = {c["id"] for c in lvis["categories"] if c["synset"] in _coco_synsets()}
+    unseen_not_exhaustive = sum(a["category_id"] not in seen and a["category_id"] in im["not_exhaustive_category_ids"]
+                                for im in lvis["images"] for a in lvis["annotations"] if a["image_id"] == im["id"])
+    assert unseen_not_exhaustive > 0  # the fixture has targets whose category is not exhaustively annotated
+    drop = "bbox" if iou_type == "segm" else "segmentation"
+    dets = [{k: v for k, v in d.items() if k != drop} for d in _dets({**lvis, "annotations": [
+        {**a, "iscrowd": 0} for a in lvis["annotations"]]})]
+    dets = _not_hitting_seen(dets, lvis, seen, iou_type)
+    ours = evaluate("coco_lvis_noncoco", LVIS, dets, iou_type)
+    assert ours["num_unseen_gt"] == 542 and ours["metrics"]["AR@100"] > 0
+    one = tmp_path / "lvis_object.json"
+    one.write_text(json.dumps({
+        "images": [{**im, "neg_category_ids": [], "not_exhaustive_category_ids": [1]} for im in lvis["images"]],
+        "categories": [{"id": 1, "name": "object", "synset": "object.n.01", "frequency": "f"}],
+        "annotations": [{**a, "category_id": 1, "ignore": int(a["category_id"] in seen)} for a in lvis["annotations"]],
+    }))
+    gt = lvis_api.LVIS(str(one))
+    for k in (10, 100, 300):
+        ev = lvis_api.LVISEval(gt, lvis_api.LVISResults(gt, [{**d, "category_id": 1} for d in dets], max_dets=k),
+                               iou_type)
+        ev.evaluate()
+        ev.accumulate()
+        recall = ev.eval["recall"][:, 0, :]  # IoU threshold x area range (all, small, medium, large)
+        assert ours["metrics"][f"AR@{k}"] == pytest.approx(recall[:, 0].mean(), abs=1e-12), k
+        if k == 100:
+            for i, size in enumerate("sml", 1):
+                assert ours["metrics"][f"AR_{size}@100"] == pytest.approx(recall[:, i].mean(), abs=1e-12), size
+
+
+@pytest.mark.parametrize(("key", "value", "problem"), [
+    ("neg_category_ids", None, "expected a list of category ids"),
+    ("not_exhaustive_category_ids", [999999], "999999"),
+])
+def test_cli_refuses_lvis_images_with_bad_federated_lists(key, value, problem, tmp_path, capsys):
+    lvis = _load(LVIS)
+    image = lvis["images"][7]
+    if value is None:
+        del image[key]
+    else:
+        image[key] = value
+    bad = tmp_path / "lvis_federated.json"
+    bad.write_text(json.dumps(lvis))
+    out = tmp_path / "splits"
+    _refused(_splits("coco_lvis_noncoco", TRAIN, bad, out), capsys, out, "lvis_federated.json",
+             f"image {image['id']}", key, problem)
+    dets = tmp_path / "dets.json"
+    dets.write_text(json.dumps([{"image_id": image["id"], "category_id": lvis["categories"][0]["id"],
+                                 "bbox": [1, 1, 5, 5], "score": 0.5}]))
+    evaluated = tmp_path / "eval"
+    _refused(["eval", "--protocol", "coco_lvis_noncoco", "--gt", str(bad), "--detections", str(dets), "--iou-type",
+              "bbox", "--out", str(evaluated)], capsys, evaluated, "lvis_federated.json", f"image {image['id']}", key,
+             problem)
+    assert not (evaluated / "metrics.json").exists()
 
 
 # --- CLI ----------------------------------------------------------------------------------------

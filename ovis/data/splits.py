@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ovis.data.captions import parse_caption_file
-from ovis.data.coco import EVAL_ANNOTATION_KEYS, CocoFormatError, read_json, validate_coco
+from ovis.data.coco import EVAL_ANNOTATION_KEYS, CocoFormatError, is_coco_id, read_json, validate_coco
 from ovis.io import write_json_atomic
 from ovis.locks import FolderInUse, folder_lock
 from ovis.protocols import SPLIT_PROTOCOLS as PROTOCOLS
@@ -292,10 +292,37 @@ def read_instances(path: str | Path) -> dict:
     """
     name = str(path)
     data = read_json(path)
-    if is_lvis(data):
+    lvis = is_lvis(data)
+    if lvis:
         _lvis_as_coco(data, name)
     validate_coco(data, name, True, EVAL_ANNOTATION_KEYS)
+    if lvis:
+        check_federated_lists(data, name)
     return data
+
+
+# what an LVIS image says about the categories it has no annotation of (the LVIS API reads both of every image)
+FEDERATED_KEYS = ("neg_category_ids", "not_exhaustive_category_ids")
+
+
+def check_federated_lists(data: dict, name: str) -> None:
+    """Every image of a validated LVIS dict has ``neg_category_ids`` (categories verified absent) and
+    ``not_exhaustive_category_ids`` (categories with unannotated instances), each a list of the file's category
+    ids, as the LVIS API reads them (docs/protocols.md#16-lvis-federated-labels); CocoFormatError naming the file,
+    the image and the key otherwise."""
+    cat_ids = {c["id"] for c in data["categories"]}
+    for im in data["images"]:
+        for key in FEDERATED_KEYS:
+            value = im.get(key)
+            if type(value) is not list:
+                raise CocoFormatError(f"{name}: image {im['id']}: {key!r} is {value!r:.60}, expected a list of "
+                                      "category ids (an LVIS image lists the categories verified absent in "
+                                      "'neg_category_ids' and those not exhaustively annotated in "
+                                      "'not_exhaustive_category_ids')")
+            bad = next((c for c in value if not is_coco_id(c) or c not in cat_ids), None)
+            if bad is not None:
+                raise CocoFormatError(f"{name}: image {im['id']}: {key!r} holds {bad!r:.40}, which is not a "
+                                      "category id of this file")
 
 
 def _lvis_as_coco(data: dict, name: str) -> None:

@@ -106,7 +106,10 @@ def synset_split(protocol: Protocol, gt: dict, gt_name: str = "the GT") -> tuple
 
 def load_lvis_gt(gt: str | Path | dict) -> dict:
     """An LVIS (or COCO) GT file or dict as `load_gt` returns it, with ``iscrowd: 0`` on every annotation
-    that has none (LVIS has no crowd regions); the caller's dict is not changed."""
+    that has none (LVIS has no crowd regions) and the federated lists of every LVIS image checked
+    (`check_federated_lists`); the caller's dict is not changed."""
+    from ovis.data.splits import check_federated_lists, is_lvis
+
     if isinstance(gt, dict):
         data, name = gt, "<gt dict>"
     else:
@@ -122,6 +125,8 @@ def load_lvis_gt(gt: str | Path | dict) -> dict:
                                         for a in data["annotations"]]}
     try:
         validate_coco(data, name, annotation_keys=EVAL_ANNOTATION_KEYS)
+        if is_lvis(data):
+            check_federated_lists(data, name)
     except CocoFormatError as e:
         raise EvalInputError(str(e)) from None
     return data
