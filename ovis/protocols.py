@@ -28,6 +28,9 @@ class SplitProtocol:
     # categories are divided by `synset` into those with a COCO counterpart (key "coco") and the rest
     # ("noncoco") through the resource, the LVIS API's coco_to_synset.json; the other file holds COCO's 80.
     lvis_side: str | None = None
+    # cross-dataset protocols whose val file has no class trained on (COCO -> UVO): train on COCO's 80 (the resource
+    # lists them), recall every instance of the val file
+    val_all_unseen: bool = False
 
 
 SPLIT_PROTOCOLS: dict[str, SplitProtocol] = {
@@ -41,6 +44,8 @@ SPLIT_PROTOCOLS: dict[str, SplitProtocol] = {
                       lvis_side="val"),
         SplitProtocol("lvis_noncoco_coco", "open_world", "coco_to_synset.json", "noncoco", "coco", min_train_side=32,
                       lvis_side="train"),
+        SplitProtocol("coco_uvo", "open_world", "coco_to_synset.json", "coco", "uvo", min_train_side=32,
+                      val_all_unseen=True),
         SplitProtocol("demo_ovr", "ovr", "demo_ovr.json", "base", "novel"),
         SplitProtocol("demo_open_world", "open_world", "demo_open_world.json", "seen", "unseen", min_train_side=32),
     )
@@ -61,6 +66,9 @@ class EvalProtocol:
     # with split_resource coco_to_synset.json: the GT's vocabulary. "lvis": seen = the GT categories whose
     # synset is a COCO class's, the rest unseen; "coco": COCO's 80 categories, all unseen (nothing ignored)
     synset_gt: str | None = None
+    # the GT's categories are all unseen (nothing ignored), whatever they are, and the GT may be a video-format file
+    # read frame by frame (UVO's VideoDenseSet / VideoSparseSet, ovis.data.uvo)
+    gt_all_unseen: bool = False
 
 
 OPEN_WORLD_BUDGETS = (10, 20, 30, 50, 100, 300, 500, 1000, 1500)
@@ -100,6 +108,12 @@ EVAL_PROTOCOLS: dict[str, EvalProtocol] = {
             "lvis_noncoco_coco", "open_world",
             "GGN non-COCO (LVIS) -> COCO: class-agnostic AR@k on all COCO instances (no class seen), AUC",
             "coco_to_synset.json", OPEN_WORLD_BUDGETS, synset_gt="coco",
+        ),
+        EvalProtocol(
+            "coco_uvo", "open_world",
+            "GGN COCO -> UVO: class-agnostic AR@k on every instance of a UVO v1.0 file (FrameSet or video-format "
+            "dense/sparse set, frame by frame; no class seen), AUC",
+            None, OPEN_WORLD_BUDGETS, gt_all_unseen=True,
         ),
         EvalProtocol(
             "demo_open_world", "open_world",

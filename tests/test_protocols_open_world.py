@@ -33,9 +33,9 @@ TRAIN = COCO_MINI / "annotations" / "instances_train2017.json"
 VAL = COCO_MINI / "annotations" / "instances_val2017.json"
 LVIS = REAL / "lvis_val_100" / "lvis_val_100.json"
 SYNSETS = Path(__file__).parents[1] / "ovis" / "data" / "resources" / "coco_to_synset.json"
-NEW = ("coco_person_nonperson", "coco_lvis_noncoco", "lvis_noncoco_coco")
+NEW = ("coco_person_nonperson", "coco_lvis_noncoco", "lvis_noncoco_coco", "coco_uvo")
 RECIPES = {"ggn_coco_person": ("coco_person_nonperson", 3), "ggn_coco_lvis": ("coco_lvis_noncoco", 1),
-           "ggn_lvis_coco": ("lvis_noncoco_coco", 1)}
+           "ggn_lvis_coco": ("lvis_noncoco_coco", 1), "ggn_coco_uvo": ("coco_uvo", 3)}
 # facebookresearch/Generic-Grouping mmdet/datasets/coco_split.py, NONPERSON_CLASSES (COCO's CLASSES minus person)
 GGN_NONPERSON = (
     "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light", "fire hydrant",
@@ -418,9 +418,9 @@ def test_recipe_builds_the_full_size_ggn_model(name):
 
 def test_paper_numbers_by_protocol_name_their_source():
     for protocol, (base, ggn) in {"coco_person_nonperson": (0.049, 0.209), "coco_lvis_noncoco": (0.165, 0.204),
-                                  "lvis_noncoco_coco": (0.217, 0.236)}.items():
+                                  "lvis_noncoco_coco": (0.217, 0.236), "coco_uvo": (0.401, 0.434)}.items():
         curves = paper_ar_curves(protocol, "segm")
         assert curves == {"GGN (Mask R-CNN)": {100: ggn}, "Mask R-CNN (class-agnostic)": {100: base}}
         assert paper_ar_curves(protocol, "bbox") == {}
     assert paper_ar_curves("coco_voc_nonvoc", "segm")["GGN (Mask R-CNN)"] == {100: 0.287}
-    assert "Generic-Grouping README model zoo" in SOURCES["GGN"] and "person" in SOURCES["GGN"]
+    assert "Generic-Grouping README model zoo" in SOURCES["GGN"] and "person" in SOURCES["GGN"] and "UVO" in SOURCES["GGN"]

@@ -11,7 +11,8 @@ Two kinds of protocol, each named once (``ovis.protocols``) and used by name eve
   divide the LVIS categories by synset into those with a COCO counterpart and the rest
   (the LVIS API's ``coco_to_synset.json``); the train file and the val file then have different
   vocabularies, and ``partition.json`` carries ``eval_seen``/``eval_unseen`` (val-file ids) beside
-  ``base``/``novel`` (train-file ids).
+  ``base``/``novel`` (train-file ids). ``coco_uvo`` (docs/protocols.md#17-coco-and-uvo) trains on COCO's 80 and
+  recalls every instance of a UVO file, whose categories are all unseen.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from ovis.data.captions import parse_caption_file
 from ovis.data.coco import EVAL_ANNOTATION_KEYS, CocoFormatError, is_coco_id, read_json, validate_coco
+from ovis.data.uvo import frames_as_coco, is_video_file
 from ovis.io import write_json_atomic
 from ovis.locks import FolderInUse, folder_lock
 from ovis.protocols import SPLIT_PROTOCOLS as PROTOCOLS
@@ -81,15 +83,21 @@ def split_lvis_categories(categories: list[dict], path: str | Path = "LVIS categ
     return sorted(with_coco, key=lambda c: c["id"]), sorted(without, key=lambda c: c["id"])
 
 
-def load_partition(protocol: str, lvis_categories: list[dict] | None = None) -> dict[str, Any]:
+def load_partition(protocol: str, lvis_categories: list[dict] | None = None,
+                   val_categories: list[dict] | None = None) -> dict[str, Any]:
     """The protocol's category partition: ``{"protocol", "kind", "base", "novel", "excluded"}``.
 
     ``base``/``novel`` are lists of ``{"id", "name"}`` (for open-world protocols: seen/unseen) of the
-    training file's categories. A cross-dataset protocol (``lvis_side`` set) adds ``eval_seen`` and
-    ``eval_unseen``, the val file's categories whose GT is ignored and recalled; its LVIS categories are
-    ``lvis_categories`` (the LVIS file's own) or, without them, the packaged LVIS v1 vocabulary.
+    training file's categories. A cross-dataset protocol (``lvis_side`` or ``val_all_unseen`` set) adds
+    ``eval_seen`` and ``eval_unseen``, the val file's categories whose GT is ignored and recalled; its LVIS
+    categories are ``lvis_categories`` (the LVIS file's own) or, without them, the packaged LVIS v1 vocabulary;
+    with ``val_all_unseen`` the val file's categories (``val_categories``, none without them) are all unseen.
     """
     p = get_protocol(protocol)
+    if p.val_all_unseen:  # train on COCO's 80, recall every instance of the val file
+        unseen = sorted(({"id": c["id"], "name": c["name"]} for c in val_categories or []), key=lambda c: c["id"])
+        return {"protocol": p.name, "kind": p.kind, "base": coco_categories(), "novel": [], "excluded": [],
+                "eval_seen": [], "eval_unseen": unseen}
     if p.lvis_side is None:
         raw = _resource(p.resource)
         return {
@@ -184,7 +192,7 @@ def build_splits(
 ) -> dict[str, Any]:
     """All split files of a protocol, as ``{file name: JSON object}`` (nothing written)."""
     p = get_protocol(protocol)
-    if p.lvis_side is not None:
+    if p.lvis_side is not None or p.val_all_unseen:
         return _build_cross_dataset(p, train, val, captions, train_path, val_path)
     partition = load_partition(protocol)
     _check_categories(train, partition, train_path)
@@ -213,14 +221,19 @@ def build_splits(
 
 def _build_cross_dataset(p: Protocol, train: dict, val: dict, captions: dict[int, list[str]] | None,
                          train_path: Path, val_path: Path) -> dict[str, Any]:
-    """Split files of a COCO <-> LVIS protocol (docs/protocols.md#15-coco-and-lvis): train on one file's
-    categories, recall on the other's; the LVIS side divided by synset."""
+    """Split files of a cross-dataset protocol: train on one file's categories, recall on the other's. COCO <->
+    LVIS (docs/protocols.md#15-coco-and-lvis): the LVIS side divided by synset; COCO -> UVO
+    (docs/protocols.md#17-coco-and-uvo): every val category unseen."""
     if captions is not None:
         raise CocoFormatError(f"protocol {p.name} trains a class-agnostic detector and takes no captions file")
-    lvis, lvis_path, coco_file, coco_path = (val, val_path, train, train_path) if p.lvis_side == "val" else (
-        train, train_path, val, val_path)
-    split_lvis_categories(lvis["categories"], lvis_path, p.name)  # every category has a synset
-    partition = load_partition(p.name, lvis_categories=lvis["categories"])
+    if p.val_all_unseen:
+        partition = load_partition(p.name, val_categories=val["categories"])
+        coco_file, coco_path = train, train_path
+    else:
+        lvis, lvis_path, coco_file, coco_path = (val, val_path, train, train_path) if p.lvis_side == "val" else (
+            train, train_path, val, val_path)
+        split_lvis_categories(lvis["categories"], lvis_path, p.name)  # every category has a synset
+        partition = load_partition(p.name, lvis_categories=lvis["categories"])
     _check_categories(coco_file, {"protocol": p.name, "base": coco_categories(), "novel": []}, coco_path)
     if not any(a["category_id"] in {c["id"] for c in partition["base"]} for a in train["annotations"]):
         raise CocoFormatError(f"{train_path}: no annotation of the {len(partition['base'])} categories protocol "
@@ -282,8 +295,11 @@ def write_splits(
 
 
 def read_instances(path: str | Path) -> dict:
-    """A COCO or LVIS instances file, read and checked as the split files need it (file names; ``area`` and
-    ``iscrowd`` on every annotation); CocoFormatError naming the file and the entry otherwise.
+    """A COCO, LVIS or video-format (UVO) instances file, read and checked as the split files need it (file names;
+    ``area`` and ``iscrowd`` on every annotation); CocoFormatError naming the file and the entry otherwise.
+
+    A video-format file (UVO's VideoDenseSet / VideoSparseSet) becomes COCO instances with an image per frame
+    (`ovis.data.uvo.frames_as_coco`).
 
     An LVIS file (categories with ``synset``) is brought to COCO's form first: every annotation gets
     ``iscrowd: 0`` where it has none (LVIS has no crowd regions), and every image with a ``coco_url`` gets
@@ -292,6 +308,8 @@ def read_instances(path: str | Path) -> dict:
     """
     name = str(path)
     data = read_json(path)
+    if is_video_file(data):
+        data = frames_as_coco(data, name)
     lvis = is_lvis(data)
     if lvis:
         _lvis_as_coco(data, name)

@@ -7,7 +7,8 @@ Kinds:
 - ``open_world`` (OLN/GGN, docs/protocols.md#42-open-world-ar): class-agnostic AR@k with seen-class GT ignored and
   seen-class hits removed from the budget, AR_s/m/l@100 and OLN's AUC. The COCO <-> LVIS protocols
   (docs/protocols.md#15-coco-and-lvis) take their seen classes from the GT's own categories when no partition is
-  given: on LVIS GT those whose synset is a COCO class's, on COCO GT none.
+  given: on LVIS GT those whose synset is a COCO class's, on COCO GT none; ``coco_uvo``
+  (docs/protocols.md#17-coco-and-uvo) sees none of a UVO file's, which may be a video-format file read per frame.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from ovis.data.coco import EVAL_ANNOTATION_KEYS, CocoFormatError, is_coco_id, read_json, validate_coco
+from ovis.data.uvo import frames_as_coco, is_video_file
 from ovis.eval.ap import STAT_NAMES, ap50_of, ap50_per_class, coco_eval
 from ovis.eval.io import EvalInputError, check_detections, load_detections, load_gt
 from ovis.eval.recall import AUC_BUDGETS, compute_recall, recall_metrics
@@ -70,9 +72,12 @@ def partition_ids(data: Any, name: str = "partition") -> tuple[list[int], list[i
 def split_category_ids(protocol: Protocol, partition: dict | None, gt: dict | None = None,
                        gt_name: str = "the GT") -> tuple[list[int], list[int]] | None:
     """(base/seen ids, novel/unseen ids) from `partition` or the protocol's resource file (for a COCO <-> LVIS
-    protocol: from the categories of `gt`, see `synset_split`); None when neither exists (see `partition_ids`)."""
+    protocol: from the categories of `gt`, see `synset_split`; for COCO -> UVO: none seen, every category of `gt`
+    unseen); None when neither exists (see `partition_ids`)."""
     if partition is not None:
         return partition_ids(partition)
+    if protocol.gt_all_unseen and gt is not None:
+        return [], [c["id"] for c in gt["categories"]]
     if protocol.synset_gt is not None and gt is not None:
         return synset_split(protocol, gt, gt_name)
     if protocol.split_resource:
@@ -104,22 +109,26 @@ def synset_split(protocol: Protocol, gt: dict, gt_name: str = "the GT") -> tuple
     return [], [c["id"] for c in coco]
 
 
+def _read_gt(gt: str | Path | dict) -> tuple[Any, str]:
+    """(parsed GT, its name for messages) of a GT path or dict."""
+    if isinstance(gt, dict):
+        return gt, "<gt dict>"
+    path = Path(gt)
+    if not path.is_file():
+        raise EvalInputError(f"ground-truth file {path} does not exist")
+    try:
+        return read_json(path), str(path)
+    except CocoFormatError as e:
+        raise EvalInputError(str(e)) from None
+
+
 def load_lvis_gt(gt: str | Path | dict) -> dict:
     """An LVIS (or COCO) GT file or dict as `load_gt` returns it, with ``iscrowd: 0`` on every annotation
     that has none (LVIS has no crowd regions) and the federated lists of every LVIS image checked
     (`check_federated_lists`); the caller's dict is not changed."""
     from ovis.data.splits import check_federated_lists, is_lvis
 
-    if isinstance(gt, dict):
-        data, name = gt, "<gt dict>"
-    else:
-        path = Path(gt)
-        if not path.is_file():
-            raise EvalInputError(f"ground-truth file {path} does not exist")
-        try:
-            data, name = read_json(path), str(path)
-        except CocoFormatError as e:
-            raise EvalInputError(str(e)) from None
+    data, name = _read_gt(gt)
     if isinstance(data, dict) and isinstance(data.get("annotations"), list):
         data = {**data, "annotations": [{"iscrowd": 0, **a} if isinstance(a, dict) else a
                                         for a in data["annotations"]]}
@@ -127,6 +136,19 @@ def load_lvis_gt(gt: str | Path | dict) -> dict:
         validate_coco(data, name, annotation_keys=EVAL_ANNOTATION_KEYS)
         if is_lvis(data):
             check_federated_lists(data, name)
+    except CocoFormatError as e:
+        raise EvalInputError(str(e)) from None
+    return data
+
+
+def load_frames_gt(gt: str | Path | dict) -> dict:
+    """A GT file or dict as `load_gt` returns it; a video-format file (UVO's VideoDenseSet / VideoSparseSet) is
+    read as COCO instances with an image per frame (`ovis.data.uvo.frames_as_coco`)."""
+    data, name = _read_gt(gt)
+    try:
+        if is_video_file(data):
+            data = frames_as_coco(data, name)
+        validate_coco(data, name, annotation_keys=EVAL_ANNOTATION_KEYS)
     except CocoFormatError as e:
         raise EvalInputError(str(e)) from None
     return data
@@ -267,7 +289,10 @@ def _cyclic_gc_paused() -> Iterator[None]:
 
 def _evaluate(proto: Protocol, gt: str | Path | dict, detections: str | Path | list, iou_type: str,
               partition: dict | str | Path | None, backend: str, segm_area: str) -> dict:
-    gt_data = load_lvis_gt(gt) if proto.synset_gt == "lvis" else load_gt(gt)
+    if proto.synset_gt == "lvis":
+        gt_data = load_lvis_gt(gt)
+    else:
+        gt_data = load_frames_gt(gt) if proto.gt_all_unseen else load_gt(gt)
     source = str(detections) if not isinstance(detections, list) else "detections"
     dets = check_detections(load_detections(detections), gt_data, iou_type, source,
                             segm_area if iou_type == "segm" else "mask")

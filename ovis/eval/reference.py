@@ -54,6 +54,9 @@ PAPER_AR_BY_PROTOCOL: dict[str, dict[str, dict[str, dict[int, float]]]] = {
     "lvis_noncoco_coco": {  # Non-COCO, LVIS -> COCO; top-k 1
         "segm": {"GGN (Mask R-CNN)": {100: 0.236}, "Mask R-CNN (class-agnostic)": {100: 0.217}},
     },
+    "coco_uvo": {  # COCO -> UVO; top-k 3
+        "segm": {"GGN (Mask R-CNN)": {100: 0.434}, "Mask R-CNN (class-agnostic)": {100: 0.401}},
+    },
 }
 
 
@@ -66,6 +69,6 @@ SOURCES: dict[str, str] = {
     "PAPER_AP50": "jianzongwu/betrayed-by-captions:figs/result-OVIS.png (CGG paper table), docs/protocols.md#8-reference-numbers",
     "OLN-Box": "mcahny/object_localization_network README and tools/compute_auc.py, docs/protocols.md#53-oln-results",
     "GGN": "facebookresearch/Generic-Grouping README model zoo (VOC -> non-VOC, person -> non-person, COCO -> "
-           "non-COCO LVIS, non-COCO LVIS -> COCO), docs/protocols.md#52-ggn-results, docs/protocols.md#8-reference-numbers",
+           "non-COCO LVIS, non-COCO LVIS -> COCO, COCO -> UVO), docs/protocols.md#52-ggn-results, docs/protocols.md#8-reference-numbers",
     "v-CLR / UDOS": "self-reported best later numbers, docs/protocols.md#8-reference-numbers",
 }
