@@ -21,6 +21,7 @@ import yaml
 
 from ovis.io import write_text_atomic
 from ovis.protocols import EVAL_PROTOCOLS, SPLIT_PROTOCOLS
+from ovis.registry import METHOD_MODULES
 
 
 class RecipeError(ValueError):
@@ -190,7 +191,7 @@ class LaunchConfig:
 @dataclass
 class Recipe:
     name: str = "unnamed"
-    method: str = "cpl"  # cpl | ggn | oln
+    method: str = "cpl"  # a method of ovis.registry.METHOD_MODULES: cpl | ggn | oln
     description: str = ""
     data: DataConfig = field(default_factory=DataConfig)
     splits: SplitsConfig = field(default_factory=SplitsConfig)
@@ -338,11 +339,11 @@ def _positive_or_none(v: int | None) -> bool:
     return v is None or v >= 1
 
 
-# the values a key may take, per section: (key, test, what the test asks for). Method, backbone, text
-# encoder and choice names are those the builders accept (ovis.methods, ovis.models); protocols are named in
-# ovis.protocols.
+# the values a key may take, per section: (key, test, what the test asks for). Methods are those of the
+# registry (ovis.registry); backbone, text encoder and choice names are those the builders accept
+# (ovis.models); protocols are named in ovis.protocols.
 _RULES: dict[type, list[tuple[str, Any, str]]] = {
-    Recipe: [("method", ("cpl", "ggn", "oln"), "")],
+    Recipe: [("method", METHOD_MODULES, "")],
     DataConfig: [(k, lambda v: v >= 1, "≥ 1") for k in ("demo_num_train", "demo_num_val")]
     + [("demo_image_size", lambda v: v >= 32, "≥ 32")],
     SplitsConfig: [("protocol", tuple(SPLIT_PROTOCOLS), "")],

@@ -22,7 +22,8 @@ from ovis.config import Recipe, RecipeError, list_recipes, load_recipe
 from ovis.data.coco import read_json, validate_coco
 from ovis.data.splits import check_data_files
 from ovis.locks import FolderInUse, folder_lock, held_lock_fds
-from ovis.methods import method_training_stages, training_stages
+from ovis.methods import method_module, method_training_stages, pipeline_stages, training_stages
+from ovis.registry import METHOD_MODULES
 from ovis.runs import STAGES, default_run_dir, stage_done
 
 if TYPE_CHECKING:
@@ -206,13 +207,18 @@ def check_run_files(run_dir: Path, stage: str, checked: set[tuple[Path, int, int
 
 def reproduce(recipe_ref: str, stages: list[str] | None = None, run_dir: str | Path | None = None,
               overrides: list[str] | None = None, force: bool = False, log=print) -> list[StageResult]:
-    """Run ``stages`` (default: all six) of a recipe; returns what ran and what was skipped. Holds the
-    run dir's lock throughout (its notebook kernels inherit it): a concurrent run into it fails at once."""
+    """Run ``stages`` (default: all those the recipe's method runs, ``PIPELINE_STAGES``) of a recipe;
+    returns what ran and what was skipped. Holds the run dir's lock throughout (its notebook kernels
+    inherit it): a concurrent run into it fails at once."""
     overrides = list(overrides or [])
     recipe = load_recipe(recipe_ref, overrides)
     run_dir = Path(run_dir) if run_dir else default_run_dir(recipe)
     results = []
-    todo = stages or list(STAGES)
+    own = pipeline_stages(recipe.method)
+    todo = stages or list(own)
+    if any(s not in own for s in todo):
+        raise ValueError(f"recipe {recipe.name}: method {recipe.method!r} has no "
+                         f"{', '.join(s for s in todo if s not in own)} stage; its stages: {', '.join(own)}")
     if "splits" in todo and (force or not stage_done(run_dir, "splits", recipe)):
         check_data_files(recipe.data)  # a bad data file stops the run before a kernel starts or a file is written
     checked: set[tuple[Path, int, int]] = set()
@@ -253,12 +259,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     ap = argparse.ArgumentParser(prog="ovis reproduce", description=__doc__.splitlines()[0])
     ap.add_argument("recipe", nargs="?", help="packaged recipe name (see --list) or a YAML file")
-    ap.add_argument("--stages", help=f"comma-separated subset of {','.join(STAGES)}")
+    ap.add_argument("--stages", help=f"comma-separated subset of {','.join(STAGES)} (default: the method's)")
     ap.add_argument("--run-dir", type=Path, help="default runs/<recipe>")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="dotted recipe override, e.g. teacher.max_iter=100 (repeatable)")
     ap.add_argument("--force", action="store_true", help="re-run stages even if their outputs match")
-    ap.add_argument("--list", action="store_true", help="list recipes and their stages")
+    ap.add_argument("--list", action="store_true", help="list recipes, stages and each method's stages")
     ap.add_argument("--params", action="store_true", help="list each stage notebook's parameters")
     args = ap.parse_args(argv)
     if args.list:
@@ -266,11 +272,13 @@ def main(argv: list[str] | None = None) -> int:
             r = load_recipe(name)
             print(f"{name:<14} {r.method:<4} {r.description}")
         print(f"stages: {' -> '.join(f'{s} ({NOTEBOOKS[s]})' for s in STAGES)}")
+        for method in METHOD_MODULES:
+            print(f"method {method} ({method_module(method).__name__}): {' -> '.join(pipeline_stages(method))}")
         return 0
     try:
-        stages = parse_stages(args.stages)
+        stages = parse_stages(args.stages) if args.stages else None  # None: the recipe's method's
         if args.params:
-            for stage in stages:
+            for stage in stages or STAGES:
                 print(f"{stage} ({NOTEBOOKS[stage]}):")
                 for name, p in notebook_parameters(stage).items():
                     print(f"  {name} = {p['default']}  {p.get('help') or ''}".rstrip())

@@ -18,8 +18,8 @@ ROOT = Path(__file__).resolve().parents[1] / "ovis"
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # atomic writes, JSON reading, run-folder locks: import no ovis module
     ("io", ("ovis.io", "ovis.locks")),
-    # the recipe schema and the protocol names it checks
-    ("config", ("ovis.config", "ovis.protocols")),
+    # the recipe schema, and the protocol and method names it checks
+    ("config", ("ovis.config", "ovis.protocols", "ovis.registry")),
     # run folders and stage markers (hashes of recipe sections)
     ("runs", ("ovis.runs",)),
     # COCO files, datasets, splits, captions, demo data

@@ -66,6 +66,7 @@ def test_stage_selection_and_listing(capsys):
     assert main(["--list"]) == 0
     out = capsys.readouterr().out
     assert "demo_ggn" in out and "00_splits.ipynb" in out
+    assert "method oln (ovis.methods.ggn): splits -> teacher -> pseudo -> student -> eval -> curves" in out
     assert main(["--params", "--stages", "splits"]) == 0
     assert "recipe = \"demo_cpl\"" in capsys.readouterr().out
     assert main(["nosuchrecipe"]) == 2

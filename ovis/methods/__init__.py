@@ -1,13 +1,18 @@
-"""The methods' registry: ``METHOD_MODULES`` names each method's module; ``for_recipe`` picks the one a
-recipe's method uses, and the training stages and task builders come from what each module declares.
+"""The methods' layer: what a method provides, and the registry lookups that find it.
 
-Each method module provides the same stage functions, which the notebooks call:
-``run_teacher``, ``teacher_figures``, ``run_pseudo``, ``pseudo_figures``, ``pseudo_browser``,
-``run_student``, ``student_figures``, ``load_model``, ``run_eval``; and declares ``TRAINING_STAGES``:
-engine training stage name → :class:`TrainingStage` (its task builder, the pipeline stage that trains
-it, the recipe sections it reads). ``ovis train`` (:mod:`ovis.methods.train`) resolves a recipe's
-stage here; the engine receives the builder. A new method is a module plus one line of
-``METHOD_MODULES``.
+``ovis.registry.METHOD_MODULES`` names each method's module or package (relative to this package, or
+absolute); :func:`for_recipe` imports the one a recipe's ``method`` names and checks that it provides:
+
+- ``PIPELINE_STAGES``: the pipeline stages (``ovis.runs.STAGES``, in that order) it runs; ``ovis
+  reproduce`` runs these by default and refuses others;
+- for each of them, the functions its notebook calls on the method (:data:`HOOKS`; ``splits`` and
+  ``curves`` call none);
+- ``TRAINING_STAGES``: engine training stage name → :class:`TrainingStage` (its task builder, the
+  pipeline stage that trains it, the model its checkpoint fills, the recipe sections it reads).
+
+``ovis train`` (:mod:`ovis.methods.train`) resolves a recipe's training stage here; the engine receives
+the builder. A new method is a folder (a package) plus one line of ``METHOD_MODULES``
+(docs/README.md#adding-a-method).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING
 
 from ovis.config import Recipe
+from ovis.registry import METHOD_MODULES
 from ovis.runs import STAGES, stage_sections
 
 if TYPE_CHECKING:
@@ -27,10 +33,22 @@ if TYPE_CHECKING:
 
     from ovis.engine.train import TaskBuilder
 
+# pipeline stage -> the functions its notebook (ovis.pipeline.NOTEBOOKS) calls on the recipe's method:
+# run_teacher / run_student(recipe, run_dir, launcher=, nproc=, nodes=, partition=, force=) -> dict,
+# run_pseudo(recipe, run_dir, force=) -> dict of statistics, run_eval(recipe, run_dir, force=),
+# <stage>_figures(recipe, run_dir, n=) -> list of matplotlib figures, pseudo_browser(recipe, run_dir) -> an
+# object with show(n_static=, live=)
+HOOKS: dict[str, tuple[str, ...]] = {
+    "splits": (),
+    "teacher": ("run_teacher", "teacher_figures"),
+    "pseudo": ("run_pseudo", "pseudo_figures", "pseudo_browser"),
+    "student": ("run_student", "student_figures"),
+    "eval": ("run_eval",),
+    "curves": (),
+}
+
 # recipe, run folder -> the model a training stage's checkpoint fills (see TrainingStage.model)
 ModelBuilder = Callable[[Recipe, Path], "nn.Module | None"]
-
-METHOD_MODULES = {"cpl": "ovis.methods.cpl", "ggn": "ovis.methods.ggn", "oln": "ovis.methods.ggn"}
 
 
 @dataclass(frozen=True)
@@ -69,17 +87,43 @@ class TrainingStage:
 
 
 def method_module(method: str) -> ModuleType:
-    """The module implementing ``method``'s stages."""
+    """The module implementing ``method``'s stages, checked to provide what the pipeline calls."""
     if method not in METHOD_MODULES:
         raise ValueError(f"unknown method {method!r}; known: {', '.join(METHOD_MODULES)}")
-    return importlib.import_module(METHOD_MODULES[method])
+    module = importlib.import_module(METHOD_MODULES[method], __name__)
+    where = f"method {method!r} ({module.__name__})"
+    stages = getattr(module, "PIPELINE_STAGES", None)
+    if not isinstance(stages, tuple) or not stages or list(stages) != [s for s in STAGES if s in stages]:
+        raise ValueError(f"{where}: PIPELINE_STAGES must be a non-empty tuple of pipeline stages in the order "
+                         f"{', '.join(STAGES)}; got {stages!r}")
+    missing = [f"{hook} ({stage})" for stage in stages for hook in HOOKS[stage] if not callable(getattr(module, hook, None))]
+    trained = getattr(module, "TRAINING_STAGES", None)
+    if not isinstance(trained, dict) or not all(isinstance(st, TrainingStage) for st in trained.values()):
+        missing.append("TRAINING_STAGES (a dict of name -> TrainingStage)")
+        trained = {}
+    if missing:
+        raise ValueError(f"{where} lacks {', '.join(missing)}")
+    stray = [f"{name} (part_of={st.part_of!r})" for name, st in trained.items() if st.part_of not in stages]
+    if stray:
+        raise ValueError(f"{where}: training stage(s) {', '.join(stray)} of a pipeline stage it does not run "
+                         f"(PIPELINE_STAGES: {', '.join(stages)})")
+    return module
 
 
-def for_recipe(recipe: Recipe) -> ModuleType:
-    """The module implementing ``recipe.method``'s stages."""
+def for_recipe(recipe: Recipe, stage: str | None = None) -> ModuleType:
+    """The module implementing ``recipe.method``'s stages; with ``stage``, one the method runs."""
     if recipe.method not in METHOD_MODULES:
         raise ValueError(f"recipe {recipe.name}: unknown method {recipe.method!r}; known: {', '.join(METHOD_MODULES)}")
-    return method_module(recipe.method)
+    module = method_module(recipe.method)
+    if stage is not None and stage not in module.PIPELINE_STAGES:
+        raise ValueError(f"recipe {recipe.name}: method {recipe.method!r} has no {stage} stage; "
+                         f"its stages: {', '.join(module.PIPELINE_STAGES)}")
+    return module
+
+
+def pipeline_stages(method: str) -> tuple[str, ...]:
+    """The pipeline stages ``method`` runs (its ``PIPELINE_STAGES``)."""
+    return tuple(method_module(method).PIPELINE_STAGES)
 
 
 def method_training_stages(method: str) -> dict[str, TrainingStage]:
@@ -101,11 +145,11 @@ def all_training_stages() -> dict[str, TrainingStage]:
     return out
 
 
-def training_stages(stage: str) -> list[str]:
-    """The engine training stages of pipeline stage ``stage`` over all methods (``"teacher"`` →
-    grounding, teacher; ``"student"`` → student, baseline, oln, oln_baseline); a run trains those its
-    method has."""
-    return [name for name, st in all_training_stages().items() if st.part_of == stage]
+def training_stages(stage: str, method: str | None = None) -> list[str]:
+    """The engine training stages of pipeline stage ``stage`` that ``method`` declares, or over all
+    methods (``"teacher"`` → grounding, teacher; ``"student"`` → student, baseline, oln, oln_baseline)."""
+    declared = method_training_stages(method) if method is not None else all_training_stages()
+    return [name for name, st in declared.items() if st.part_of == stage]
 
 
 def training_stage(stage: str) -> TrainingStage:

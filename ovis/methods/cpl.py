@@ -52,6 +52,7 @@ from ovis.pseudo.detectors import (
     need_file,
     read_partition,
 )
+from ovis.runs import STAGES
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -60,6 +61,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EVAL_SETTINGS",
+    "PIPELINE_STAGES",
     "TRAINING_STAGES",
     "PseudoLabeler",
     "StudentHook",
@@ -381,6 +383,8 @@ def student_model(recipe: Recipe, run_dir: Path) -> nn.Module:
     """The student as its checkpoint fills it (as :func:`load_model` builds it)."""
     return build_student(_without_pretrained(recipe), run_dir)
 
+
+PIPELINE_STAGES = STAGES  # all six (ovis.methods: the hooks each one's notebook calls)
 
 # the engine training stages (``<run_dir>/<name>/``), their tasks and models, and the pipeline stage that trains them
 TRAINING_STAGES = {

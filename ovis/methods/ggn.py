@@ -60,9 +60,10 @@ from ovis.pseudo.grouping import (
     gt_iou,
     select_pseudo,
 )
-from ovis.runs import inputs_changed, mark_stage_done, stage_dir, stage_done
+from ovis.runs import STAGES, inputs_changed, mark_stage_done, stage_dir, stage_done
 
 __all__ = [
+    "PIPELINE_STAGES",
     "TRAINING_STAGES",
     "baseline_task",
     "comparison_table",
@@ -190,6 +191,8 @@ def _model_of(which: str) -> Callable[[Recipe, Path], nn.Module]:
     """The ``TrainingStage.model`` of ``which``: :func:`bare_model`."""
     return lambda recipe, run_dir: bare_model(recipe, which)
 
+
+PIPELINE_STAGES = STAGES  # all six (ovis.methods: the hooks each one's notebook calls)
 
 # the engine training stages (``<run_dir>/<name>/``), their tasks and models, and the pipeline stage that trains
 # them; the baseline and the OLN variants have no recipe section: they train with recipe.student

@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         recipe = load_recipe(args.recipe, args.overrides)
         run_dir = args.run_dir or default_run_dir(recipe)
-        stats = for_recipe(recipe).run_pseudo(recipe, run_dir, shard=args.shard, num_shards=args.num_shards,
+        stats = for_recipe(recipe, "pseudo").run_pseudo(recipe, run_dir, shard=args.shard, num_shards=args.num_shards,
                                               force=args.force)
     except (RecipeError, ValueError) as e:  # a recipe, split file or checkpoint that cannot be used
         print(f"ovis pseudo: error: {e}", file=sys.stderr)
