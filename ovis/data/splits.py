@@ -411,7 +411,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="ovis splits", description=__doc__.splitlines()[0])
     ap.add_argument("--protocol", required=True, choices=sorted(PROTOCOLS))
     ap.add_argument("--train-instances", required=True, type=Path, help="COCO instances JSON (train)")
-    ap.add_argument("--val-instances", required=True, type=Path, help="COCO instances JSON (val)")
+    ap.add_argument("--val-instances", required=True, type=Path,
+                    help="COCO instances JSON (val); LVIS and UVO files (FrameSet or video format) as the protocol needs")
     ap.add_argument("--train-captions", type=Path, help="COCO captions JSON (train), optional")
     ap.add_argument("--out", required=True, type=Path, help="output folder")
     args = ap.parse_args(argv)

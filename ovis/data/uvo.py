@@ -23,8 +23,9 @@ _PER_FRAME = ("segmentations", "bboxes", "areas")
 
 
 def is_video_file(data: Any) -> bool:
-    """Whether a parsed annotation file has the YouTube-VIS video layout (a ``videos`` key)."""
-    return isinstance(data, dict) and "videos" in data
+    """Whether a parsed annotation file has the YouTube-VIS video layout: ``videos`` and no ``images`` (a COCO file
+    that also lists videos is read as the COCO file it is)."""
+    return isinstance(data, dict) and "videos" in data and "images" not in data
 
 
 def frames_as_coco(data: dict, name: str) -> dict:
