@@ -62,6 +62,9 @@ def test_each_pipeline_stage_names_the_models_it_trains():
     assert training_stages("teacher") == ["grounding", "teacher"]
     assert training_stages("student") == ["student", "baseline", "oln", "oln_baseline"]
     assert training_stages("eval") == []
+    # those one method trains (the notebooks' live curves and loss plots)
+    assert (training_stages("teacher", "ggn"), training_stages("student", "cpl")) == (["teacher"], ["student"])
+    assert training_stages("student", "oln") == ["student", "baseline", "oln", "oln_baseline"]
     # the OLN baseline depends on the same recipe sections as the student, so the same changes retrain it
     r = load_recipe("demo_ggn")
     assert _hash(r, "oln_baseline") == stage_hash(r, "student")
