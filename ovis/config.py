@@ -130,6 +130,16 @@ class TrainConfig:
 
 
 @dataclass
+class GroundingConfig(TrainConfig):
+    """CPL caption grounding (docs/cpl.md#21-caption-pretraining)."""
+
+    # keep each training image's backbone output (per flip) in memory after its first use: exact when
+    # the backbone is frozen (freeze: [backbone]), and then an epoch costs one forward per image and
+    # flip instead of one per visit; memory grows with the dataset (images x 2 x C5 cells x channels)
+    cache_features: bool = False
+
+
+@dataclass
 class PseudoConfig:
     """Pseudo-mask extraction (CPL cross-modal, docs/cpl.md#23-pseudo-labels; GGN grouping, docs/ggn.md#32-grouping, docs/ggn.md#33-pseudo-gt)."""
 
@@ -196,7 +206,7 @@ class Recipe:
     data: DataConfig = field(default_factory=DataConfig)
     splits: SplitsConfig = field(default_factory=SplitsConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    grounding: TrainConfig = field(default_factory=TrainConfig)
+    grounding: GroundingConfig = field(default_factory=GroundingConfig)
     teacher: TrainConfig = field(default_factory=TrainConfig)
     pseudo: PseudoConfig = field(default_factory=PseudoConfig)
     student: StudentConfig = field(default_factory=StudentConfig)

@@ -240,3 +240,86 @@ def test_grounding_task_trains_with_the_engine(tmp_path):
     assert [r["iteration"] for r in rows] == [1, 2] and all(k in rows[0] for k in LOSS_NAMES)
     with pytest.raises(FileNotFoundError, match="run the splits stage first"):
         grounding_task(recipe, tmp_path / "nowhere")
+
+
+def _frozen(encoder) -> GroundingModel:
+    torch.manual_seed(0)
+    m = GroundingModel("resnet18", encoder)
+    m.backbone.requires_grad_(False)
+    return m.train()
+
+
+def test_feature_cache_gives_the_uncached_losses_and_skips_the_backbone(encoder):
+    images, targets = _squares()
+    targets = [dict(t, flipped=False) for t in targets]
+    plain, cached = _frozen(encoder), _frozen(encoder)
+    cached.cache_backbone()
+    calls: list[int] = []
+    cached.backbone.register_forward_hook(lambda _m, inp, _out: calls.append(inp[0].shape[0]))
+    for step in range(3):  # the same cells are drawn: the cache changes no random number
+        torch.manual_seed(step)
+        want = plain(images, targets)
+        torch.manual_seed(step)
+        got = cached(images, targets)
+        for name in LOSS_NAMES:
+            torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-6)
+    assert calls == [1, 1, 1, 1]  # one forward per image, in the first step only
+    assert sorted(cached._feature_cache) == [(i, False) for i in range(4)]
+    flipped = [dict(t, flipped=True) for t in targets]
+    cached(images[:2], [flipped[0], targets[1]])
+    assert calls == [1, 1, 1, 1, 1] and (0, True) in cached._feature_cache  # a flip is another map
+    cached.eval()(images, targets)  # eval mode scores without the cache
+    assert calls[-1] == 4
+    # the projection still trains: gradients reach it through the cached maps
+    loss = sum(cached.train()(images, targets).values())
+    loss.backward()
+    assert cached.projection.weight.grad is not None and cached.projection.weight.grad.abs().sum() > 0
+
+
+def test_feature_cache_refuses_a_training_backbone_and_unnamed_images(encoder):
+    images, targets = _squares()
+    torch.manual_seed(0)
+    model = GroundingModel("resnet18", encoder).train()
+    model.cache_backbone()
+    with pytest.raises(ValueError, match=r"needs 'image_id' and 'flipped' in every target; targets \[0, 1, 2, 3\]"):
+        model(images, targets)
+    named = [dict(t, flipped=False) for t in targets]
+    with pytest.raises(ValueError, match=r"needs a frozen backbone \(freeze: \[backbone\]\).*backbone parameters \['backbone.conv1.weight'"):
+        model(images, named)
+    bn_trains = GroundingModel("resnet18", encoder, train_bn=True).train()
+    bn_trains.backbone.requires_grad_(False)
+    bn_trains.cache_backbone()
+    with pytest.raises(ValueError, match=r"its BatchNorm trains"):
+        bn_trains(images, named)
+
+
+def test_grounding_task_with_cached_features_trains_as_without(tmp_path):
+    from ovis.engine.train import train
+
+    run_dir = tmp_path / "run"
+    (run_dir / "splits").mkdir(parents=True)
+    ann, _ = _write_coco(tmp_path / "data", {i: (64, 64) for i in range(1, 5)})
+    (run_dir / "splits" / "train_base.json").write_text(ann.read_text())
+    (run_dir / "splits" / "captions.json").write_text(json.dumps({str(i): [f"a {c} square"] for i, c in enumerate(COLOURS, 1)}))
+    finals = {}
+    for cache in (False, True):
+        recipe = Recipe(name="g")
+        recipe.data.root, recipe.data.train_images = str(tmp_path / "data"), "images"
+        recipe.model.backbone, recipe.model.backbone_weights = "efficientnet_lite0", "imagenet"
+        recipe.model.min_size = recipe.model.max_size = 64
+        g = recipe.grounding
+        g.max_iter, g.batch_size, g.num_workers, g.warmup_iters, g.checkpoint_period = 6, 2, 0, 0, 6
+        g.freeze, g.cache_features = ["backbone"], cache
+        torch.manual_seed(0)  # the projection's initial weights
+        task = grounding_task(recipe, run_dir)
+        result = train(task, tmp_path / f"grounding_{cache}", device="cpu", progress=False)
+        finals[cache] = torch.load(result.final, map_location="cpu", weights_only=True)["model"]
+        if cache:  # 6 iterations × 2 images visit all 4 images, some mirrored
+            keys = task.model._feature_cache
+            assert keys and {i for i, _ in keys} == {1, 2, 3, 4} and len(keys) <= 8
+    assert set(finals[True]) == set(finals[False])
+    for key in finals[False]:
+        torch.testing.assert_close(finals[True][key], finals[False][key], rtol=1e-5, atol=1e-6)
+    recipe.model.backbone_weights = None  # no statistics to freeze: the cache is refused at the first step
+    with pytest.raises(ValueError, match="needs a frozen backbone"):
+        train(grounding_task(recipe, run_dir), tmp_path / "grounding_bad", device="cpu", progress=False)

@@ -200,7 +200,7 @@ def collate_fn(
 class CaptionImages(Dataset):
     """Images of a COCO instances JSON paired with one of their captions.
 
-    Items: ``(image float32 [3, H, W] RGB in 0..1, {"image_id": int, "caption": str})``; the
+    Items: ``(image float32 [3, H, W] RGB in 0..1, {"image_id": int, "caption": str, "flipped": bool})``; the
     caption is drawn uniformly from the image's list on every access with torch's RNG (the
     training loop seeds each item). Images without a caption are skipped. ``captions`` maps image
     id (int, or str as in ``splits/captions.json``) to captions. ``min_size`` rescales the shorter
@@ -262,11 +262,12 @@ class CaptionImages(Dataset):
             size = (max(1, round(h * scale)), max(1, round(w * scale)))
             if size != (h, w):
                 image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
-        if self.flip_prob > 0 and torch.rand(()) < self.flip_prob:
+        flipped = bool(self.flip_prob > 0 and torch.rand(()) < self.flip_prob)
+        if flipped:
             image = image.flip(-1)
         caps = self.captions[image_id]
         caption = caps[int(torch.randint(len(caps), ()))]
-        return image, {"image_id": image_id, "caption": caption}
+        return image, {"image_id": image_id, "caption": caption, "flipped": flipped}
 
 
 class StudentDataset(Dataset):

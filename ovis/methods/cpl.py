@@ -102,7 +102,8 @@ def grounding_task(recipe: Recipe, run_dir: str | Path, stage: str = "grounding"
     ``<run_dir>/splits/captions.json`` captions, images from ``data.train_images`` resized by
     ``model.min_size``/``max_size``; model from ``model.backbone``, ``backbone_weights`` (BN trained
     only when there are none), ``text_encoder``, ``input_format``, ``stride_in_1x1``; optimiser
-    settings from ``recipe.<stage>`` (``grounding``). Batches are grouped by aspect ratio."""
+    settings from ``recipe.<stage>`` (``grounding``), whose ``cache_features`` keeps the frozen backbone's
+    maps (:meth:`GroundingModel.cache_backbone`). Batches are grouped by aspect ratio."""
     from ovis.engine.train import TrainTask
 
     cfg = getattr(recipe, stage, None)
@@ -127,6 +128,8 @@ def grounding_task(recipe: Recipe, run_dir: str | Path, stage: str = "grounding"
     if m.embedding_dim is not None and m.embedding_dim != model.embedding_dim:
         raise ValueError(f"model.embedding_dim={m.embedding_dim} but text encoder {m.text_encoder!r} gives "
                          f"{model.embedding_dim}-d token embeddings; set model.embedding_dim: null")
+    if getattr(cfg, "cache_features", False):  # a GroundingConfig section
+        model.cache_backbone()
     return TrainTask(model, dataset, cfg, aspect_ratios=dataset.aspect_ratios())
 
 

@@ -175,6 +175,8 @@ class GroundingModel(nn.Module):
         self.max_regions = int(max_regions)
         self.input_format = input_format
         self.train_bn = train_bn
+        # (image id, flipped) → the image's C5 map, once :meth:`cache_backbone` turns it on; not a buffer
+        self._feature_cache: dict[tuple[int, bool], Tensor] | None = None
         if not train_bn:
             for m in self.backbone.modules():
                 if isinstance(m, nn.BatchNorm2d):
@@ -189,6 +191,21 @@ class GroundingModel(nn.Module):
                     m.eval()
         return self
 
+    def cache_backbone(self) -> None:
+        """Keep each training image's C5 map after its first forward (keyed by the targets' ``image_id``
+        and ``flipped``), so later visits skip the backbone. Only a frozen backbone gives the same map on
+        every visit: at the first cached forward every backbone parameter must be frozen and BatchNorm
+        fixed (``train_bn`` False), else ValueError. Each map is computed for its image alone (padded to
+        its own multiple of 32), as at batch size 1; memory grows by one map per image and flip."""
+        self._feature_cache = {}
+
+    def _check_frozen(self) -> None:
+        trainable = [f"backbone.{n}" for n, p in self.backbone.named_parameters() if p.requires_grad]
+        if trainable or self.train_bn:
+            why = f"backbone parameters {trainable[:3]} train" if trainable else "its BatchNorm trains (no backbone_weights)"
+            raise ValueError(f"grounding.cache_features needs a frozen backbone (freeze: [backbone]) with pretrained "
+                             f"BatchNorm statistics, but {why}")
+
     def _normalise(self, image: Tensor) -> Tensor:
         if self.input_format == "bgr255":
             mean = torch.as_tensor(BGR255_MEAN, dtype=image.dtype, device=image.device)
@@ -198,12 +215,41 @@ class GroundingModel(nn.Module):
         std = torch.as_tensor(stats[1], dtype=image.dtype, device=image.device)
         return (image - mean[:, None, None]) / std[:, None, None]
 
-    def region_features(self, images: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+    def _backbone_batch(self, images: Sequence[Tensor]) -> Tensor:
+        """Images normalised, zero-padded to a common multiple of 32, through the backbone: [B, C, H/32, W/32]."""
+        sizes = torch.tensor([im.shape[-2:] for im in images])
+        hp, wp = (math.ceil(int(s) / C5_STRIDE) * C5_STRIDE for s in sizes.max(0).values)
+        batch = images[0].new_zeros(len(images), 3, hp, wp)
+        for b, im in zip(batch, images):
+            b[:, : im.shape[1], : im.shape[2]].copy_(self._normalise(im))
+        return self.backbone(batch)
+
+    def _cached_backbone(self, images: Sequence[Tensor], keys: Sequence[tuple[int, bool]]) -> Tensor:
+        cache = self._feature_cache
+        assert cache is not None
+        if not cache:
+            self._check_frozen()
+        maps = []
+        for im, key in zip(images, keys):
+            if key not in cache:
+                with torch.no_grad():
+                    cache[key] = self._backbone_batch([im])[0]
+            maps.append(cache[key])
+        gh, gw = max(m.shape[1] for m in maps), max(m.shape[2] for m in maps)
+        feats = maps[0].new_zeros(len(maps), maps[0].shape[0], gh, gw)
+        for f, m in zip(feats, maps):
+            f[:, : m.shape[1], : m.shape[2]] = m
+        return feats
+
+    def region_features(self, images: Sequence[Tensor], keys: Sequence[tuple[int, bool]] | None = None
+                        ) -> tuple[Tensor, Tensor]:
         """C5 cells of each image → ``(regions [B, R, C5 channels], valid bool [B, R])``.
 
         Images are normalised, zero-padded to a common multiple of 32; a cell is valid when it
         lies inside its image (``ceil(h / 32) × ceil(w / 32)`` cells). In train mode at most
-        ``max_regions`` random valid cells per image are kept (R shrinks accordingly).
+        ``max_regions`` random valid cells per image are kept (R shrinks accordingly). ``keys``
+        (image id, flipped) name the images for the feature cache (:meth:`cache_backbone`), used in
+        train mode.
         """
         if not images:
             raise ValueError("GroundingModel: empty batch")
@@ -212,11 +258,10 @@ class GroundingModel(nn.Module):
                 raise ValueError(f"GroundingModel: image {i} must be a float [3, H, W] tensor in 0..1, "
                                  f"got {im.dtype} {tuple(im.shape)}")
         sizes = torch.tensor([im.shape[-2:] for im in images])  # [B, 2] (h, w)
-        hp, wp = (math.ceil(int(s) / C5_STRIDE) * C5_STRIDE for s in sizes.max(0).values)
-        batch = images[0].new_zeros(len(images), 3, hp, wp)
-        for b, im in zip(batch, images):
-            b[:, : im.shape[1], : im.shape[2]].copy_(self._normalise(im))
-        feats = self.backbone(batch)  # [B, C, hp/32, wp/32]
+        if self.training and self._feature_cache is not None and keys is not None:
+            feats = self._cached_backbone(images, keys)
+        else:
+            feats = self._backbone_batch(images)
         bsz, channels, gh, gw = feats.shape
         cells = torch.div(sizes + C5_STRIDE - 1, C5_STRIDE, rounding_mode="floor").to(feats.device)
         rows = torch.arange(gh, device=feats.device)[None, :, None] < cells[:, 0, None, None]
@@ -225,8 +270,8 @@ class GroundingModel(nn.Module):
         regions = feats.flatten(2).transpose(1, 2)  # [B, R, C]
         if self.training:
             keep = min(self.max_regions, int(valid.sum(1).max()))
-            keys = torch.rand(valid.shape, device=valid.device).masked_fill(~valid, 2.0)
-            order = keys.argsort(dim=1)[:, :keep]  # random valid cells first, then padding
+            draws = torch.rand(valid.shape, device=valid.device).masked_fill(~valid, 2.0)
+            order = draws.argsort(dim=1)[:, :keep]  # random valid cells first, then padding
             regions = regions.gather(1, order[:, :, None].expand(-1, -1, channels))
             valid = valid.gather(1, order)
         return regions, valid
@@ -249,9 +294,11 @@ class GroundingModel(nn.Module):
         words = self._token_table[index] * valid[:, :, None]
         return words.to(device), valid.to(device)
 
-    def score_matrices(self, images: Sequence[Tensor], captions: Sequence[str]) -> tuple[Tensor, Tensor]:
-        """``(w2r, r2w)`` scores [len(images), len(captions)] (see :func:`grounding_scores`)."""
-        regions, region_valid = self.region_features(images)
+    def score_matrices(self, images: Sequence[Tensor], captions: Sequence[str],
+                       keys: Sequence[tuple[int, bool]] | None = None) -> tuple[Tensor, Tensor]:
+        """``(w2r, r2w)`` scores [len(images), len(captions)] (see :func:`grounding_scores`); ``keys`` as
+        :meth:`region_features`."""
+        regions, region_valid = self.region_features(images, keys)
         projected = self.projection(regions)
         words, word_valid = self.word_embeddings(captions, projected.device)
         return grounding_scores(projected, region_valid, words.to(projected.dtype), word_valid, self.temperature)
@@ -262,7 +309,14 @@ class GroundingModel(nn.Module):
         missing = [t.get("image_id", i) for i, t in enumerate(targets) if not isinstance(t.get("caption"), str)]
         if missing:
             raise ValueError(f"GroundingModel: targets of images {missing} have no 'caption' string")
-        w2r, r2w = self.score_matrices(images, [t["caption"] for t in targets])
+        keys = None
+        if self._feature_cache is not None:
+            unnamed = [i for i, t in enumerate(targets) if "image_id" not in t or "flipped" not in t]
+            if unnamed:
+                raise ValueError(f"GroundingModel: the feature cache needs 'image_id' and 'flipped' in every target; "
+                                 f"targets {unnamed} lack them")
+            keys = [(int(t["image_id"]), bool(t["flipped"])) for t in targets]
+        w2r, r2w = self.score_matrices(images, [t["caption"] for t in targets], keys)
         if self.training:
             return grounding_losses(w2r, r2w)
         return (w2r + r2w) / 2
