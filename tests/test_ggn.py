@@ -20,6 +20,7 @@ from ovis.data.coco import ann_to_mask, load_coco
 from ovis.data.dataset import CocoDetection
 from ovis.data.splits import run_splits_stage
 from ovis.methods import all_training_stages, ggn, task_builder
+from ovis.methods.ggn import extract
 
 TINY = tiny.GGN
 
@@ -168,7 +169,7 @@ def test_interrupted_extraction_resumes_and_finished_images_are_skipped(run, tmp
     run_dir, recipe = run
     other = _copy_until_teacher(run_dir, tmp_path / "run")
     recipe1 = _recipe(Path(recipe.data.root).parent, **{"pseudo.save_every": 1})
-    real = ggn.group_affinity
+    real = extract.group_affinity  # what extract_shard calls
     calls: list[int] = []
 
     def crash_on_third(affinity, params):
@@ -177,7 +178,7 @@ def test_interrupted_extraction_resumes_and_finished_images_are_skipped(run, tmp
         calls.append(1)
         return real(affinity, params)
 
-    monkeypatch.setattr(ggn, "group_affinity", crash_on_third)
+    monkeypatch.setattr(extract, "group_affinity", crash_on_third)
     with pytest.raises(KeyboardInterrupt):
         ggn.run_pseudo(recipe1, other, stream=_quiet)
     partial = other / "pseudo/shards/candidates.0-of-1.partial.jsonl"
@@ -190,7 +191,7 @@ def test_interrupted_extraction_resumes_and_finished_images_are_skipped(run, tmp
         calls.append(1)
         return real(affinity, params)
 
-    monkeypatch.setattr(ggn, "group_affinity", count)
+    monkeypatch.setattr(extract, "group_affinity", count)
     calls.clear()
     ggn.run_pseudo(recipe1, other, stream=_quiet)
     assert len(calls) == recipe.pseudo.max_images - 2
