@@ -43,6 +43,15 @@ class DataConfig:
     train_captions: str | None = "annotations/captions_train2017.json"
     train_images: str = "train2017"
     val_images: str = "val2017"
+    # caption-only images (docs/cpl.md#27-caption-only-images): a COCO captions JSON or a JSONL of
+    # {"image", "captions"} lines, and the folder its image paths are relative to; both or neither
+    caption_set: str | None = None
+    caption_set_images: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.caption_set is None) != (self.caption_set_images is None):
+            raise RecipeError("data: caption_set and caption_set_images go together (the captions file of the "
+                              "caption-only images and their image folder); set both or neither")
 
     @overload
     def path(self, rel: str) -> Path: ...
@@ -54,6 +63,10 @@ class DataConfig:
             return None
         p = Path(rel)
         return p if p.is_absolute() else Path(self.root) / p
+
+
+# data keys left out of Recipe.to_dict (and so of every hash) while they are None
+OPTIONAL_DATA_KEYS = ("caption_set", "caption_set_images")
 
 
 @dataclass
@@ -214,7 +227,13 @@ class Recipe:
     launch: LaunchConfig = field(default_factory=LaunchConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """All fields, less the data keys of ``OPTIONAL_DATA_KEYS`` that are None (so the hash of a recipe
+        that does not use them is the one it had before they existed)."""
+        out = dataclasses.asdict(self)
+        for key in OPTIONAL_DATA_KEYS:
+            if out["data"][key] is None:
+                del out["data"][key]
+        return out
 
     def hash(self, sections: tuple[str, ...] | None = None) -> str:
         """Short content hash of the resolved recipe, or of only the named top-level ``sections``."""

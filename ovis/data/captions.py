@@ -30,14 +30,17 @@ from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from lemminflect import getAllLemmas, getLemma
+from PIL import Image, UnidentifiedImageError
 
 from ovis.data.coco import CocoFormatError, is_coco_id, read_json
 
 __all__ = [
     "COCO_EXTRA_SYNONYMS",
     "COCO_TO_LVIS",
+    "CaptionedImage",
     "Vocabulary",
     "WordMatch",
     "caption_tokens",
@@ -48,6 +51,7 @@ __all__ = [
     "lvis_matches",
     "normalize_phrase",
     "parse_caption_file",
+    "read_caption_set",
 ]
 
 # COCO category name → LVIS v1 category names whose synonyms it also takes, beyond the
@@ -296,8 +300,10 @@ def parse_caption_file(path: str | Path) -> dict[int, list[str]]:
     ``caption``; unknown keys are allowed. Raises :class:`~ovis.data.coco.CocoFormatError` naming the
     file, the annotation (id or index) and the field on bad input.
     """
-    name = os.fspath(path)
-    data = read_json(path)
+    return _captions_by_image(read_json(path), os.fspath(path))
+
+
+def _captions_by_image(data: Any, name: str) -> dict[int, list[str]]:
     if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
         raise CocoFormatError(f"{name}: no 'annotations' list (is this a COCO captions file?)")
     out: dict[int, list[str]] = {}
@@ -345,3 +351,109 @@ def caption_words(captions_by_image: Mapping[int, Sequence[str]], vocab: Vocabul
         ]
         for image_id, caps in captions_by_image.items()
     }
+
+
+@dataclass(frozen=True)
+class CaptionedImage:
+    """One image of a caption-only set: ``file_name`` relative to the set's image folder, its captions,
+    ``source`` (where the file names it: ``"image <id>"`` of a COCO captions file, ``"line <n>"`` of a JSONL,
+    the first line of an image listed on several) and its size (None where neither the file nor a read of the
+    image gave one)."""
+
+    file_name: str
+    captions: tuple[str, ...]
+    source: str
+    width: int | None = None
+    height: int | None = None
+
+
+def read_caption_set(path: str | Path, image_root: str | Path | None = None) -> list[CaptionedImage]:
+    """The captioned images of a caption-only set (docs/cpl.md#27-caption-only-images), in file order.
+
+    ``path`` is a COCO captions JSON (:func:`parse_caption_file`, whose ``images`` need a ``file_name``; images
+    without a caption are left out) or, when it ends in ``.jsonl``, one JSON object per line with ``image`` (the
+    path under the image folder) and ``captions`` (a list of strings) or ``caption`` (one string); an image on
+    several lines takes the captions of all of them. With ``image_root`` every image must be a readable file
+    there, and sizes the file does not give are read from it. Bad input raises
+    :class:`~ovis.data.coco.CocoFormatError` naming the file and the image id or line.
+    """
+    name = os.fspath(path)
+    items = _jsonl_caption_set(path, name) if name.endswith(".jsonl") else _coco_caption_set(path, name)
+    if not items:
+        raise CocoFormatError(f"{name}: no captioned image; a caption-only set needs at least one")
+    if image_root is None:
+        return items
+    root = Path(image_root)
+    out = []
+    for item in items:
+        where, file = f"{name}: {item.source}", root / item.file_name
+        if item.width is None or item.height is None:
+            width, height = _image_size(file, where)
+            item = CaptionedImage(item.file_name, item.captions, item.source, width, height)
+        elif not file.is_file():
+            raise CocoFormatError(f"{where}: image file {file} not found; check data.caption_set_images")
+        out.append(item)
+    return out
+
+
+def _image_size(file: Path, where: str) -> tuple[int, int]:
+    try:
+        with Image.open(file) as im:
+            return im.size
+    except FileNotFoundError:
+        raise CocoFormatError(f"{where}: image file {file} not found; check data.caption_set_images") from None
+    except (UnidentifiedImageError, OSError) as e:
+        raise CocoFormatError(f"{where}: cannot read image {file}: {e}") from None
+
+
+def _coco_caption_set(path: str | Path, name: str) -> list[CaptionedImage]:
+    data = read_json(path)
+    captions = _captions_by_image(data, name)
+    images = data.get("images")
+    if not images:
+        raise CocoFormatError(f"{name}: no 'images' list; a caption-only set in COCO form needs its images' file_name")
+    out = []
+    for im in images:
+        file_name, width, height = im.get("file_name"), im.get("width"), im.get("height")
+        if not isinstance(file_name, str) or not file_name.strip():
+            raise CocoFormatError(f"{name}: image {im['id']}: 'file_name' is {file_name!r:.40}, expected the image's "
+                                  "path under the image folder")
+        if (width is None) != (height is None) or any(v is not None and (type(v) is not int or v < 1)
+                                                      for v in (width, height)):
+            raise CocoFormatError(f"{name}: image {im['id']}: width {width!r:.20} and height {height!r:.20} must "
+                                  "both be integers >= 1, or both absent (read from the image)")
+        if captions[im["id"]]:
+            out.append(CaptionedImage(file_name, tuple(captions[im["id"]]), f"image {im['id']}", width, height))
+    return out
+
+
+def _jsonl_caption_set(path: str | Path, name: str) -> list[CaptionedImage]:
+    by_image: dict[str, tuple[list[str], int]] = {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = list(f)
+    except OSError as e:
+        raise CocoFormatError(f"{name}: cannot read ({e.strerror})") from None
+    except UnicodeDecodeError as e:
+        raise CocoFormatError(f"{name}: not UTF-8 text ({e.reason})") from None
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"{name}: line {n}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise CocoFormatError(f"{where}: not a JSON object ({e.msg}); each line is "
+                                  '{"image": PATH, "captions": [TEXT, ...]}') from None
+        if not isinstance(obj, dict):
+            raise CocoFormatError(f"{where}: a {type(obj).__name__}, expected an object with 'image' and 'captions'")
+        image = obj.get("image")
+        if not isinstance(image, str) or not image.strip():
+            raise CocoFormatError(f"{where}: 'image' is {image!r:.40}, expected the image's path under the image folder")
+        if ("caption" in obj) == ("captions" in obj):
+            raise CocoFormatError(f"{where}: give 'captions' (a list of strings) or 'caption' (a string), one of them")
+        caps = [obj["caption"]] if "caption" in obj else obj["captions"]
+        if not isinstance(caps, list) or not caps or not all(isinstance(c, str) and c.strip() for c in caps):
+            raise CocoFormatError(f"{where}: captions {caps!r:.60} are not a non-empty list of non-empty strings")
+        by_image.setdefault(image, ([], n))[0].extend(c.strip() for c in caps)
+    return [CaptionedImage(image, tuple(caps), f"line {n}") for image, (caps, n) in by_image.items()]

@@ -19,13 +19,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from collections.abc import Sequence
 from collections.abc import Set as AbstractSet
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ovis.data.captions import parse_caption_file
+from ovis.data.captions import CaptionedImage, parse_caption_file, read_caption_set
 from ovis.data.coco import EVAL_ANNOTATION_KEYS, CocoFormatError, is_coco_id, read_json, validate_coco
 from ovis.data.uvo import frames_as_coco, is_video_file
 from ovis.io import write_json_atomic
@@ -189,10 +191,15 @@ def build_splits(
     train_path: Path = Path("train"),
     val_path: Path = Path("val"),
     captions_path: Path = Path("captions"),
+    caption_set: Sequence[CaptionedImage] = (),
+    caption_set_images: Path = Path("."),
 ) -> dict[str, Any]:
-    """All split files of a protocol, as ``{file name: JSON object}`` (nothing written)."""
+    """All split files of a protocol, as ``{file name: JSON object}`` (nothing written). ``caption_set``: caption-only
+    images (with their sizes) under ``caption_set_images``, added by :func:`add_caption_only_images`."""
     p = get_protocol(protocol)
     if p.lvis_side is not None or p.val_all_unseen:
+        if caption_set:
+            raise CocoFormatError(f"protocol {p.name} trains a class-agnostic detector and takes no caption-only images")
         return _build_cross_dataset(p, train, val, captions, train_path, val_path)
     partition = load_partition(protocol)
     _check_categories(train, partition, train_path)
@@ -216,7 +223,27 @@ def build_splits(
         if captions and not files["captions.json"]:
             raise CocoFormatError(f"{captions_path}: none of its {len(captions)} captioned images is a base-training "
                                   f"image of {train_path}; is it the captions file of the same split?")
+    if caption_set:
+        add_caption_only_images(files, train, caption_set, caption_set_images)
     return files
+
+
+def add_caption_only_images(files: dict[str, Any], train: dict, images: Sequence[CaptionedImage], folder: Path) -> None:
+    """Caption-only images (docs/cpl.md#27-caption-only-images) join ``train_base.json`` without annotations, as
+    ``{"id", "file_name", "width", "height", "caption_only": true, "caption_source"}`` with ids after the largest of
+    the training file and absolute file names (so the training image folder finds them), and their captions join
+    ``captions.json``."""
+    next_id = max((im["id"] for im in train["images"]), default=0) + 1
+    captions = files.setdefault("captions.json", {})
+    entries = []
+    for image_id, im in enumerate(images, next_id):
+        if im.width is None or im.height is None:
+            raise ValueError(f"caption-only image {im.source} has no size; read the set with its image folder")
+        entries.append({"id": image_id, "file_name": os.path.abspath(folder / im.file_name), "width": im.width,
+                        "height": im.height, "caption_only": True, "caption_source": im.source})
+        captions[str(image_id)] = list(im.captions)
+    base = files["train_base.json"]
+    base["images"] = base["images"] + entries
 
 
 def _build_cross_dataset(p: Protocol, train: dict, val: dict, captions: dict[int, list[str]] | None,
@@ -273,19 +300,28 @@ def write_splits(
     val_instances: str | Path,
     out_dir: str | Path,
     train_captions: str | Path | None = None,
+    caption_set: str | Path | None = None,
+    caption_set_images: str | Path | None = None,
 ) -> dict[str, dict[str, int]]:
     """Read, validate, split and write every file of ``protocol`` into ``out_dir``; return counts.
+    ``caption_set`` (with its image folder ``caption_set_images``): caption-only images for CPL's pseudo-label
+    branch (:func:`ovis.data.captions.read_caption_set`).
 
     Everything is read and checked before the first file is written, and each file is written
     atomically, so a bad input leaves no partial output behind.
     """
     train_path, val_path = Path(train_instances), Path(val_instances)
+    if (caption_set is None) != (caption_set_images is None):
+        raise CocoFormatError("a caption-only set needs both its captions file and its image folder")
     # the split files are trained on and evaluated: every annotation needs what COCOeval reads
     train = read_instances(train_path)
     val = train if val_path == train_path else read_instances(val_path)
     captions = parse_caption_file(train_captions) if train_captions else None
+    folder = Path(caption_set_images or ".")
+    caption_only = read_caption_set(caption_set, folder) if caption_set is not None else []
     files = build_splits(protocol, train, val, captions, train_path=train_path, val_path=val_path,
-                         captions_path=Path(train_captions or "captions"))
+                         captions_path=Path(train_captions or "captions"), caption_set=caption_only,
+                         caption_set_images=folder)
     out = Path(out_dir)
     for name, obj in files.items():
         write_json_atomic(obj, out / name)
@@ -370,7 +406,11 @@ def check_data_files(data: DataConfig) -> None:
         read_instances(data.path(getattr(data, key)))
     if data.train_captions is not None:
         parse_caption_file(data.path(data.train_captions))
-    for key in ("train_images", "val_images"):
+    if data.caption_set is not None:
+        read_caption_set(data.path(data.caption_set))
+    for key in ("train_images", "val_images", "caption_set_images"):
+        if getattr(data, key) is None:
+            continue
         folder = data.path(getattr(data, key))
         if not folder.is_dir():
             raise FileNotFoundError(f"data.{key}: image folder {folder} not found; check data.root and data.{key}")
@@ -392,10 +432,11 @@ def run_splits_stage(recipe: Recipe, run_dir: str | Path, force: bool = False) -
 
         generate_for(data)
     train, val, captions = data.path(data.train_instances), data.path(data.val_instances), data.path(data.train_captions)
-    table = write_splits(recipe.splits.protocol, train, val, out, captions)
+    caption_set = data.path(data.caption_set)
+    table = write_splits(recipe.splits.protocol, train, val, out, captions, caption_set, data.path(data.caption_set_images))
     recipe.save(out)
     # the source files are inputs: the stage re-runs when one of them changes
-    inputs = [p.resolve() for p in (train, val, captions) if p is not None]
+    inputs = [p.resolve() for p in (train, val, captions, caption_set) if p is not None]
     mark_stage_done(run_dir, "splits", recipe, sorted(table) + ["partition.json"], inputs, counts=table)
     return table
 
@@ -414,12 +455,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--val-instances", required=True, type=Path,
                     help="COCO instances JSON (val); LVIS and UVO files (FrameSet or video format) as the protocol needs")
     ap.add_argument("--train-captions", type=Path, help="COCO captions JSON (train), optional")
+    ap.add_argument("--caption-set", type=Path,
+                    help="caption-only images for CPL (COCO captions JSON, or JSONL of image + captions), optional")
+    ap.add_argument("--caption-set-images", type=Path, help="the folder of --caption-set's images")
     ap.add_argument("--out", required=True, type=Path, help="output folder")
     args = ap.parse_args(argv)
     try:
         with folder_lock(args.out):  # a second concurrent run into the folder fails at once
             table = write_splits(args.protocol, args.train_instances, args.val_instances, args.out,
-                                 args.train_captions)
+                                 args.train_captions, args.caption_set, args.caption_set_images)
     except (CocoFormatError, FolderInUse) as e:
         print(f"ovis splits: error: {e}", file=sys.stderr)
         return 2

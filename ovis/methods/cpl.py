@@ -163,9 +163,15 @@ def grounding_to_detector(state: dict[str, Tensor], detector: nn.Module) -> dict
     return out
 
 
-def _train_dataset(recipe: Recipe, ann_file: Path, category_ids: Sequence[int] | None, flip_prob: float) -> CocoDetection:
+def _train_dataset(recipe: Recipe, ann_file: Path, category_ids: Sequence[int] | None, flip_prob: float,
+                   caption_only: bool = False) -> CocoDetection:
+    """The images of ``ann_file`` with at least one annotation of ``category_ids``, and with ``caption_only`` also
+    its caption-only images (docs/cpl.md#27-caption-only-images), which have none."""
     ds = CocoDetection(ann_file, recipe.data.path(recipe.data.train_images), category_ids=category_ids,
-                       transforms=RandomHorizontalFlip(flip_prob) if flip_prob > 0 else None, skip_empty=True)
+                       transforms=RandomHorizontalFlip(flip_prob) if flip_prob > 0 else None,
+                       skip_empty=not caption_only)
+    if caption_only:
+        ds.ids = [i for i in ds.ids if ds._anns[i] or ds._images[i].get("caption_only")]
     ds.check_image_files()  # before the training stage writes anything
     return ds
 
@@ -310,7 +316,7 @@ def student_task(recipe: Recipe, run_dir: str | Path, stage: str = "student") ->
     """Student training (docs/cpl.md#24-robust-student): init from ``teacher/model_final.pth`` (``student.init``
     overrides), ``student.freeze`` (backbone, rpn) frozen; offline pseudo masks from
     ``pseudo/train_pseudo.json``, or (``student.online_pseudo``) the frozen teacher labels every
-    batch from the captions of ``splits/train_base.json``. The σ-head freezes after
+    batch from the captions of ``splits/train_base.json`` (its caption-only images included). The σ-head freezes after
     ``student.uncertainty_train_iter`` iterations; σ/λ are logged to ``student/robust.jsonl``.
     DDP runs with ``find_unused_parameters`` (the σ-head freezes mid-run, caption-less images skip
     the pseudo branch)."""
@@ -327,7 +333,7 @@ def student_task(recipe: Recipe, run_dir: str | Path, stage: str = "student") ->
     pseudo_ids = [c["id"] for c in pv.categories]
     if s.online_pseudo:
         ds = _train_dataset(recipe, need_file(run_dir / "splits" / "train_base.json", "run the splits stage first"),
-                            base_ids, cfg.flip_prob)
+                            base_ids, cfg.flip_prob, caption_only=True)
         caps = {int(k): v for k, v in json.loads((run_dir / "splits" / "captions.json").read_text()).items()}
         data = StudentDataset(ds, base_ids, pseudo_ids, captions=caps)
     else:

@@ -34,6 +34,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -426,7 +427,9 @@ def merge_pseudo(recipe: Recipe, run_dir: str | Path, num_shards: int) -> dict:
               "categories": base["categories"] + extra_cats,
               "pseudo_vocabulary": {"kind": pv.kind, "category_ids": [c["id"] for c in pv.categories]}}
     write_json_atomic(merged, out / "train_pseudo.json")
-    stats = pseudo_stats(recipe, run_dir, pseudo, {int(k): v["words"] for k, v in images.items()}, ids, pv)
+    caption_only = {im["id"] for im in base["images"] if im.get("caption_only")}
+    stats = pseudo_stats(recipe, run_dir, pseudo, {int(k): v["words"] for k, v in images.items()}, ids, pv,
+                         caption_only)
     stats["num_shards"] = num_shards
     write_json_atomic(stats, out / "stats.json")
     recipe.save(out)
@@ -469,22 +472,23 @@ def hits_gt(rles: Sequence[dict], gts: Sequence[dict], h: int, w: int, iou: floa
 
 
 def pseudo_stats(recipe: Recipe, run_dir: str | Path, pseudo: list[dict], words: Mapping[int, list[str]],
-                 ids: Sequence[int], pv: PseudoVocabulary) -> dict:
+                 ids: Sequence[int], pv: PseudoVocabulary, caption_only: AbstractSet[int] = frozenset()) -> dict:
     """Counts, score/uncertainty summaries and the precision of pseudo masks of novel words
-    against the held-out novel GT of the original training file (mask IoU ≥ 0.5, same class)."""
+    against the held-out novel GT of the original training file (mask IoU ≥ 0.5, same class).
+    Images of ``caption_only`` have no GT: their pseudo masks are counted, not scored."""
     run_dir = Path(run_dir)
     novel_of = novel_category_map(recipe, run_dir, pv)
     gt_path = recipe.data.path(recipe.data.train_instances)
     with open(gt_path) as f:
         gt = json.load(f)
-    wanted = {a["image_id"] for a in pseudo if a["category_id"] in novel_of}
+    wanted = {a["image_id"] for a in pseudo if a["category_id"] in novel_of} - caption_only
     hw = {im["id"]: (im["height"], im["width"]) for im in gt["images"] if im["id"] in wanted}
     gt_by = gt_by_image_and_class(gt, set(novel_of.values()), wanted)
     n_novel = n_correct = 0
     per_class: dict[str, list[int]] = {}
     for a in pseudo:
         cid = novel_of.get(a["category_id"])
-        if cid is None:
+        if cid is None or a["image_id"] in caption_only:
             continue
         n_novel += 1
         h, w = hw[a["image_id"]]
@@ -504,6 +508,8 @@ def pseudo_stats(recipe: Recipe, run_dir: str | Path, pseudo: list[dict], words:
         "words_found": sum(n_words),
         "words_per_image": sum(n_words) / max(len(ids), 1),
         "pseudo_masks": len(pseudo),
+        "images_caption_only": sum(i in caption_only for i in ids),
+        "pseudo_masks_caption_only": sum(a["image_id"] in caption_only for a in pseudo),
         "empty_pseudo_masks": sum(a["area"] == 0 for a in pseudo),
         "score_mean": float(np.mean(scores)) if scores else None,
         "uncertainty_mean": float(np.mean(uncs)) if uncs else None,
@@ -526,15 +532,17 @@ def _load_pseudo(run_dir: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def _gt_for(recipe: Recipe, run_dir: Path, image_ids: Sequence[int], extra_categories: Sequence[dict]) -> dict:
-    """The original training GT (all classes, novel included) of ``image_ids``."""
+def _gt_for(recipe: Recipe, pseudo_file: dict, image_ids: Sequence[int]) -> dict:
+    """The original training GT (all classes, novel included) of ``image_ids``; caption-only images of
+    ``pseudo_file`` (``train_pseudo.json``) are there without annotations."""
     with open(recipe.data.path(recipe.data.train_instances)) as f:
         gt = json.load(f)
     keep = set(image_ids)
     cats = {c["id"]: c for c in gt["categories"]}
-    for c in extra_categories:
+    for c in pseudo_file["categories"]:
         cats.setdefault(c["id"], c)
-    return {"images": [im for im in gt["images"] if im["id"] in keep],
+    caption_only = [im for im in pseudo_file["images"] if im.get("caption_only") and im["id"] in keep]
+    return {"images": [im for im in gt["images"] if im["id"] in keep] + caption_only,
             "annotations": [a for a in gt["annotations"] if a["image_id"] in keep],
             "categories": list(cats.values())}
 
@@ -558,7 +566,7 @@ def pseudo_figures(recipe: Recipe, run_dir: str | Path, n: int = 4) -> list[Figu
     text = {i: [f"words: {', '.join(words.get(i, []))}"] + list(captions.get(i, [])) for i in ids}
     figs = []
     if ids:
-        gt = _gt_for(recipe, run_dir, ids, data["categories"])
+        gt = _gt_for(recipe, data, ids)
         figs.append(image_grid(gt, recipe.data.path(recipe.data.train_images), ids, cols=2, captions=text,
                                extra={"pseudo": [a for a in pseudo if a["image_id"] in ids]}, n_captions=2))
     hist = Figure(figsize=(9, 3), layout="constrained")
@@ -584,7 +592,7 @@ def pseudo_browser(recipe: Recipe, run_dir: str | Path, max_images: int = 50, de
     data = _load_pseudo(run_dir)
     pseudo = [a for a in data["annotations"] if a.get("pseudo")]
     ids = list(dict.fromkeys(a["image_id"] for a in pseudo))[:max_images]
-    gt = _gt_for(recipe, run_dir, ids, data["categories"])
+    gt = _gt_for(recipe, data, ids)
     cache = run_dir / "pseudo" / "teacher_detections.json"
     dets = json.loads(cache.read_text()) if cache.is_file() else None
     if dets is None or {d["image_id"] for d in dets} - set(ids):
