@@ -1,4 +1,5 @@
-"""The import graph of ovis/: no circles, and no layer importing one above it.
+"""The import graph of ovis/: no circles, no layer importing one above it, and no method's modules used
+outside the method (the registry finds it).
 
 Every ``import`` statement counts, wherever it stands (module level, inside a function, under
 ``TYPE_CHECKING``), absolute or relative: a function-local import is a dependency all the same.
@@ -9,6 +10,8 @@ from __future__ import annotations
 import ast
 import re
 from pathlib import Path
+
+from ovis.registry import METHOD_MODULES
 
 ROOT = Path(__file__).resolve().parents[1] / "ovis"
 
@@ -206,3 +209,23 @@ def test_no_layer_names_a_higher_one_in_a_string():
     assert not upward, "modules named by higher layers' strings:\n" + "\n".join(upward)
     engine_and_runs = [ROOT / "runs.py", *sorted((ROOT / "engine").glob("*.py"))]
     assert not [p.name for p in engine_and_runs if named_modules(p.read_text(encoding="utf-8"), {"ovis.methods"})]
+
+
+def method_of(module: str, methods: set[str]) -> str | None:
+    """The method package (of ``methods``) that ``module`` is or belongs to."""
+    return next((m for m in methods if module == m or module.startswith(m + ".")), None)
+
+
+def test_a_method_is_imported_by_its_own_modules_only():
+    # everything else, the other methods included, reaches a method through the registry (ovis.methods.for_recipe)
+    methods = {f"ovis.methods{name}" for name in METHOD_MODULES.values() if name.startswith(".")}
+    assert {"ovis.methods.cpl", "ovis.methods.ggn"} <= methods
+    assert method_of("ovis.methods.ggn.extract", methods) == "ovis.methods.ggn" and not method_of("ovis.methods", methods)
+    foreign = []
+    for module, imports in sorted(graph().items()):
+        named = named_modules(MODULES[module].read_text(encoding="utf-8"), MODULES)
+        for target in sorted((imports | named) - {module}):
+            owner = method_of(target, methods)
+            if owner is not None and owner != method_of(module, methods):
+                foreign.append(f"{module} imports or names {target}")
+    assert not foreign, "method modules used from outside their method:\n" + "\n".join(foreign)
