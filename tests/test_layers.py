@@ -8,6 +8,7 @@ Every ``import`` statement counts, wherever it stands (module level, inside a fu
 from __future__ import annotations
 
 import ast
+import functools
 import re
 from pathlib import Path
 
@@ -81,6 +82,7 @@ def imported_modules(source: str, module: str, is_package: bool, known: set[str]
     return {m for m in found if m is not None and m != module}
 
 
+@functools.cache  # the tree does not change during a test session; callers do not modify it
 def graph() -> dict[str, set[str]]:
     return {m: imported_modules(p.read_text(encoding="utf-8"), m, p.name == "__init__.py", MODULES)
             for m, p in MODULES.items()}
@@ -115,7 +117,7 @@ def test_the_walker_sees_relative_function_local_and_type_checking_imports():
 
 def test_every_module_has_a_layer():
     # the root package only holds the version: `import ovis` stays free of the rest
-    assert graph().pop("ovis") == set()
+    assert graph()["ovis"] == set()
     unplaced = [m for m in MODULES if m != "ovis" and layer_of(m) is None]
     assert not unplaced, f"modules in no layer of tests/test_layers.py LAYERS: {unplaced}"
 
@@ -186,6 +188,12 @@ def named_modules(source: str, known: set[str] | dict[str, Path]) -> set[str]:
     return found
 
 
+@functools.cache
+def named_by_strings() -> dict[str, set[str]]:
+    """Each module of ovis/ → the other ovis modules its strings name."""
+    return {m: named_modules(p.read_text(encoding="utf-8"), MODULES) - {m} for m, p in MODULES.items()}
+
+
 def test_the_name_finder_sees_specs_and_commands_but_not_docstrings():
     known = {"ovis", "ovis.methods", "ovis.methods.cpl", "ovis.methods.train"}
     source = ('"""Trains what ovis.methods.cpl declares."""\n'
@@ -198,11 +206,11 @@ def test_no_layer_names_a_higher_one_in_a_string():
     # e.g. the engine naming method tasks as "ovis.methods.cpl:teacher_task", or ovis.runs naming a method's stages
     names = [name for name, _ in LAYERS]
     upward = []
-    for module, path in sorted(MODULES.items()):
+    for module, named in sorted(named_by_strings().items()):
         own = layer_of(module)
         if module == "ovis" or own is None:
             continue
-        for target in sorted(named_modules(path.read_text(encoding="utf-8"), MODULES) - {module}):
+        for target in sorted(named):
             theirs = layer_of(target)
             if theirs is not None and theirs > own:
                 upward.append(f"{module} ({names[own]}) names {target} ({names[theirs]}) in a string")
@@ -223,8 +231,7 @@ def test_a_method_is_imported_by_its_own_modules_only():
     assert method_of("ovis.methods.ggn.extract", methods) == "ovis.methods.ggn" and not method_of("ovis.methods", methods)
     foreign = []
     for module, imports in sorted(graph().items()):
-        named = named_modules(MODULES[module].read_text(encoding="utf-8"), MODULES)
-        for target in sorted((imports | named) - {module}):
+        for target in sorted(imports | named_by_strings()[module]):
             owner = method_of(target, methods)
             if owner is not None and owner != method_of(module, methods):
                 foreign.append(f"{module} imports or names {target}")
