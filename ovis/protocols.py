@@ -31,6 +31,9 @@ class SplitProtocol:
     # cross-dataset protocols whose val file has no class trained on (COCO -> UVO): train on COCO's 80 (the resource
     # lists them), recall every instance of the val file
     val_all_unseen: bool = False
+    # open-vocabulary protocols whose classes the val file's categories name in a "split" field (seen/base, unseen/novel),
+    # as the CPL authors' Open Images preparation writes it (docs/cpl.md#28-open-images-and-conceptual-captions); no resource
+    category_split: bool = False
 
 
 SPLIT_PROTOCOLS: dict[str, SplitProtocol] = {
@@ -46,6 +49,7 @@ SPLIT_PROTOCOLS: dict[str, SplitProtocol] = {
                       lvis_side="train"),
         SplitProtocol("coco_uvo", "open_world", "coco_to_synset.json", "coco", "uvo", min_train_side=32,
                       val_all_unseen=True),
+        SplitProtocol("ovr_category_split", "ovr", "", "base", "novel", category_split=True),
         SplitProtocol("demo_ovr", "ovr", "demo_ovr.json", "base", "novel"),
         SplitProtocol("demo_open_world", "open_world", "demo_open_world.json", "seen", "unseen", min_train_side=32),
     )
@@ -81,6 +85,11 @@ EVAL_PROTOCOLS: dict[str, EvalProtocol] = {
             "coco_ovr_48_17", "ovr",
             "CPL/XPM COCO 48 base / 17 novel: AP50 per split (base, novel, all) + 12 COCO stats",
             "coco_ovr_48_17.json",
+        ),
+        EvalProtocol(
+            "ovr_category_split", "ovr",
+            "open vocabulary, base/novel as partition.json gives them (the val file's category split fields): AP50 per "
+            "split (base, novel, all) + 12 COCO stats",
         ),
         EvalProtocol("demo_ovr", "ovr", "demo data, open-vocabulary: AP50 per split + 12 COCO stats", "demo_ovr.json"),
         EvalProtocol(

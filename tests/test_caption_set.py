@@ -2,7 +2,8 @@
 
 Real COCO val2017 images of coco_mini stand in for a captioned set without boxes: their captions are read, their
 instances withheld. The base-class instances come from coco_mini's train2017 images, which have no captions here,
-so everything the pseudo-label branch sees comes from the caption-only images.
+so everything the pseudo-label branch sees comes from the caption-only images. The end-to-end run uses cpl_oi_cc,
+the recipe of the paper's Open Images + Conceptual Captions setting, on these files.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from pycocotools import mask as mask_utils
 from ovis.config import RecipeError, load_recipe, recipe_from_dict
 from ovis.data.captions import Vocabulary, find_words, read_caption_set
 from ovis.data.coco import CocoFormatError
+from ovis.data.splits import load_partition, run_splits_stage, write_splits
 from ovis.data.splits import main as splits_main
-from ovis.data.splits import run_splits_stage, write_splits
 from ovis.io import write_json_atomic
 from ovis.methods import cpl
 from ovis.runs import stage_hash
@@ -35,15 +36,23 @@ def _present(folder: str) -> set[str]:
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> dict[str, Path]:
-    """``train``: train2017 instances of the JPEGs the fixture carries; ``coco``/``jsonl``: the captions of the
-    val2017 JPEGs it carries, as a COCO captions file (images under val2017/) and as a JSONL (paths under the
-    coco_mini folder; the first image's captions on one line, every other caption on a line of its own)."""
+    """``train``: train2017 instances of the JPEGs the fixture carries; ``split``: the same with every 48/17 class
+    marked ``split: seen/unseen`` (the others dropped), as cpl_oi_cc's protocol reads its val file;
+    ``coco``/``jsonl``: the captions of the val2017 JPEGs it carries, as a COCO captions file (images under val2017/)
+    and as a JSONL (paths under the coco_mini folder; the first image's captions on one line, every other caption on
+    a line of its own)."""
     tmp = tmp_path_factory.mktemp("caption_set")
     inst = json.loads((ANN / "instances_train2017.json").read_text())
     images = [im for im in inst["images"] if im["file_name"] in _present("train2017")]
     ids = {im["id"] for im in images}
     train = write_json_atomic({**inst, "images": images, "annotations": [a for a in inst["annotations"]
                                                                         if a["image_id"] in ids]}, tmp / "train.json")
+    part = load_partition("coco_ovr_48_17")
+    side = {c["id"]: "seen" for c in part["base"]} | {c["id"]: "unseen" for c in part["novel"]}
+    split = write_json_atomic({**inst, "images": images, "categories": [{**c, "split": side[c["id"]]}
+                                                                       for c in inst["categories"] if c["id"] in side],
+                               "annotations": [a for a in inst["annotations"] if a["image_id"] in ids
+                                               and a["category_id"] in side]}, tmp / "split.json")
     caps = json.loads((ANN / "captions_val2017.json").read_text())
     images = [im for im in caps["images"] if im["file_name"] in _present("val2017")]
     assert len(images) == 8
@@ -57,7 +66,7 @@ def data(tmp_path_factory) -> dict[str, Path]:
         lines += [{"image": path, "captions": texts}] if k == 0 else [{"image": path, "caption": t} for t in texts]
     jsonl = tmp / "captions.jsonl"
     jsonl.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    return {"train": train, "coco": coco, "jsonl": jsonl}
+    return {"train": train, "split": split, "coco": coco, "jsonl": jsonl}
 
 
 def _originals() -> dict[str, list[str]]:
@@ -169,12 +178,12 @@ def test_the_caption_set_keys_leave_other_recipes_hashes_alone(data):
 
 
 def _recipe(data: dict[str, Path], root: Path, **extra):
-    return load_recipe("cpl_coco", {
+    """cpl_oi_cc on the fixture's files, at tiny budgets."""
+    return load_recipe("cpl_oi_cc", {
         **{k: v for k, v in tiny.CPL.items() if not k.startswith("data.")},
         "model.backbone": "resnet18", "model.backbone_weights": None,
-        "data.root": str(root), "data.train_instances": str(data["train"]), "data.val_instances": str(data["train"]),
-        "data.train_captions": None, "data.train_images": str(COCO_MINI / "train2017"),
-        "data.val_images": str(COCO_MINI / "train2017"),
+        "data.root": str(root), "data.train_instances": str(data["train"]), "data.val_instances": str(data["split"]),
+        "data.train_images": str(COCO_MINI / "train2017"), "data.val_images": str(COCO_MINI / "train2017"),
         "data.caption_set": str(data["jsonl"]), "data.caption_set_images": str(COCO_MINI),
         "teacher.num_workers": 0, "student.num_workers": 0, "student.max_iter": 3,
         "launch.launcher": "local", "launch.nproc": 1, "launch.device": "cpu", **extra})
@@ -182,7 +191,7 @@ def _recipe(data: dict[str, Path], root: Path, **extra):
 
 @pytest.fixture(scope="module")
 def run(data, tmp_path_factory):
-    """splits -> grounding and teacher -> pseudo masks -> student, tiny budgets, on the real images."""
+    """cpl_oi_cc's splits -> grounding and teacher -> pseudo masks -> student, tiny budgets, on the real images."""
     tmp = tmp_path_factory.mktemp("cpl_caption_only")
     recipe, run_dir = _recipe(data, tmp), tmp / "run"
     quiet = lambda s: None  # noqa: E731

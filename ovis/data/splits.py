@@ -4,7 +4,8 @@ Two kinds of protocol, each named once (``ovis.protocols``) and used by name eve
 
 - ``ovr`` (open vocabulary, CPL/XPM): base / novel / excluded classes. Train on base annotations;
   evaluate generalized (base + novel) and constrained (novel only, base only). Excluded classes'
-  annotations are dropped everywhere (docs/protocols.md#12-split-construction).
+  annotations are dropped everywhere (docs/protocols.md#12-split-construction). ``ovr_category_split`` takes
+  base / novel from the val file's category ``split`` fields (docs/cpl.md#28-open-images-and-conceptual-captions).
 - ``open_world`` (OLN/GGN): seen / unseen classes. Train on seen annotations of images with min side
   ≥ 32; evaluate on all val images with seen-class GT flagged ``ignored_split`` (docs/protocols.md#13-voc-split).
   The cross-dataset ones (``coco_lvis_noncoco``, ``lvis_noncoco_coco``, docs/protocols.md#15-coco-and-lvis)
@@ -93,9 +94,12 @@ def load_partition(protocol: str, lvis_categories: list[dict] | None = None,
     training file's categories. A cross-dataset protocol (``lvis_side`` or ``val_all_unseen`` set) adds
     ``eval_seen`` and ``eval_unseen``, the val file's categories whose GT is ignored and recalled; its LVIS
     categories are ``lvis_categories`` (the LVIS file's own) or, without them, the packaged LVIS v1 vocabulary;
-    with ``val_all_unseen`` the val file's categories (``val_categories``, none without them) are all unseen.
+    with ``val_all_unseen`` the val file's categories (``val_categories``, none without them) are all unseen; with
+    ``category_split`` each of them is base or novel as its ``split`` field says.
     """
     p = get_protocol(protocol)
+    if p.category_split:  # each val category's own split field
+        return category_split_partition(p.name, val_categories or [])
     if p.val_all_unseen:  # train on COCO's 80, recall every instance of the val file
         unseen = sorted(({"id": c["id"], "name": c["name"]} for c in val_categories or []), key=lambda c: c["id"])
         return {"protocol": p.name, "kind": p.kind, "base": coco_categories(), "novel": [], "excluded": [],
@@ -120,6 +124,24 @@ def load_partition(protocol: str, lvis_categories: list[dict] | None = None,
         base, novel, seen, unseen = groups[p.base_key], groups[p.novel_key], [], coco
     return {"protocol": p.name, "kind": p.kind, "base": base, "novel": novel, "excluded": [],
             "eval_seen": seen, "eval_unseen": unseen}
+
+
+# a category's "split" field → the partition group it falls in (the CPL authors' Open Images files say seen/unseen)
+CATEGORY_SPLITS = {"seen": "base", "base": "base", "unseen": "novel", "novel": "novel"}
+
+
+def category_split_partition(protocol: str, categories: list[dict], path: str | Path = "val categories") -> dict[str, Any]:
+    """The partition of a ``category_split`` protocol: every category goes to base or novel by its ``split`` field
+    (:data:`CATEGORY_SPLITS`); a category without one is a CocoFormatError naming ``path`` and the category."""
+    groups: dict[str, list[dict[str, Any]]] = {"base": [], "novel": []}
+    for c in categories:
+        side = c.get("split")
+        group = CATEGORY_SPLITS.get(side) if isinstance(side, str) else None
+        if group is None:
+            raise CocoFormatError(f"{path}: category {c['id']} ({c['name']}): 'split' is {c.get('split')!r:.30}; protocol "
+                                  f"{protocol} takes each class's side from it: one of {', '.join(CATEGORY_SPLITS)}")
+        groups[group].append({"id": c["id"], "name": c["name"]})
+    return {"protocol": protocol, "kind": "ovr", **groups, "excluded": []}
 
 
 def _check_categories(coco: dict, partition: dict, path: Path) -> None:
@@ -201,8 +223,16 @@ def build_splits(
         if caption_set:
             raise CocoFormatError(f"protocol {p.name} trains a class-agnostic detector and takes no caption-only images")
         return _build_cross_dataset(p, train, val, captions, train_path, val_path)
-    partition = load_partition(protocol)
-    _check_categories(train, partition, train_path)
+    if p.category_split:
+        partition = category_split_partition(p.name, val["categories"], val_path)
+        for group in ("base", "novel"):
+            if not partition[group]:
+                raise CocoFormatError(f"{val_path}: no {group} category; protocol {p.name} needs both base and novel "
+                                      "classes")
+        _check_categories(train, {**partition, "novel": []}, train_path)  # a base-only training file will do
+    else:
+        partition = load_partition(protocol)
+        _check_categories(train, partition, train_path)
     _check_categories(val, partition, val_path)
     base = {c["id"] for c in partition["base"]}
     novel = {c["id"] for c in partition["novel"]}
