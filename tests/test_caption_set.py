@@ -21,7 +21,7 @@ from pycocotools import mask as mask_utils
 from ovis.config import RecipeError, load_recipe, recipe_from_dict
 from ovis.data.captions import Vocabulary, find_words, read_caption_set
 from ovis.data.coco import CocoFormatError
-from ovis.data.splits import load_partition, run_splits_stage, write_splits
+from ovis.data.splits import check_data_files, load_partition, run_splits_stage, write_splits
 from ovis.data.splits import main as splits_main
 from ovis.io import write_json_atomic
 from ovis.methods import cpl
@@ -249,3 +249,24 @@ def test_online_pseudo_labelling_keeps_the_caption_only_images(run, data):
     k = task.dataset.ids.index(next(iter(only)))
     image, target = task.dataset[k]
     assert len(target["boxes"]) == 0 and len(target["captions"]) == 5
+
+
+def test_the_pseudo_figures_and_browser_show_caption_only_images(run):
+    recipe, run_dir, _, only = run
+    figures = cpl.pseudo_figures(recipe, run_dir, n=2)
+    assert len(figures) == 2 and any("pseudo" in ax.get_title() for ax in figures[0].axes)
+    browser = cpl.pseudo_browser(recipe, run_dir, max_images=2)
+    assert set(browser.images) <= set(only) and len(browser.images) == 2
+    assert browser.render(next(iter(browser.images))).axes  # draws the caption-only JPEG from its absolute path
+
+
+def test_the_recipe_check_reads_the_caption_set_and_names_a_missing_folder(data, tmp_path):
+    recipe = _recipe(data, tmp_path)
+    check_data_files(recipe.data)
+    missing = _recipe(data, tmp_path, **{"data.caption_set_images": str(tmp_path / "nowhere")})
+    with pytest.raises(FileNotFoundError, match="data.caption_set_images: image folder"):
+        check_data_files(missing.data)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"image": "x.jpg"}\n')
+    with pytest.raises(CocoFormatError, match="bad.jsonl: line 1: give 'captions'"):
+        check_data_files(_recipe(data, tmp_path, **{"data.caption_set": str(bad)}).data)
