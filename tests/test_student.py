@@ -35,7 +35,7 @@ class FixedRPN(nn.Module):
         return [torch.cat([BOXES + 1.0, rand]) for _ in images.image_sizes], {}
 
 
-def tiny_student(**kw) -> RobustStudent:
+def tiny_student(fixed_rpn: bool = True, **kw) -> RobustStudent:
     torch.manual_seed(0)
     cfg = ModelConfig(backbone="resnet18", trainable_layers=5, min_size=64, max_size=64, mask_head_channels=8,
                       rpn_pre_nms_top_n_train=100, rpn_post_nms_top_n_train=50, rpn_pre_nms_top_n_test=100,
@@ -43,7 +43,8 @@ def tiny_student(**kw) -> RobustStudent:
                       box_score_thresh=0.0, box_detections_per_img=10)
     det = build_detector(cfg, class_embeddings=F.normalize(torch.randn(2, DIM), dim=1))
     model = RobustStudent.from_detector(det, **kw)
-    model.rpn = FixedRPN()
+    if fixed_rpn:
+        model.rpn = FixedRPN()
     model.roi_heads.set_pseudo_class_embeddings(F.normalize(torch.randn(3, DIM), dim=1))
     return model
 
@@ -60,6 +61,22 @@ def batch(with_pseudo: bool = True):
         masks[k, y1:y2, x1:x2] = 1
     target = {"boxes": boxes[keep], "labels": labels[keep], "masks": masks[keep], "pseudo": pseudo[keep], "image_id": 7}
     return [torch.rand(3, 64, 64, generator=g)], [target]
+
+
+def caption_only_batch(with_pseudo: bool = True):
+    """One 64×64 image with no GT box, as a caption-only image reaches the student: two pseudo boxes
+    (labels 3, 1), or none."""
+    g = torch.Generator().manual_seed(2)
+    n = 2 if with_pseudo else 0
+    masks = torch.zeros(n, 64, 64, dtype=torch.uint8)
+    for k, (x1, y1, x2, y2) in enumerate(BOXES[2:2 + n].int().tolist()):
+        masks[k, y1:y2, x1:x2] = 1
+    target = {"boxes": BOXES[2:2 + n], "labels": torch.tensor([3, 1])[:n], "masks": masks,
+              "pseudo": torch.ones(n, dtype=torch.bool), "image_id": 8}
+    return [torch.rand(3, 64, 64, generator=g)], [target]
+
+
+GT_KEYS = ("loss_classifier_gt", "loss_box_reg_gt", "loss_mask_gt")
 
 
 def test_heteroscedastic_bce_is_plain_bce_as_sigma_vanishes_and_noisy_otherwise():
@@ -134,6 +151,42 @@ def test_images_without_pseudo_boxes_skip_the_pseudo_branch():
     for k in ("loss_classifier_pl", "loss_box_reg_pl", "loss_mask_pl"):
         assert losses[k].item() == 0.0
     assert losses["loss_classifier_gt"].item() > 0 and model.last_stats == {}
+
+
+@pytest.mark.parametrize("fixed_rpn", [True, False])
+def test_caption_only_images_skip_the_gt_branch(fixed_rpn):
+    """A caption-only image beside a GT image leaves the GT losses as the GT image alone gives them;
+    upstream runs its GT branch on ``is_det`` images only. The RoI sampler keeps every proposal here, so
+    the comparison does not hang on the random draws, which the batch's size shifts (one per image in
+    the transform)."""
+    model = tiny_student(fixed_rpn=fixed_rpn)
+    model.roi_heads.fg_bg_sampler.batch_size_per_image = 512  # > the ≤ 50 proposals + GT boxes
+    model.roi_heads.fg_bg_sampler.positive_fraction = 1.0
+    model.train()
+    gt_images, gt_targets = batch(with_pseudo=False)
+    cap_images, cap_targets = caption_only_batch()
+    alone = model(gt_images, gt_targets)
+    mixed = model(cap_images + gt_images, cap_targets + gt_targets)
+    for k in GT_KEYS:
+        assert alone[k] > 0 and torch.allclose(mixed[k], alone[k], rtol=1e-5, atol=1e-7), k
+    assert alone["loss_classifier_pl"] == 0 and mixed["loss_classifier_pl"] > 0
+
+
+def test_a_batch_without_gt_boxes_gives_zero_gt_losses_that_back_propagate():
+    model = tiny_student()
+    model.train()
+    losses = model(*caption_only_batch())
+    for k in GT_KEYS:
+        assert losses[k].item() == 0.0 and losses[k].requires_grad, k
+    assert losses["loss_classifier_pl"] > 0 and losses["loss_mask_pl"] > 0
+    sum(losses.values()).backward()
+    assert model.roi_heads.box_predictor.bbox_pred.weight.grad.abs().sum() > 0  # from the pseudo branch
+    model.zero_grad(set_to_none=True)
+    empty = model(*caption_only_batch(with_pseudo=False))  # nothing to learn from: both branches give zeros
+    assert set(empty) == set(losses) and all(v.item() == 0.0 for v in empty.values())
+    sum(empty.values()).backward()  # still a graph (DDP steps every rank alike)
+    head = model.roi_heads.mask_predictor.mask_fcn_logits.weight
+    assert head.grad is not None and head.grad.abs().sum() == 0
 
 
 def test_sigma_head_stops_updating_after_uncertainty_train_iter(tmp_path):

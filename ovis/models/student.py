@@ -6,9 +6,12 @@ only new tensor). Training, per batch:
 
 - the frozen backbone computes features once (no graph when every backbone weight is frozen);
   the RPN is never trained (upstream ``DONT_TRAIN``): its losses are discarded;
-- **GT branch**: RPN in train mode with the base GT (post-NMS train top-n, GT boxes appended),
-  standard losses with the base-class embeddings (L2-normalised, zero background row), plain BCE
-  mask loss → ``loss_classifier_gt``, ``loss_box_reg_gt``, ``loss_mask_gt``;
+- **GT branch** (images with ≥ 1 GT box; caption-only images, which have none, skip it as upstream's
+  ``is_det == "No"`` images do, docs/cpl.md#27-caption-only-images): RPN in train mode with the base
+  GT (post-NMS train top-n, GT boxes appended), standard losses with the base-class embeddings
+  (L2-normalised, zero background row), plain BCE mask loss → ``loss_classifier_gt``,
+  ``loss_box_reg_gt``, ``loss_mask_gt``; a batch without GT boxes gives zeros tied to the heads'
+  trainable parameters, so the loss dict keeps its keys and always back-propagates;
 - **pseudo branch** (images with ≥ 1 pseudo box; the others skip it): eval-mode RPN proposals
   (≤ post-NMS test top-n, no GT appended), sampled like the GT branch (IoU ≥ 0.5 positive,
   positive fraction from the recipe), logits against the pseudo vocabulary's L2-normalised name
@@ -40,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection import MaskRCNN
+from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
 from torchvision.models.detection.roi_heads import project_masks_on_boxes
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
@@ -221,6 +225,17 @@ class RobustRoIHeads(EmbeddingRoIHeads):
     def pseudo_loss_keys(self) -> list[str]:
         return ["loss_classifier_pl"] + (["loss_box_reg_pl"] if self.pseudo_box_loss else []) + ["loss_mask_pl"]
 
+    def gt_losses(self, features: dict[str, Tensor], proposals: list[Tensor], image_shapes: list[tuple[int, int]],
+                  targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+        """GT-branch losses (``loss_classifier``, ``loss_box_reg``, ``loss_mask``) of the given images; with
+        none, zeros that depend on every trainable parameter of the heads (zero gradients, a graph to run
+        backward through)."""
+        if targets:
+            return ClassAgnosticRoIHeads.training_losses(self, features, proposals, image_shapes, targets)
+        trainable = [p for p in self.parameters() if p.requires_grad]
+        zero = sum((p.sum() for p in trainable), next(iter(features.values())).new_zeros(())) * 0.0
+        return {k: zero for k in ("loss_classifier", "loss_box_reg", "loss_mask")}
+
 
 class RobustStudent(nn.Module):
     """The student detector (see module doc). Build with :meth:`from_detector`.
@@ -293,16 +308,21 @@ class RobustStudent(nn.Module):
         pl = [{k: t[k][p] for k in keys} | {"image_id": t.get("image_id")} for t, p in split]
         with torch.set_grad_enabled(any(p.requires_grad for p in self.backbone.parameters())):
             feats = self.backbone(il.tensors)
+        det = [i for i, g in enumerate(gt) if len(g["boxes"])]  # caption-only images have no GT box
+        det_feats = feats if len(det) == len(gt) else {k: v[det] for k, v in feats.items()}
+        det_sizes = [il.image_sizes[i] for i in det]
         with torch.no_grad():  # the RPN is not trained in the student (upstream DONT_TRAIN)
-            gt_props, _ = self.rpn(il, feats, [{"boxes": g["boxes"]} for g in gt])
+            gt_props: list[Tensor] = []
+            if det:
+                det_il = il if len(det) == len(gt) else ImageList(il.tensors[det], det_sizes)
+                gt_props, _ = self.rpn(det_il, det_feats, [{"boxes": gt[i]["boxes"]} for i in det])
             self.rpn.eval()
             try:
                 pl_props, _ = self.rpn(il, feats)
             finally:
                 self.rpn.train()
         heads = self.roi_heads
-        gt_losses = ClassAgnosticRoIHeads.training_losses(
-            heads, feats, gt_props, il.image_sizes, [{k: g[k] for k in keys} for g in gt])
+        gt_losses = heads.gt_losses(det_feats, gt_props, det_sizes, [{k: gt[i][k] for k in keys} for i in det])
         losses = {f"{k}_gt": v for k, v in gt_losses.items()}
         have = [i for i, p in enumerate(pl) if len(p["boxes"])]
         if have:
