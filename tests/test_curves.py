@@ -240,3 +240,26 @@ def test_paper_table_and_ar_plot_of_another_setting_show_that_settings_numbers(e
     lines = metric_figures([result])["ar_vs_k_student_segm"].axes[0].get_lines()
     paper = {line.get_label(): list(line.get_ydata()) for line in lines if line.get_label().endswith("(paper)")}
     assert paper == {"GGN (Mask R-CNN) (paper)": [pytest.approx(20.9)], "Mask R-CNN (class-agnostic) (paper)": [pytest.approx(4.9)]}
+
+
+def test_open_images_results_get_no_coco_numbers_but_the_abstracts_gain_with_its_source(eval_results):
+    """ovr_category_split (cpl_oi_cc): the COCO 48/17 table is another setting's; XPM's abstract gives +5.1 mAP."""
+    recipe = load_recipe("cpl_oi_cc")
+    segm = {**eval_results["ovr_segm"], "protocol": "ovr_category_split", "label": "student/segm"}
+    for md in (paper_table([segm], recipe), paper_table([], recipe)):
+        assert "+5.1 mAP" in md and "Open Images + Conceptual Captions" in md and "not in the kit" in md
+        assert "Huynh et al." in md and "docs/protocols.md#51-cpl-results" in md
+        assert "(paper)" not in md and "21.6" not in md and "36.3" not in md and "betrayed-by-captions" not in md
+    row = next(line for line in paper_table([segm], recipe).splitlines() if line.startswith("| generalized novel |"))
+    assert row.split(" | ")[1:] == [f"{100 * segm['metrics']['AP50_novel']:.1f} |"]  # ours alone
+    bars = metric_figures([segm])["ap50_student_segm"].axes[0].containers
+    assert len(bars) == 1  # ours, no paper bars
+    coco = paper_table([{**eval_results["ovr_segm"], "label": "student/segm"}], recipe)
+    assert "21.6" in coco and "+5.1 mAP" not in coco  # the same recipe's COCO 48/17 result keeps COCO's table
+
+
+def test_open_world_paper_numbers_follow_the_results_protocol_not_the_recipes(eval_results):
+    result = {**eval_results["ow_segm"], "protocol": "coco_person_nonperson", "label": "student/segm"}
+    row = next(line for line in paper_table([result], load_recipe("demo_ggn")).splitlines()
+               if line.startswith("| AR@100 |"))
+    assert "20.9" in row and "28.7" not in row  # person -> non-person, though demo_ggn evaluates demo_open_world

@@ -26,7 +26,16 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from ovis.config import Recipe, RecipeError, load_recipe
 from ovis.eval.protocols import PROTOCOLS
-from ovis.eval.reference import PAPER_AP50, PAPER_AR_BY_PROTOCOL, PAPER_AR_CURVES, PAPER_AUC, SOURCES, paper_ar_curves
+from ovis.eval.reference import (
+    PAPER_AP50,
+    PAPER_AR_BY_PROTOCOL,
+    PAPER_AR_CURVES,
+    PAPER_AUC,
+    PAPER_NOTES,
+    SOURCES,
+    paper_ap50,
+    paper_ar_curves,
+)
 from ovis.io import atomic_path, write_text_atomic
 from ovis.locks import folder_lock
 from ovis.runs import MARKER, STAGES, default_run_dir, mark_stage_done, stage_dir, stage_done
@@ -380,24 +389,33 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     return lines + ["| " + " | ".join(r) + " |" for r in rows]
 
 
-def _ovr_table(results: Sequence[Mapping], iou_type: str, recipe: Recipe) -> tuple[list[str], set[str]]:
-    papers = _by_method_first(list(PAPER_AP50), recipe) if iou_type == "segm" else []
+def _ovr_table(results: Sequence[Mapping], protocol: str, iou_type: str, recipe: Recipe) -> tuple[list[str], set[str]]:
+    table = paper_ap50(protocol)
+    papers = _by_method_first(list(table), recipe) if iou_type == "segm" else []
     header = ["AP50 (%)"] + [f"ours: {r['label']}" for r in results] + [f"{p} (paper)" for p in papers]
     rows = []
     for setting, split in OVR_ROWS:
         ours = [_pct(r["metrics"].get(f"AP50_{split}")) if eval_setting(r) == setting else "–" for r in results]
-        theirs = [_pct(PAPER_AP50[p][f"{setting}_{split}"]) for p in papers]
+        theirs = [_pct(table[p][f"{setting}_{split}"]) for p in papers]
         if any(v != "–" for v in ours + theirs):
             rows.append([f"{setting} {split}"] + ours + theirs)
     lines = _table(header, rows) + ["", "Generalized: evaluated on the full val set, every class competing; "
-                                    "constrained: a result whose `setting` or label says so (val_base / val_novel)."]
-    if iou_type != "segm":
-        lines += ["", "The papers report mask AP50 only; no box numbers to compare with."]
-    return lines, {"PAPER_AP50"} if papers else set()
+                                    "constrained: a result whose `setting` or label says so (val_base / val_novel)."
+                                    ] if rows else []
+    used = {"PAPER_AP50"} if papers else set()
+    if protocol in PAPER_NOTES:
+        note, source = PAPER_NOTES[protocol]
+        used.add(source)
+    elif not table:
+        note = f"No published numbers are held for protocol `{protocol}`."
+    elif iou_type != "segm":
+        note = "The papers report mask AP50 only; no box numbers to compare with."
+    else:
+        return lines, used
+    return lines + [""] * bool(lines) + [note], used
 
 
-def _open_world_table(results: Sequence[Mapping], iou_type: str, recipe: Recipe) -> tuple[list[str], set[str]]:
-    protocol = recipe.eval.protocol
+def _open_world_table(results: Sequence[Mapping], protocol: str, iou_type: str, recipe: Recipe) -> tuple[list[str], set[str]]:
     curves = {name: {f"AR@{k}": v for k, v in pts.items()} for name, pts in paper_ar_curves(protocol, iou_type).items()}
     for name, auc in _paper_auc(protocol, iou_type).items():
         curves.setdefault(name, {})["AUC"] = auc
@@ -416,8 +434,10 @@ def paper_table(results: list[dict], recipe: Recipe) -> str:
     `ovis.eval.reference`), one table per protocol and IoU type: AP50 base/novel/all
     (generalized and constrained) for ovr protocols, AR@10/30/100/300/1000 and AUC for open-world
     ones, the papers' sources below. `results` are metrics.json dicts (a `label` each, as
-    `find_eval_results` adds); with none, the papers' numbers for the recipe's protocol alone.
-    Demo protocols carry a note that the paper numbers are for COCO and not comparable."""
+    `find_eval_results` adds); with none, the papers' numbers for the recipe's protocol alone. Each
+    protocol gets its own setting's numbers only; one without them says what the papers give instead
+    (`PAPER_NOTES`) or that none are held. Demo protocols carry a note that the paper numbers are for
+    COCO and not comparable."""
     groups: dict[tuple[str, str], list[dict]] = {}
     for i, r in sorted(enumerate(results), key=lambda ir: (ir[1]["protocol"], ir[1]["iou_type"] != "segm", ir[0])):
         groups.setdefault((r["protocol"], r["iou_type"]), []).append({"label": f"result {i}", **r})
@@ -434,9 +454,9 @@ def paper_table(results: list[dict], recipe: Recipe) -> str:
             lines += [f"**Not comparable:** `{protocol}` runs on the embedded synthetic demo data with a tiny "
                       "model; the paper numbers are for COCO and are shown only for scale.", ""]
         if kind == "ovr":
-            table, used = _ovr_table(group, iou_type, recipe)
+            table, used = _ovr_table(group, protocol, iou_type, recipe)
         elif kind == "open_world":
-            table, used = _open_world_table(group, iou_type, recipe)
+            table, used = _open_world_table(group, protocol, iou_type, recipe)
         else:
             header = ["metric"] + [f"ours: {r['label']}" for r in group]
             names = dict.fromkeys(k for r in group for k in r["metrics"] if k != "stats")
@@ -474,7 +494,7 @@ def metric_figures(results: Sequence[Mapping]) -> dict[str, Figure]:
             split_names = set(base) | set(novel)
             per_class = {k: v for k, v in r.get("per_class_AP50", {}).items()
                          if v >= 0 and (k in split_names or not split_names)}
-            refs = PAPER_AP50 if r["iou_type"] == "segm" else {}
+            refs = paper_ap50(r["protocol"]) if r["iou_type"] == "segm" else {}
             iou = IOU_NAMES.get(r["iou_type"], r["iou_type"])
             fig = Figure(figsize=(max(8.0, 0.2 * len(per_class) + 1.5), 8.5 if per_class else 4.0))
             ax_split, ax_cls = fig.subplots(2, 1, height_ratios=[1.0, 1.2]) if per_class else (fig.subplots(), None)
