@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import io
 import json
@@ -15,7 +16,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from ovis.eval import EvalInputError, evaluate, get_protocol
-from ovis.eval.protocols import metrics_markdown
+from ovis.eval.protocols import PROTOCOLS, metrics_markdown
 from ovis.eval.synthetic import synthetic_detections
 
 REAL = Path(__file__).parent / "data" / "real"
@@ -122,6 +123,22 @@ def test_partition_overrides_the_packaged_split(generalized):
     m = evaluate("demo_ovr", gt, dets, "bbox", partition=part)["metrics"]
     assert m["AP50_base"] == pytest.approx(_independent_eval(gt, dets, "bbox")[0][1], abs=1e-12)
     assert get_protocol("demo_open_world").kind == "open_world"
+
+
+def test_a_protocol_without_a_split_names_what_is_missing_and_how_to_give_it(monkeypatch):
+    """ovr_category_split has no built-in split; a built-in one missing from the package is named by its path."""
+    gt = _tiny_gt()
+    with pytest.raises(EvalInputError) as e:
+        evaluate("ovr_category_split", gt, [], "bbox")
+    msg = str(e.value)
+    assert msg.startswith("ovr_category_split: no base/novel split known: it has no built-in split") and "None" not in msg
+    assert "`ovis splits --protocol ovr_category_split --out DIR`" in msg and "`ovis eval --partition PATH`" in msg
+    gone = dataclasses.replace(get_protocol("coco_voc_nonvoc"), split_resource="gone.json")
+    monkeypatch.setitem(PROTOCOLS, "coco_voc_nonvoc", gone)
+    with pytest.raises(EvalInputError, match=r"^coco_voc_nonvoc: no seen classes known: the GT has no `ignored_split` "
+                       r"flags and its split file ovis/data/resources/gone\.json is missing from the installed package; "
+                       r"pass the partition\.json"):
+        evaluate("coco_voc_nonvoc", gt, [], "bbox")
 
 
 def _tiny_gt() -> dict:

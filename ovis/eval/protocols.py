@@ -87,6 +87,14 @@ def split_category_ids(protocol: Protocol, partition: dict | None, gt: dict | No
     return None
 
 
+def _no_split_source(protocol: Protocol) -> str:
+    """Why ``protocol`` has no class split without a partition, and how to give one (the end of an error line)."""
+    why = (f"its split file ovis/data/resources/{protocol.split_resource} is missing from the installed package"
+           if protocol.split_resource else "it has no built-in split, it reads one from a partition file")
+    return (f"{why}; pass the partition.json that `ovis splits --protocol {protocol.name} --out DIR` writes "
+            "(runs/<recipe>/splits/partition.json in a run): `ovis eval --partition PATH`, or partition= in Python")
+
+
 def synset_split(protocol: Protocol, gt: dict, gt_name: str = "the GT") -> tuple[list[int], list[int]]:
     """(seen ids, unseen ids) of a COCO <-> LVIS protocol's GT: on LVIS GT (``synset_gt="lvis"``) the
     categories whose synset is a COCO class's are seen, the rest unseen; on COCO GT (``"coco"``) nothing
@@ -181,10 +189,7 @@ def _evaluate_ovr(
 ) -> tuple[dict, dict]:
     split = split_category_ids(protocol, partition)
     if split is None:
-        raise EvalInputError(
-            f"{protocol.name}: no base/novel split known (ovis/data/resources/{protocol.split_resource} "
-            "is missing); pass partition= (the splits stage writes partition.json)"
-        )
+        raise EvalInputError(f"{protocol.name}: no base/novel split known: {_no_split_source(protocol)}")
     base, novel = split
     ev = coco_eval(gt, dets, iou_type, backend)
     out = {
@@ -221,8 +226,7 @@ def _evaluate_open_world(
     flagged = any(a.get("ignored_split", 0) for a in gt["annotations"])
     if split is None and not flagged:
         raise EvalInputError(
-            f"{protocol.name}: no seen classes known: the GT has no `ignored_split` flags and "
-            f"ovis/data/resources/{protocol.split_resource} is missing; pass partition= (partition.json)"
+            f"{protocol.name}: no seen classes known: the GT has no `ignored_split` flags and {_no_split_source(protocol)}"
         )
     seen = set(split[0]) if split else set()
     gt = flag_seen(gt, seen)
