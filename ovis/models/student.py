@@ -229,7 +229,7 @@ class RobustRoIHeads(EmbeddingRoIHeads):
                   targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
         """GT-branch losses (``loss_classifier``, ``loss_box_reg``, ``loss_mask``) of the given images; with
         none, zeros that depend on every trainable parameter of the heads (zero gradients, a graph to run
-        backward through)."""
+        backward through), as upstream's ``compute_dummy_loss``."""
         if targets:
             return ClassAgnosticRoIHeads.training_losses(self, features, proposals, image_shapes, targets)
         trainable = [p for p in self.parameters() if p.requires_grad]
