@@ -24,7 +24,7 @@ from ovis.data.splits import check_data_files
 from ovis.locks import FolderInUse, folder_lock, held_lock_fds
 from ovis.methods import method_module, method_training_stages, pipeline_stages, training_stages
 from ovis.registry import METHOD_MODULES
-from ovis.runs import STAGES, default_run_dir, stage_done
+from ovis.runs import STAGES, RunLayout, default_run_dir, stage_done
 
 if TYPE_CHECKING:
     from torch import nn
@@ -186,8 +186,9 @@ def check_run_files(run_dir: Path, stage: str, checked: set[tuple[Path, int, int
     already found good."""
     from ovis.engine.train import load_checkpoint
 
-    folders = {f: run_dir / f for s in STAGES[: STAGES.index(stage)] for f in dict.fromkeys([s, *training_stages(s)])}
-    files = [(f, p) for f, d in folders.items() for p in sorted(d.glob("*.json")) + [d / "model_final.pth"]
+    layout = RunLayout(run_dir)
+    folders = [f for s in STAGES[: STAGES.index(stage)] for f in dict.fromkeys([s, *training_stages(s)])]
+    files = [(f, p) for f in folders for p in sorted(layout.folder(f).glob("*.json")) + [layout.checkpoint(f)]
              if p.is_file()]
     for folder, path in files:
         key = (path, path.stat().st_size, path.stat().st_mtime_ns)

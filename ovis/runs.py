@@ -1,4 +1,5 @@
-"""Run directories: ``runs/<recipe>/<stage>/`` and the marker that says a stage finished for a recipe.
+"""Run directories: ``runs/<recipe>/<stage>/``, the paths in them that several modules read
+(:class:`RunLayout`), and the marker that says a stage finished for a recipe.
 
 A stage counts as finished when its marker holds the hash of the recipe sections the stage depends on
 and its outputs still exist.
@@ -17,6 +18,8 @@ from ovis.io import write_json_atomic
 
 STAGES = ("splits", "teacher", "pseudo", "student", "eval", "curves")
 MARKER = "stage.json"
+FINAL = "model_final.pth"  # a training folder's final checkpoint, as the engine names it (ovis.engine.train.FINAL)
+DETECTIONS = "detections.json"
 
 # The recipe sections each stage's outputs depend on (its own and every earlier stage's), so that
 # changing, say, eval.max_images re-runs evaluation but does not retrain the teacher. The launch
@@ -48,10 +51,60 @@ def default_run_dir(recipe: Recipe) -> Path:
     return Path("runs") / recipe.name
 
 
+class RunLayout:
+    """The paths under a run folder ``runs/<recipe>/`` that more than one module builds or reads."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def stage(self, stage: str) -> Path:
+        """Pipeline stage ``stage``'s folder (``ovis.runs.STAGES``)."""
+        if stage not in STAGES:
+            raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
+        return self.root / stage
+
+    def folder(self, name: str) -> Path:
+        """The folder of pipeline stage or training stage ``name`` (``grounding``, ``baseline`` ...)."""
+        return self.root / name
+
+    def marker(self, stage: str) -> Path:
+        """The record that pipeline stage ``stage`` finished (``<stage>/stage.json``)."""
+        return self.stage(stage) / MARKER
+
+    def record(self, stage: str) -> dict[str, Any]:
+        """The record of finished stage ``stage``: what :func:`mark_stage_done` wrote, with the stage's own
+        keys (its results); FileNotFoundError when it has not finished."""
+        path = self.marker(stage)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found; run the {stage} stage first")
+        return json.loads(path.read_text())
+
+    def checkpoint(self, folder: str) -> Path:
+        """The final checkpoint of training folder ``folder`` (a training stage, e.g. ``grounding``)."""
+        return self.folder(folder) / FINAL
+
+    def split(self, name: str) -> Path:
+        """File ``name`` of the splits stage (``train_base.json``, ``val.json``, ``partition.json`` ...)."""
+        return self.stage("splits") / name
+
+    @property
+    def pseudo_gt(self) -> Path:
+        """The pseudo stage's training file, base GT + pseudo annotations (``pseudo/train_pseudo.json``)."""
+        return self.stage("pseudo") / "train_pseudo.json"
+
+    @property
+    def pseudo_stats(self) -> Path:
+        """The pseudo stage's statistics (``pseudo/stats.json``)."""
+        return self.stage("pseudo") / "stats.json"
+
+    def detections(self, *parts: str) -> Path:
+        """``eval/<parts...>/detections.json``: one model's (and setting's) detections, or without
+        ``parts`` the run's headline detections (the student's)."""
+        return self.stage("eval").joinpath(*parts, DETECTIONS)
+
+
 def stage_dir(run_dir: str | Path, stage: str) -> Path:
-    if stage not in STAGES:
-        raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
-    return Path(run_dir) / stage
+    return RunLayout(run_dir).stage(stage)
 
 
 def file_signature(run_dir: str | Path, paths: Sequence[str | Path]) -> list[list]:
@@ -67,8 +120,8 @@ def file_signature(run_dir: str | Path, paths: Sequence[str | Path]) -> list[lis
 
 def _marker(run_dir: str | Path, stage: str) -> dict[str, Any] | None:
     """The stage's marker, or None when it has not finished."""
-    marker = stage_dir(run_dir, stage) / MARKER
-    return json.loads(marker.read_text()) if marker.is_file() else None
+    layout = RunLayout(run_dir)
+    return layout.record(stage) if layout.marker(stage).is_file() else None
 
 
 def _inputs_unchanged(run_dir: str | Path, info: dict[str, Any]) -> bool:
@@ -107,7 +160,7 @@ def mark_stage_done(run_dir: str | Path, stage: str, recipe: Recipe, outputs: li
     inputs = [*inputs, *_upstream_outputs(run_dir, stage)]
     info = {"stage": stage, "recipe": recipe.name, "recipe_hash": stage_hash(recipe, stage), "outputs": outputs,
             "inputs": file_signature(run_dir, inputs), "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **extra}
-    return write_json_atomic(info, stage_dir(run_dir, stage) / MARKER)
+    return write_json_atomic(info, RunLayout(run_dir).marker(stage))
 
 
 def link_stages(run_dir: str | Path, new_run_dir: str | Path, folders: Sequence[str]) -> Path:
@@ -118,7 +171,7 @@ def link_stages(run_dir: str | Path, new_run_dir: str | Path, folders: Sequence[
     new.mkdir(parents=True, exist_ok=True)
     for name in folders:
         src = (Path(run_dir) / name).resolve()
-        done = src / (MARKER if name in STAGES else "model_final.pth")
+        done = src / (MARKER if name in STAGES else FINAL)
         if not done.is_file():
             raise FileNotFoundError(f"{done} not found: the {name} stage of {run_dir} is not done")
         link = new / name

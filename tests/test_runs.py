@@ -17,7 +17,7 @@ from ovis.config import load_recipe
 from ovis.data.splits import run_splits_stage
 from ovis.locks import LOCK, FolderInUse, folder_lock
 from ovis.methods import training_stage, training_stages
-from ovis.runs import STAGES, inputs_changed, link_stages, mark_stage_done, stage_done, stage_hash
+from ovis.runs import STAGES, RunLayout, inputs_changed, link_stages, mark_stage_done, stage_done, stage_hash
 
 ANN = Path(__file__).parent / "data" / "real" / "coco_mini" / "annotations"
 HOLDER = """
@@ -82,6 +82,28 @@ def test_marker_needs_matching_hash_and_existing_outputs(tmp_path):
     assert not stage_done(tmp_path, "teacher", load_recipe("demo_ggn", ["model.fpn_channels=8"]))
     (tmp_path / "teacher" / "model_final.pth").unlink()
     assert not stage_done(tmp_path, "teacher", r)
+
+
+def test_the_run_layout_names_the_shared_paths_and_reads_a_stage_record(tmp_path):
+    from ovis.engine.train import FINAL
+
+    layout = RunLayout(tmp_path)
+    assert layout.checkpoint("grounding") == tmp_path / "grounding" / FINAL  # the engine's name for it
+    assert (layout.split("val.json"), layout.pseudo_gt, layout.pseudo_stats) == (
+        tmp_path / "splits" / "val.json", tmp_path / "pseudo" / "train_pseudo.json", tmp_path / "pseudo" / "stats.json")
+    assert (layout.detections(), layout.detections("student", "generalized")) == (
+        tmp_path / "eval" / "detections.json", tmp_path / "eval" / "student" / "generalized" / "detections.json")
+    with pytest.raises(ValueError, match="unknown stage 'grounding'"):
+        layout.marker("grounding")  # a training folder has no stage record
+    with pytest.raises(FileNotFoundError, match=r"teacher/stage.json not found; run the teacher stage first"):
+        layout.record("teacher")
+    (tmp_path / "teacher").mkdir()
+    (tmp_path / "teacher" / FINAL).write_bytes(b"x")
+    r = load_recipe("demo_ggn")
+    mark_stage_done(tmp_path, "teacher", r, [FINAL], result={"iteration": 2})
+    assert layout.marker("teacher") == tmp_path / "teacher" / "stage.json"
+    record = layout.record("teacher")
+    assert (record["result"], record["recipe_hash"], record["outputs"]) == ({"iteration": 2}, stage_hash(r, "teacher"), [FINAL])
 
 
 def test_recorded_inputs_that_change_or_appear_make_a_stage_stale(tmp_path):

@@ -451,11 +451,12 @@ def run_splits_stage(recipe: Recipe, run_dir: str | Path, force: bool = False) -
 
     Skips the work when the stage already finished for this recipe hash (unless ``force``).
     """
-    from ovis.runs import mark_stage_done, stage_dir, stage_done
+    from ovis.runs import RunLayout, mark_stage_done, stage_done
 
-    out = stage_dir(run_dir, "splits")
+    layout = RunLayout(run_dir)
+    out = layout.stage("splits")
     if not force and stage_done(run_dir, "splits", recipe):
-        return json.loads((out / "stage.json").read_text())["counts"]
+        return layout.record("splits")["counts"]
     data = recipe.data
     if data.demo:
         from ovis.data.synthetic import generate_for

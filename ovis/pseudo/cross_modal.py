@@ -54,7 +54,7 @@ from ovis.data.coco import CocoFormatError, ann_to_rle, load_coco, masks_to_rles
 from ovis.io import write_json_atomic
 from ovis.models.text import TextEncoder
 from ovis.pseudo.detectors import class_embeddings, load_model, text_encoder
-from ovis.runs import stage_hash
+from ovis.runs import RunLayout, stage_hash
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -232,7 +232,7 @@ def pseudo_vocabulary(recipe: Recipe, run_dir: str | Path) -> PseudoVocabulary:
             {"id": LVIS_ID_OFFSET + int(c["id"]), "name": c["name"], "lvis_id": int(c["id"]), "pseudo_vocabulary": True}
             for c in cats])
     if kind == "dataset":
-        path = Path(run_dir) / "splits" / "val.json"
+        path = RunLayout(run_dir).split("val.json")
         if not path.is_file():
             raise FileNotFoundError(f"pseudo.vocabulary=dataset: {path} not found; run the splits stage first")
         cats = load_coco(path)["categories"]
@@ -245,12 +245,12 @@ def pseudo_vocabulary(recipe: Recipe, run_dir: str | Path) -> PseudoVocabulary:
 def pseudo_image_ids(recipe: Recipe, run_dir: str | Path) -> tuple[list[int], dict[int, list[str]]]:
     """train_base image ids (file order) with ≥ 1 caption, capped at ``pseudo.max_images``; and
     their captions."""
-    splits = Path(run_dir) / "splits"
+    layout = RunLayout(run_dir)
     for f in ("train_base.json", "captions.json"):
-        if not (splits / f).is_file():
-            raise FileNotFoundError(f"pseudo: {splits / f} not found; run the splits stage (with data.train_captions)")
-    caps = {int(k): v for k, v in _captions_json(splits / "captions.json").items() if v}
-    images = load_coco(splits / "train_base.json")["images"]
+        if not layout.split(f).is_file():
+            raise FileNotFoundError(f"pseudo: {layout.split(f)} not found; run the splits stage (with data.train_captions)")
+    caps = {int(k): v for k, v in _captions_json(layout.split("captions.json")).items() if v}
+    images = load_coco(layout.split("train_base.json"))["images"]
     ids = [im["id"] for im in images if im["id"] in caps]
     if recipe.pseudo.max_images is not None:
         ids = ids[: recipe.pseudo.max_images]
@@ -330,13 +330,14 @@ def run_pseudo(recipe: Recipe, run_dir: str | Path, shard: int | None = None, nu
     torch.distributed, rank 0 merges after a barrier. ``labeler`` replaces the teacher (tests).
     """
     from ovis.engine.dist import barrier, get_rank, resolve_device
-    from ovis.runs import inputs_changed, stage_dir, stage_done
+    from ovis.runs import inputs_changed, stage_done
 
     run_dir = Path(run_dir)
-    out = stage_dir(run_dir, "pseudo")
+    layout = RunLayout(run_dir)
+    out = layout.stage("pseudo")
     force = force or inputs_changed(run_dir, "pseudo", recipe)  # redo, do not resume
     if not force and stage_done(run_dir, "pseudo", recipe):
-        return json.loads((out / "stats.json").read_text())
+        return json.loads(layout.pseudo_stats.read_text())
     shard, num_shards = resolve_shard(shard, num_shards)
     ids, captions = pseudo_image_ids(recipe, run_dir)
     mine = ids[shard::num_shards]
@@ -355,7 +356,7 @@ def run_pseudo(recipe: Recipe, run_dir: str | Path, shard: int | None = None, nu
             labeler = build_labeler(recipe, run_dir, resolve_device(device or recipe.launch.device))
         pv = pseudo_vocabulary(recipe, run_dir)
         image_root = recipe.data.path(recipe.data.train_images)
-        infos = {im["id"]: im for im in json.loads((run_dir / "splits" / "train_base.json").read_text())["images"]}
+        infos = {im["id"]: im for im in json.loads(layout.split("train_base.json").read_text())["images"]}
         from ovis.viz.draw import load_image
 
         t_save = time.monotonic()
@@ -394,10 +395,11 @@ def merge_pseudo(recipe: Recipe, run_dir: str | Path, num_shards: int) -> dict:
     Deterministic: annotations follow train_base's image order and each image's word order, ids
     continue after train_base's largest annotation id, so any sharding gives the same file.
     """
-    from ovis.runs import mark_stage_done, stage_dir
+    from ovis.runs import mark_stage_done
 
     run_dir = Path(run_dir)
-    out = stage_dir(run_dir, "pseudo")
+    layout = RunLayout(run_dir)
+    out = layout.stage("pseudo")
     images: dict[str, dict] = {}
     for s in range(num_shards):
         path = _shard_path(out, s, num_shards)
@@ -412,7 +414,7 @@ def merge_pseudo(recipe: Recipe, run_dir: str | Path, num_shards: int) -> dict:
     if missing:
         raise ValueError(f"pseudo merge: images {missing[:5]} (of {len(missing)}) are in no shard; "
                          f"were the shards made with another num_shards than {num_shards}?")
-    base = json.loads((run_dir / "splits" / "train_base.json").read_text())
+    base = json.loads(layout.split("train_base.json").read_text())
     pv = pseudo_vocabulary(recipe, run_dir)
     next_id = max((a["id"] for a in base["annotations"]), default=0) + 1
     pseudo = []
@@ -426,21 +428,21 @@ def merge_pseudo(recipe: Recipe, run_dir: str | Path, num_shards: int) -> dict:
               "annotations": base["annotations"] + pseudo,
               "categories": base["categories"] + extra_cats,
               "pseudo_vocabulary": {"kind": pv.kind, "category_ids": [c["id"] for c in pv.categories]}}
-    write_json_atomic(merged, out / "train_pseudo.json")
+    write_json_atomic(merged, layout.pseudo_gt)
     caption_only = {im["id"] for im in base["images"] if im.get("caption_only")}
     stats = pseudo_stats(recipe, run_dir, pseudo, {int(k): v["words"] for k, v in images.items()}, ids, pv,
                          caption_only)
     stats["num_shards"] = num_shards
-    write_json_atomic(stats, out / "stats.json")
+    write_json_atomic(stats, layout.pseudo_stats)
     recipe.save(out)
-    mark_stage_done(run_dir, "pseudo", recipe, ["train_pseudo.json", "stats.json"],
+    mark_stage_done(run_dir, "pseudo", recipe, [layout.pseudo_gt.name, layout.pseudo_stats.name],
                     pseudo_masks=stats["pseudo_masks"])
     return stats
 
 
 def novel_category_map(recipe: Recipe, run_dir: Path, pv: PseudoVocabulary) -> dict[int, int]:
     """File category id of the pseudo vocabulary → the novel dataset category it names."""
-    partition = json.loads((run_dir / "splits" / "partition.json").read_text())
+    partition = json.loads(RunLayout(run_dir).split("partition.json").read_text())
     novel = partition["novel"]
     if pv.kind == "dataset":
         return {int(c["id"]): int(c["id"]) for c in novel}
@@ -526,7 +528,7 @@ def pseudo_stats(recipe: Recipe, run_dir: str | Path, pseudo: list[dict], words:
 
 
 def _load_pseudo(run_dir: Path) -> dict:
-    path = run_dir / "pseudo" / "train_pseudo.json"
+    path = RunLayout(run_dir).pseudo_gt
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found; run the pseudo stage first (run_pseudo)")
     return json.loads(path.read_text())
@@ -593,7 +595,7 @@ def pseudo_browser(recipe: Recipe, run_dir: str | Path, max_images: int = 50, de
     pseudo = [a for a in data["annotations"] if a.get("pseudo")]
     ids = list(dict.fromkeys(a["image_id"] for a in pseudo))[:max_images]
     gt = _gt_for(recipe, data, ids)
-    cache = run_dir / "pseudo" / "teacher_detections.json"
+    cache = RunLayout(run_dir).stage("pseudo") / "teacher_detections.json"
     dets = json.loads(cache.read_text()) if cache.is_file() else None
     if dets is None or {d["image_id"] for d in dets} - set(ids):
         pv = pseudo_vocabulary(recipe, run_dir)

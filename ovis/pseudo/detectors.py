@@ -24,6 +24,7 @@ from ovis.engine.train import load_checkpoint
 from ovis.models.detector import build_detector, set_class_embeddings
 from ovis.models.student import RobustStudent
 from ovis.models.text import TextEncoder, build_text_encoder
+from ovis.runs import RunLayout
 
 __all__ = [
     "build_student",
@@ -53,7 +54,7 @@ def class_embeddings(recipe: Recipe, names: Sequence[str], normalize: bool) -> T
 
 def read_partition(run_dir: Path) -> dict:
     """The run's ``splits/partition.json`` (``base`` and ``novel`` category lists)."""
-    path = run_dir / "splits" / "partition.json"
+    path = RunLayout(run_dir).split("partition.json")
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found; run the splits stage first")
     partition = read_json(path)
@@ -95,7 +96,7 @@ def load_model(recipe: Recipe, run_dir: str | Path, which: str = "student") -> n
     run_dir = Path(run_dir)
     if which not in ("teacher", "student"):
         raise ValueError(f"load_model: which={which!r}; use 'teacher' or 'student'")
-    path = need_file(run_dir / which / "model_final.pth", f"train the {which} first (run_{which})")
+    path = need_file(RunLayout(run_dir).checkpoint(which), f"train the {which} first (run_{which})")
     model = build_teacher(recipe, run_dir) if which == "teacher" else build_student(recipe, run_dir)
     model.load_state_dict(load_checkpoint(path, keys=("model",))["model"])
     return model.eval()

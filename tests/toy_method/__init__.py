@@ -26,7 +26,7 @@ from ovis.eval.report import write_metrics
 from ovis.io import write_json_atomic
 from ovis.methods import TrainingStage
 from ovis.methods.train import train_stage
-from ovis.runs import MARKER, inputs_changed, mark_stage_done, stage_dir, stage_done
+from ovis.runs import RunLayout, inputs_changed, mark_stage_done, stage_dir, stage_done
 
 PIPELINE_STAGES = ("teacher", "eval")
 HELD_OUT = {"n": 8, "seed": 1}  # SquareDataset arguments of the eval images (training draws seed 0)
@@ -48,7 +48,7 @@ def run_teacher(recipe: Recipe, run_dir: str | Path, launcher: str | None = None
     run_dir = Path(run_dir)
     force = force or inputs_changed(run_dir, "teacher", recipe)  # redo, do not resume
     if not force and stage_done(run_dir, "teacher", recipe):
-        return json.loads((stage_dir(run_dir, "teacher") / MARKER).read_text())["result"]
+        return RunLayout(run_dir).record("teacher")["result"]
     result = train_stage(recipe, "teacher", run_dir, force, stream, launcher=launcher, nproc=nproc, nodes=nodes,
                          partition=partition)
     mark_stage_done(run_dir, "teacher", recipe, [FINAL, METRICS], result=result)
@@ -59,7 +59,7 @@ def predict(run_dir: str | Path) -> tuple[list[torch.Tensor], list[torch.Tensor]
     """The held-out images, their true boxes, and the trained net's boxes (pixels, x1 y1 x2 y2) and class
     probabilities."""
     net = SquareNet()
-    net.load_state_dict(load_checkpoint(Path(run_dir) / "teacher" / FINAL, keys=("model",))["model"])
+    net.load_state_dict(load_checkpoint(RunLayout(run_dir).checkpoint("teacher"), keys=("model",))["model"])
     net.eval()
     images, boxes = zip(*SquareDataset(**HELD_OUT).items, strict=True)
     with torch.no_grad():

@@ -51,7 +51,7 @@ from ovis.pseudo.detectors import (
     need_file,
     read_partition,
 )
-from ovis.runs import STAGES
+from ovis.runs import STAGES, RunLayout
 
 if TYPE_CHECKING:
     from ovis.engine.train import TrainTask
@@ -98,8 +98,8 @@ def grounding_task(recipe: Recipe, run_dir: str | Path, stage: str = "grounding"
     cfg = getattr(recipe, stage, None)
     if cfg is None or not hasattr(cfg, "max_iter"):
         raise ValueError(f"grounding_task: recipe has no training section {stage!r}")
-    splits = Path(run_dir) / "splits"
-    ann_file, captions_file = splits / "train_base.json", splits / "captions.json"
+    layout = RunLayout(run_dir)
+    ann_file, captions_file = layout.split("train_base.json"), layout.split("captions.json")
     for f in (ann_file, captions_file):
         if not f.is_file():
             raise FileNotFoundError(f"grounding: {f} not found; run the splits stage first "
@@ -131,7 +131,7 @@ def teacher_task(recipe: Recipe, run_dir: str | Path, stage: str = "teacher") ->
     run_dir = Path(run_dir)
     cfg = recipe.teacher
     base_ids = [c["id"] for c in read_partition(run_dir)["base"]]
-    ds = train_dataset(recipe, need_file(run_dir / "splits" / "train_base.json", "run the splits stage first"),
+    ds = train_dataset(recipe, need_file(RunLayout(run_dir).split("train_base.json"), "run the splits stage first"),
                         base_ids, cfg.flip_prob)
     model = build_teacher(recipe, run_dir)
     if cfg.init is None:
@@ -152,6 +152,7 @@ def student_task(recipe: Recipe, run_dir: str | Path, stage: str = "student") ->
     from ovis.engine.train import TrainTask
 
     run_dir = Path(run_dir)
+    layout = RunLayout(run_dir)
     s = recipe.student
     init = s.init or TEACHER_CHECKPOINT
     cfg = dataclasses.replace(s, init=init, find_unused_parameters=True)
@@ -160,12 +161,12 @@ def student_task(recipe: Recipe, run_dir: str | Path, stage: str = "student") ->
     pv = pseudo_vocabulary(recipe, run_dir)
     pseudo_ids = [c["id"] for c in pv.categories]
     if s.online_pseudo:
-        ds = train_dataset(recipe, need_file(run_dir / "splits" / "train_base.json", "run the splits stage first"),
+        ds = train_dataset(recipe, need_file(layout.split("train_base.json"), "run the splits stage first"),
                             base_ids, cfg.flip_prob, caption_only=True)
-        caps = {int(k): v for k, v in json.loads((run_dir / "splits" / "captions.json").read_text()).items()}
+        caps = {int(k): v for k, v in json.loads(layout.split("captions.json").read_text()).items()}
         data = StudentDataset(ds, base_ids, pseudo_ids, captions=caps)
     else:
-        path = need_file(run_dir / "pseudo" / "train_pseudo.json", "run the pseudo stage first (run_pseudo)")
+        path = need_file(layout.pseudo_gt, "run the pseudo stage first (run_pseudo)")
         ds = train_dataset(recipe, path, None, cfg.flip_prob)
         data = StudentDataset(ds, base_ids, pseudo_ids)
     model = build_student(recipe, run_dir, pv.names)

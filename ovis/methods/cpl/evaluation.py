@@ -68,14 +68,15 @@ def run_eval(recipe: Recipe, run_dir: str | Path, force: bool = False, stream: C
     from ovis.engine.infer import run_inference
     from ovis.eval import evaluate
     from ovis.eval.report import write_metrics
-    from ovis.runs import mark_stage_done, stage_dir, stage_done
+    from ovis.runs import DETECTIONS, RunLayout, mark_stage_done, stage_done
 
     run_dir = Path(run_dir)
-    out = stage_dir(run_dir, "eval")
+    layout = RunLayout(run_dir)
+    out = layout.stage("eval")
     if not force and stage_done(run_dir, "eval", recipe):
         return json.loads((out / "summary.json").read_text())
     dev = resolve_device(device or recipe.launch.device)
-    partition = run_dir / "splits" / "partition.json"
+    partition = layout.split("partition.json")
     rows: list[dict] = []
     side: dict[str, Any] = {"protocol": None, "teacher": {}, "student": {},
                             "constrained": {s.removeprefix("constrained_"): {"teacher": {}, "student": {}}
@@ -84,13 +85,13 @@ def run_eval(recipe: Recipe, run_dir: str | Path, force: bool = False, stream: C
         model = load_model(recipe, run_dir, which).to(dev)
         cast(RoIHeads, model.roi_heads).detections_per_img = recipe.eval.detections_per_img
         for setting, fname in EVAL_SETTINGS.items():
-            gt_path = need_file(run_dir / "splits" / fname, "run the splits stage first")
+            gt_path = need_file(layout.split(fname), "run the splits stage first")
             ds = CocoDetection(gt_path, recipe.data.path(recipe.data.val_images), with_masks=False, drop_crowd=False)
             names = [c["name"] for c in ds.coco["categories"] if c["id"] in ds.category_ids]
             set_class_embeddings(model, class_embeddings(recipe, names, normalize=which == "student"))
             t0 = time.perf_counter()
             folder = out / which / setting
-            dets_path = run_inference(model, ds, folder / "detections.json", ds.label_to_cat_id, dev,
+            dets_path = run_inference(model, ds, layout.detections(which, setting), ds.label_to_cat_id, dev,
                                       max_images=recipe.eval.max_images)
             gt = _subset_gt(ds.coco, ds.ids[: recipe.eval.max_images or None])
             constrained = setting.startswith("constrained")
@@ -106,12 +107,12 @@ def run_eval(recipe: Recipe, run_dir: str | Path, force: bool = False, stream: C
                 rows.append({"model": which, "setting": setting, "iou_type": iou, "AP50_base": m.get("AP50_base"),
                              "AP50_novel": m.get("AP50_novel"), "AP50_all": m.get("AP50_all"), "AP": m["stats"][0]})
             stream(f"eval: {which} {setting}: {len(gt['images'])} images in {time.perf_counter() - t0:.1f} s")
-    copy_atomic(out / "student" / "generalized" / "detections.json", out / "detections.json")
+    copy_atomic(layout.detections("student", "generalized"), layout.detections())
     write_json_atomic(side, out / "metrics.json")
     table = _ap50_markdown(side)
     write_text_atomic(table, out / "metrics.md")
     write_json_atomic(rows, out / "summary.json")
     recipe.save(out)
-    mark_stage_done(run_dir, "eval", recipe, ["detections.json", "metrics.json", "metrics.md", "summary.json"])
+    mark_stage_done(run_dir, "eval", recipe, [DETECTIONS, "metrics.json", "metrics.md", "summary.json"])
     stream(table)
     return rows

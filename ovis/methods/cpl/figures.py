@@ -14,13 +14,14 @@ from torch import nn
 from ovis.config import Recipe
 from ovis.models.detector import set_class_embeddings
 from ovis.pseudo.detectors import class_embeddings, load_model, need_file, read_partition
+from ovis.runs import RunLayout
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 
 def _val_images(run_dir: Path, n: int) -> tuple[dict, list[int]]:
-    val = json.loads(need_file(run_dir / "splits" / "val.json", "run the splits stage first").read_text())
+    val = json.loads(need_file(RunLayout(run_dir).split("val.json"), "run the splits stage first").read_text())
     novel = {c["id"] for c in read_partition(run_dir)["novel"]}
     with_novel = list(dict.fromkeys(a["image_id"] for a in val["annotations"] if a["category_id"] in novel))
     rest = [im["id"] for im in val["images"] if im["id"] not in set(with_novel)]

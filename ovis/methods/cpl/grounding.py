@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-GROUNDING_CHECKPOINT = "grounding/model_final.pth"
+from ovis.runs import FINAL
+
+GROUNDING_CHECKPOINT = f"grounding/{FINAL}"  # relative to the run folder
 # grounding (backbone under backbone., projection.) → C4 embedding detector; first match wins
 GROUNDING_PREFIXES = (
     ("backbone.layer4.", "roi_heads.res5."),

@@ -11,8 +11,9 @@ from ovis.config import Recipe
 from ovis.models.grounding import GroundingModel
 from ovis.models.text import StaticTokenEmbedding, build_text_encoder
 from ovis.pseudo.detectors import build_student, build_teacher
+from ovis.runs import FINAL
 
-TEACHER_CHECKPOINT = "teacher/model_final.pth"
+TEACHER_CHECKPOINT = f"teacher/{FINAL}"  # relative to the run folder: the student's default init
 
 
 def without_pretrained(recipe: Recipe) -> Recipe:

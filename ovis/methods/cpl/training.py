@@ -13,6 +13,7 @@ from torch import nn
 from ovis.config import Recipe
 from ovis.io import write_text_atomic
 from ovis.models.student import RobustStudent
+from ovis.runs import FINAL
 
 
 def run_teacher(recipe: Recipe, run_dir: str | Path, launcher: str | None = None, nproc: int | None = None,
@@ -22,15 +23,15 @@ def run_teacher(recipe: Recipe, run_dir: str | Path, launcher: str | None = None
     (``<run_dir>/teacher/``) through :func:`ovis.methods.train.train_stage`; marks stage "teacher" done.
     Returns ``{"grounding": {...}, "teacher": {...}}`` (checkpoint, iterations, seconds)."""
     from ovis.methods.train import train_stage
-    from ovis.runs import inputs_changed, mark_stage_done, stage_done
+    from ovis.runs import RunLayout, inputs_changed, mark_stage_done, stage_done
 
     run_dir = Path(run_dir)
     force = force or inputs_changed(run_dir, "teacher", recipe)  # redo, do not resume
     if not force and stage_done(run_dir, "teacher", recipe):
-        return json.loads((run_dir / "teacher" / "stage.json").read_text())["results"]
+        return RunLayout(run_dir).record("teacher")["results"]
     kw: dict[str, Any] = dict(launcher=launcher, nproc=nproc, nodes=nodes, partition=partition)
     results = {stage: train_stage(recipe, stage, run_dir, force, stream, **kw) for stage in ("grounding", "teacher")}
-    mark_stage_done(run_dir, "teacher", recipe, ["model_final.pth", "metrics.jsonl"], results=results)
+    mark_stage_done(run_dir, "teacher", recipe, [FINAL, "metrics.jsonl"], results=results)
     return results
 
 
@@ -82,13 +83,13 @@ def run_student(recipe: Recipe, run_dir: str | Path, launcher: str | None = None
                 force: bool = False) -> dict:
     """Stage 03 (CPL): train the robust student into ``<run_dir>/student/``; marks it done."""
     from ovis.methods.train import train_stage
-    from ovis.runs import inputs_changed, mark_stage_done, stage_done
+    from ovis.runs import RunLayout, inputs_changed, mark_stage_done, stage_done
 
     run_dir = Path(run_dir)
     force = force or inputs_changed(run_dir, "student", recipe)  # redo, do not resume
     if not force and stage_done(run_dir, "student", recipe):
-        return json.loads((run_dir / "student" / "stage.json").read_text())["results"]
+        return RunLayout(run_dir).record("student")["results"]
     res = train_stage(recipe, "student", run_dir, force, stream, launcher=launcher, nproc=nproc, nodes=nodes,
                         partition=partition)
-    mark_stage_done(run_dir, "student", recipe, ["model_final.pth", "metrics.jsonl"], results=res)
+    mark_stage_done(run_dir, "student", recipe, [FINAL, "metrics.jsonl"], results=res)
     return res

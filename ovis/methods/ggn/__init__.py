@@ -31,7 +31,7 @@ from torch import nn
 from ovis.config import Recipe
 from ovis.engine.train import TrainTask
 from ovis.methods import TrainingStage
-from ovis.methods.ggn.datasets import aspect_ratios, pseudo_dir, split_file, train_dataset
+from ovis.methods.ggn.datasets import aspect_ratios, split_file, train_dataset
 from ovis.methods.ggn.evaluation import comparison_table, evaluate_models, run_eval, side_by_side
 from ovis.methods.ggn.extract import extract_shard, grouping_params, resolve_shards
 from ovis.methods.ggn.figures import pseudo_browser, pseudo_figures, student_figures, teacher_figures
@@ -47,7 +47,7 @@ from ovis.methods.ggn.models import (
 from ovis.methods.ggn.pseudo_gt import merge_pseudo, run_pseudo
 from ovis.methods.ggn.training import run_student, run_teacher
 from ovis.models.detector import build_detector
-from ovis.runs import STAGES
+from ovis.runs import STAGES, RunLayout
 
 __all__ = [
     "MODELS",
@@ -108,7 +108,7 @@ def _detector_task(recipe: Recipe, ann_file: Path) -> TrainTask:
 
 def student_task(recipe: Recipe, run_dir: str | Path, stage: str) -> TrainTask:
     """Class-agnostic Mask R-CNN / OLN (``recipe.model``) on base GT + pseudo GT (``pseudo/train_pseudo.json``)."""
-    path = pseudo_dir(run_dir) / "train_pseudo.json"
+    path = RunLayout(run_dir).pseudo_gt
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found; run the pseudo stage first (ovis.methods.ggn.run_pseudo)")
     return _detector_task(recipe, path)

@@ -10,14 +10,14 @@ from ovis.config import Recipe
 from ovis.data.coco import load_coco
 from ovis.data.dataset import CocoDetection
 from ovis.data.transforms import RandomHorizontalFlip
-from ovis.runs import stage_dir
+from ovis.runs import RunLayout
 
 MIN_TRAIN_SIDE = 32  # GGN/OLN drop training images whose shorter side is below this (docs/protocols.md#13-voc-split)
 
 
 def split_file(run_dir: str | Path, name: str) -> Path:
     """``<run_dir>/splits/<name>``, which the splits stage must have written."""
-    path = Path(run_dir) / "splits" / name
+    path = RunLayout(run_dir).split(name)
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found; run the splits stage first (ovis.data.splits.run_splits_stage)")
     return path
@@ -40,7 +40,7 @@ def aspect_ratios(ds: CocoDetection) -> list[float]:
 
 
 def pseudo_dir(run_dir: str | Path) -> Path:
-    return stage_dir(run_dir, "pseudo")
+    return RunLayout(run_dir).stage("pseudo")
 
 
 def pseudo_dataset(recipe: Recipe, run_dir: Path) -> tuple[CocoDetection, list[int]]:

@@ -18,7 +18,7 @@ from ovis.io import copy_atomic, write_json_atomic
 from ovis.methods.ggn.datasets import split_file
 from ovis.methods.ggn.models import detectors, load_model
 from ovis.methods.ggn.workers import explain_broken_pool, single_threaded_children
-from ovis.runs import mark_stage_done, stage_dir, stage_done
+from ovis.runs import DETECTIONS, RunLayout, mark_stage_done, stage_done
 
 
 def side_by_side(results: list[dict], recipe: Recipe) -> dict:
@@ -42,18 +42,19 @@ def run_eval(recipe: Recipe, run_dir: str | Path, force: bool = False,
     ``segm`` entry when ``model.mask`` is false.
     """
     run_dir = Path(run_dir)
-    out = stage_dir(run_dir, "eval")
+    layout = RunLayout(run_dir)
+    out = layout.stage("eval")
     if not force and stage_done(run_dir, "eval", recipe):
         return [json.loads((out / w / t / "metrics.json").read_text())
                 for w in detectors(recipe) for t in _iou_types(recipe)]
     if len(_iou_types(recipe)) < len(recipe.eval.iou_types):
         stream("eval: model.mask is false (boxes only): segm skipped")
     results = evaluate_models(recipe, run_dir, detectors(recipe), out, stream)
-    outputs = [f"{w}/detections.json" for w in detectors(recipe)]
+    outputs = [f"{w}/{DETECTIONS}" for w in detectors(recipe)]
     outputs += [f"{r['model']}/{r['iou_type']}/metrics.json" for r in results]
-    copy_atomic(out / "student" / "detections.json", out / "detections.json")
+    copy_atomic(layout.detections("student"), layout.detections())
     write_json_atomic(side_by_side(results, recipe), out / "metrics.json")
-    mark_stage_done(run_dir, "eval", recipe, outputs + ["detections.json", "metrics.json"])
+    mark_stage_done(run_dir, "eval", recipe, outputs + [DETECTIONS, "metrics.json"])
     stream(comparison_table(results, recipe))
     return results
 

@@ -22,12 +22,12 @@ import torch
 from ovis.config import Recipe
 from ovis.data.coco import masks_to_rles
 from ovis.engine.dist import resolve_device, usable_cpus
-from ovis.engine.train import FINAL
 from ovis.io import write_json_atomic, write_text_atomic
 from ovis.methods.ggn.datasets import pseudo_dataset, pseudo_dir
 from ovis.methods.ggn.models import load_model
 from ovis.methods.ggn.workers import explain_broken_pool, single_threaded_children, torch_threads
 from ovis.pseudo.grouping import Candidate, GroupingParams, group_affinity, gt_iou
+from ovis.runs import RunLayout
 
 
 def grouping_params(recipe: Recipe) -> GroupingParams:
@@ -82,7 +82,7 @@ def _file_digest(path: Path) -> str:
 
 def _candidates_key(recipe: Recipe, run_dir: Path) -> str:
     """What the stored candidates depend on: the teacher's weights and the grouping parameters."""
-    blob = json.dumps({"teacher": _file_digest(run_dir / "teacher" / FINAL),
+    blob = json.dumps({"teacher": _file_digest(RunLayout(run_dir).checkpoint("teacher")),
                        "grouping": dataclasses.asdict(grouping_params(recipe))}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -16,6 +16,7 @@ from ovis.data.dataset import CocoDetection
 from ovis.methods.ggn.datasets import pseudo_dataset, pseudo_dir, split_file, train_images, unseen_gt
 from ovis.methods.ggn.models import load_model
 from ovis.models.affinity import affinity_target, palette_from_masks
+from ovis.runs import RunLayout
 
 
 def teacher_figures(recipe: Recipe, run_dir: str | Path, n: int = 4) -> list[Figure]:
@@ -42,9 +43,9 @@ def teacher_figures(recipe: Recipe, run_dir: str | Path, n: int = 4) -> list[Fig
 
 def _pseudo_view(recipe: Recipe, run_dir: Path) -> tuple[dict, list[dict], list[dict], list[int]]:
     """(base GT with the original file's categories, kept pseudo annotations, unseen GT, processed image ids)."""
-    coco = load_coco(pseudo_dir(run_dir) / "train_pseudo.json")
+    coco = load_coco(RunLayout(run_dir).pseudo_gt)
     pseudo = [a for a in coco["annotations"] if a.get("pseudo")]
-    stats = json.loads((pseudo_dir(run_dir) / "stats.json").read_text())
+    stats = json.loads(RunLayout(run_dir).pseudo_stats.read_text())
     _, ids = pseudo_dataset(recipe, run_dir)
     ids = ids[: stats["images"]]
     unseen, cats = unseen_gt(recipe, run_dir, set(ids))
@@ -64,7 +65,7 @@ def pseudo_figures(recipe: Recipe, run_dir: str | Path, n: int = 4) -> list[Figu
     gt, pseudo, unseen, ids = _pseudo_view(recipe, run_dir)
     grid = image_grid(gt, train_images(recipe), image_ids=ids[:n], cols=3,
                       extra={"pseudo (top-k)": pseudo, "unseen GT (held out)": unseen})
-    stats = json.loads((pseudo_dir(run_dir) / "stats.json").read_text())
+    stats = json.loads(RunLayout(run_dir).pseudo_stats.read_text())
     shards = sorted(pseudo_dir(run_dir).glob(f"shards/candidates.*-of-{stats['shards']}.json"))
     cand_scores = [c["score"] for p in shards for r in json.loads(p.read_text())["records"] for c in r["candidates"]]
     fig = Figure(figsize=(10, 3.5), layout="constrained")

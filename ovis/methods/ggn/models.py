@@ -9,9 +9,10 @@ from pathlib import Path
 from torch import nn
 
 from ovis.config import Recipe
-from ovis.engine.train import FINAL, CheckpointError, load_checkpoint
+from ovis.engine.train import CheckpointError, load_checkpoint
 from ovis.models.affinity import AffinityNet
 from ovis.models.detector import build_detector
+from ovis.runs import RunLayout
 
 MODELS = ("teacher", "baseline", "student", "oln", "oln_baseline")
 OLN_VARIANTS = ("oln", "oln_baseline")  # a Mask R-CNN run's OLN models, with and without pseudo GT
@@ -56,7 +57,7 @@ def load_model(recipe: Recipe, run_dir: str | Path, which: str) -> nn.Module:
     the OLN variant with / without pseudo GT) from ``<run_dir>/<which>/model_final.pth``, in eval mode on CPU."""
     if which not in MODELS:
         raise ValueError(f"load_model: which={which!r}; use one of {MODELS}")
-    path = Path(run_dir) / which / FINAL
+    path = RunLayout(run_dir).checkpoint(which)
     if not path.is_file():
         stage = "teacher" if which == "teacher" else "student"
         raise FileNotFoundError(f"{path} not found; run the {stage} stage first")

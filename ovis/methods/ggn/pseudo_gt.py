@@ -13,12 +13,11 @@ from pycocotools import mask as mask_utils
 
 from ovis.config import Recipe
 from ovis.data.coco import ann_to_rle, load_coco, save_coco
-from ovis.engine.train import FINAL
 from ovis.io import write_json_atomic
-from ovis.methods.ggn.datasets import pseudo_dir, split_file, unseen_gt
+from ovis.methods.ggn.datasets import split_file, unseen_gt
 from ovis.methods.ggn.extract import extract_shard, resolve_shards, shard_path
 from ovis.pseudo.grouping import Candidate, select_pseudo
-from ovis.runs import inputs_changed, mark_stage_done, stage_done
+from ovis.runs import RunLayout, inputs_changed, mark_stage_done, stage_done
 
 
 def _rle_bytes(rle: dict) -> dict:
@@ -79,8 +78,8 @@ def merge_pseudo(recipe: Recipe, run_dir: str | Path, num_shards: int) -> dict |
         kept_by_image[img["id"]] = kept
         pseudo_anns.extend(kept)
     out = {**base, "annotations": base["annotations"] + pseudo_anns}
-    pdir = pseudo_dir(run_dir)
-    save_coco(out, pdir / "train_pseudo.json")
+    layout = RunLayout(run_dir)
+    save_coco(out, layout.pseudo_gt)
 
     recs = [records[i] for i in kept_by_image]
     stats = {
@@ -95,8 +94,8 @@ def merge_pseudo(recipe: Recipe, run_dir: str | Path, num_shards: int) -> dict |
         "pseudo_category_id": pseudo_cat, "shards": num_shards,
         **_unseen_stats(recipe, run_dir, records, kept_by_image),
     }
-    write_json_atomic(stats, pdir / "stats.json")
-    mark_stage_done(run_dir, "pseudo", recipe, ["train_pseudo.json", "stats.json"], stats=stats)
+    write_json_atomic(stats, layout.pseudo_stats)
+    mark_stage_done(run_dir, "pseudo", recipe, [layout.pseudo_gt.name, layout.pseudo_stats.name], stats=stats)
     return stats
 
 
@@ -133,9 +132,9 @@ def run_pseudo(recipe: Recipe, run_dir: str | Path, shard: int | None = None, nu
     run_dir = Path(run_dir)
     force = force or inputs_changed(run_dir, "pseudo", recipe)  # redo, do not resume
     if not force and stage_done(run_dir, "pseudo", recipe):
-        return json.loads((pseudo_dir(run_dir) / "stats.json").read_text())
-    if not (run_dir / "teacher" / FINAL).is_file():
-        raise FileNotFoundError(f"{run_dir / 'teacher' / FINAL} not found; run the teacher stage first")
+        return json.loads(RunLayout(run_dir).pseudo_stats.read_text())
+    if not RunLayout(run_dir).checkpoint("teacher").is_file():
+        raise FileNotFoundError(f"{RunLayout(run_dir).checkpoint('teacher')} not found; run the teacher stage first")
     plan = resolve_shards(shard, num_shards, recipe.pseudo.shards)
     n = plan[0][1]
     for s, _ in plan:

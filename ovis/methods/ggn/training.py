@@ -3,15 +3,13 @@ engine through ``ovis.methods.train.train_stage``."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
 from ovis.config import Recipe
 from ovis.engine.train import FINAL, METRICS
-from ovis.methods.ggn.datasets import pseudo_dir
 from ovis.methods.ggn.models import detectors
-from ovis.runs import inputs_changed, mark_stage_done, stage_dir, stage_done
+from ovis.runs import RunLayout, inputs_changed, mark_stage_done, stage_done
 
 
 def run_teacher(recipe: Recipe, run_dir: str | Path, launcher: str | None = None, nproc: int | None = None,
@@ -27,8 +25,7 @@ def run_teacher(recipe: Recipe, run_dir: str | Path, launcher: str | None = None
     run_dir = Path(run_dir)
     force = force or inputs_changed(run_dir, "teacher", recipe)  # redo, do not resume
     if not force and stage_done(run_dir, "teacher", recipe):
-        info = json.loads((stage_dir(run_dir, "teacher") / "stage.json").read_text())
-        return {**info.get("result", {}), "skipped": True}
+        return {**RunLayout(run_dir).record("teacher").get("result", {}), "skipped": True}
     result = train_stage(recipe, "teacher", run_dir, force, stream, launcher=launcher, nproc=nproc, nodes=nodes,
                          partition=partition)
     mark_stage_done(run_dir, "teacher", recipe, [FINAL, METRICS], result=result)
@@ -50,10 +47,9 @@ def run_student(recipe: Recipe, run_dir: str | Path, launcher: str | None = None
     run_dir = Path(run_dir)
     force = force or inputs_changed(run_dir, "student", recipe)  # redo, do not resume
     if not force and stage_done(run_dir, "student", recipe):
-        info = json.loads((stage_dir(run_dir, "student") / "stage.json").read_text())
-        return {k: {**v, "skipped": True} for k, v in info.get("result", {}).items()}
-    if not (pseudo_dir(run_dir) / "train_pseudo.json").is_file():
-        raise FileNotFoundError(f"{pseudo_dir(run_dir) / 'train_pseudo.json'} not found; run the pseudo stage first")
+        return {k: {**v, "skipped": True} for k, v in RunLayout(run_dir).record("student").get("result", {}).items()}
+    if not RunLayout(run_dir).pseudo_gt.is_file():
+        raise FileNotFoundError(f"{RunLayout(run_dir).pseudo_gt} not found; run the pseudo stage first")
     stages = detectors(recipe)
     result = {stage: train_stage(recipe, stage, run_dir, force, stream, launcher=launcher, nproc=nproc, nodes=nodes,
                                  partition=partition) for stage in stages}
