@@ -19,6 +19,8 @@ from ovis.pseudo.cross_modal import (
     gt_by_image_and_class,
     hits_gt,
     mask_uncertainty,
+    pseudo_image_ids,
+    pseudo_sharding,
     pseudo_vocabulary,
     run_pseudo,
     select_proposals,
@@ -173,17 +175,22 @@ def test_sharded_extraction_merges_to_the_unsharded_file_and_resumes(run, monkey
     assert (out / "train_pseudo.json").read_bytes() == single
     assert stats2["pseudo_masks"] == stats["pseudo_masks"] and stats2["num_shards"] == 2
 
-    # resume: forget one image of shard 0, rerun → only that image is labelled again
-    shard = out / "shards" / "shard-000-of-002.json"
-    state = json.loads(shard.read_text())
-    dropped = next(iter(state["images"]))
-    del state["images"][dropped]
-    state["complete"] = False
-    shard.write_text(json.dumps(state))
+    # resume: shard 0 killed before its last image (its progress file ends in a torn line), rerun → only that
+    # image is labelled again
+    part = pseudo_sharding(recipe, run_dir, 2, pseudo_image_ids(recipe, run_dir)[0]).shard(0)
+    assert part.path == out / "shards" / "labels.0-of-2.json" and not part.progress_path.exists()
+    records = {r["image_id"]: r for r in json.loads(part.path.read_text())["records"]}
+    assert len(records) == len(part.image_ids) > 1
+    records.pop(part.image_ids[-1])
+    part.begin(records)
+    with open(part.progress_path, "a") as f:
+        f.write('{"image_id": 99, "wor')
+    part.path.unlink()
     (out / "stage.json").unlink()
     lab.calls = 0
     run_pseudo(recipe, run_dir, shard=0, num_shards=2, labeler=lab, stream=lambda s: None)
     assert lab.calls == 1 and (out / "train_pseudo.json").read_bytes() == single
+    assert part.path.is_file() and not part.progress_path.exists()
     lab.calls = 0
     assert run_pseudo(recipe, run_dir, labeler=lab, stream=lambda s: None) == json.loads((out / "stats.json").read_text())
     assert lab.calls == 0  # stage done for this recipe: nothing recomputed

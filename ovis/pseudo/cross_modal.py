@@ -30,7 +30,6 @@ as extra categories and as ``pseudo_vocabulary`` = its category ids in classifie
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -54,6 +53,7 @@ from ovis.data.coco import CocoFormatError, ann_to_rle, load_coco, masks_to_rles
 from ovis.io import write_json_atomic
 from ovis.models.text import TextEncoder
 from ovis.pseudo.detectors import class_embeddings, load_model, text_encoder
+from ovis.pseudo.shards import Shard, Sharding, resolve_shards
 from ovis.runs import RunLayout, stage_hash
 
 if TYPE_CHECKING:
@@ -78,14 +78,14 @@ __all__ = [
     "pseudo_figures",
     "pseudo_image_ids",
     "pseudo_vocabulary",
-    "resolve_shard",
+    "pseudo_sharding",
     "run_pseudo",
     "select_proposals",
 ]
 
 LVIS_ID_OFFSET = 10000
 MASK_THRESHOLD = 0.5
-SAVE_EVERY_S = 60.0  # shard checkpoint interval
+SAVE_EVERY_S = 60.0  # how often a shard appends its finished images to its progress file
 
 
 # --------------------------------------------------------------------------------------------
@@ -267,26 +267,11 @@ def _captions_json(path: Path) -> dict[str, list[str]]:
     return data
 
 
-def resolve_shard(shard: int | None = None, num_shards: int | None = None) -> tuple[int, int]:
-    """(shard, num_shards): explicit arguments, else torch.distributed rank/world, else the Slurm
-    array task (``SLURM_ARRAY_TASK_ID`` − ``SLURM_ARRAY_TASK_MIN`` of ``SLURM_ARRAY_TASK_COUNT``),
-    else (0, 1)."""
-    if shard is None and num_shards is None:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            shard, num_shards = torch.distributed.get_rank(), torch.distributed.get_world_size()
-        elif "SLURM_ARRAY_TASK_ID" in os.environ and "SLURM_ARRAY_TASK_COUNT" in os.environ:
-            shard = int(os.environ["SLURM_ARRAY_TASK_ID"]) - int(os.environ.get("SLURM_ARRAY_TASK_MIN", 0))
-            num_shards = int(os.environ["SLURM_ARRAY_TASK_COUNT"])
-        else:
-            shard, num_shards = 0, 1
-    shard, num_shards = int(shard or 0), int(num_shards or 1)
-    if not 0 <= shard < num_shards:
-        raise ValueError(f"pseudo: shard {shard} is outside 0..{num_shards - 1}")
-    return shard, num_shards
-
-
-def _shard_path(out: Path, shard: int, num_shards: int) -> Path:
-    return out / "shards" / f"shard-{shard:03d}-of-{num_shards:03d}.json"
+def pseudo_sharding(recipe: Recipe, run_dir: str | Path, num_shards: int, image_ids: list[int]) -> Sharding:
+    """The label shards of ``num_shards`` over ``image_ids`` (``pseudo/shards/labels.<s>-of-<n>.json``), keyed by
+    the pseudo stage's recipe hash; a record per image: ``{"image_id", "words", "annotations"}``."""
+    return Sharding(RunLayout(run_dir).stage("pseudo") / "shards", "labels", num_shards, stage_hash(recipe, "pseudo"),
+                    image_ids)
 
 
 def _annotations(image_id: int, res: Mapping[str, Any], pv: PseudoVocabulary) -> list[dict]:
@@ -324,69 +309,76 @@ def run_pseudo(recipe: Recipe, run_dir: str | Path, shard: int | None = None, nu
     ``pseudo/stats.json`` (stage marked done). Returns the stats, or the shard's progress when
     other shards are still missing.
 
-    Sharding: :func:`resolve_shard`; shard ``s`` of ``n`` takes every n-th image. Each shard's
-    results go to ``pseudo/shards/shard-SSS-of-NNN.json`` (atomic writes every minute and at the
-    end); a re-run skips the images already done there (for this recipe hash). Under
+    Sharding: :func:`ovis.pseudo.shards.resolve_shards` (explicit, torch.distributed, torchrun, Slurm array,
+    else one shard); shard ``s`` of ``n`` takes every n-th image. Each shard appends its images' labels to
+    its progress file every minute and at the end writes ``pseudo/shards/labels.<s>-of-<n>.json``
+    (:func:`pseudo_sharding`); a re-run skips the images already done (for this recipe hash). Under
     torch.distributed, rank 0 merges after a barrier. ``labeler`` replaces the teacher (tests).
     """
-    from ovis.engine.dist import barrier, get_rank, resolve_device
+    from ovis.engine.dist import barrier, get_rank
     from ovis.runs import inputs_changed, stage_done
 
     run_dir = Path(run_dir)
     layout = RunLayout(run_dir)
-    out = layout.stage("pseudo")
     force = force or inputs_changed(run_dir, "pseudo", recipe)  # redo, do not resume
     if not force and stage_done(run_dir, "pseudo", recipe):
         return json.loads(layout.pseudo_stats.read_text())
-    shard, num_shards = resolve_shard(shard, num_shards)
+    [(shard, num_shards)] = resolve_shards(shard, num_shards)
     ids, captions = pseudo_image_ids(recipe, run_dir)
-    mine = ids[shard::num_shards]
-    path = _shard_path(out, shard, num_shards)
-    state: dict[str, Any] = {"recipe_hash": stage_hash(recipe, "pseudo"), "shard": shard, "num_shards": num_shards, "complete": False, "images": {}}
-    if path.is_file() and not force:
-        old = json.loads(path.read_text())
-        if old.get("recipe_hash") == stage_hash(recipe, "pseudo"):
-            state = old
-        else:
-            stream(f"pseudo: {path} was written under another recipe (hash {old.get('recipe_hash')}): starting over")
-    todo = [i for i in mine if str(i) not in state["images"]]
-    stream(f"pseudo: shard {shard}/{num_shards}: {len(mine)} images, {len(mine) - len(todo)} already done")
-    if todo:
-        if labeler is None:
-            labeler = build_labeler(recipe, run_dir, resolve_device(device or recipe.launch.device))
-        pv = pseudo_vocabulary(recipe, run_dir)
-        image_root = recipe.data.path(recipe.data.train_images)
-        infos = {im["id"]: im for im in json.loads(layout.split("train_base.json").read_text())["images"]}
-        from ovis.viz.draw import load_image
-
-        t_save = time.monotonic()
-        for k, image_id in enumerate(todo):
-            image = torch.from_numpy(load_image(image_root, infos[image_id]).transpose(2, 0, 1).copy()).float().div_(255)
-            res = labeler.label([image], [captions[image_id]])[0]
-            state["images"][str(image_id)] = {"words": res["words"], "annotations": _annotations(image_id, res, pv)}
-            if time.monotonic() - t_save > SAVE_EVERY_S:
-                write_json_atomic(state, path)
-                t_save = time.monotonic()
-                stream(f"pseudo: shard {shard}: {k + 1}/{len(todo)} images")
-    state["complete"] = True
-    write_json_atomic(state, path)
+    sharding = pseudo_sharding(recipe, run_dir, num_shards, ids)
+    part = sharding.shard(shard)
+    mine = part.image_ids
+    if force:
+        part.discard()
+    if part.finished() is not None:
+        stream(f"pseudo: shard {shard}/{num_shards}: {part.path.name} is complete, reused")
+    else:
+        _label_shard(recipe, run_dir, part, captions, stream, device, labeler)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         barrier()
         if get_rank() != 0:
             return {"shard": shard, "num_shards": num_shards, "images": len(mine), "merged": False}
-    complete = []
-    for s in range(num_shards):
-        p = _shard_path(out, s, num_shards)
-        info = json.loads(p.read_text()) if p.is_file() else {}
-        if info.get("complete") and info.get("recipe_hash") == stage_hash(recipe, "pseudo"):
-            complete.append(p)
-    if len(complete) < num_shards:
-        stream(f"pseudo: {len(complete)}/{num_shards} shards complete; the last one to finish merges")
+    unfinished = sharding.unfinished()
+    if unfinished:
+        stream(f"pseudo: {num_shards - len(unfinished)}/{num_shards} shards complete; the last one to finish merges")
         return {"shard": shard, "num_shards": num_shards, "images": len(mine), "merged": False}
     stats = merge_pseudo(recipe, run_dir, num_shards)
     stream(f"pseudo: {stats['pseudo_masks']} pseudo masks on {stats['images_with_words']} images; "
            f"novel precision@0.5 {stats['novel_precision@0.5']}")
     return stats
+
+
+def _label_shard(recipe: Recipe, run_dir: Path, part: Shard, captions: Mapping[int, list[str]],
+                 stream: Callable[[str], None], device: str | None, labeler: PseudoLabeler | None) -> None:
+    """Label the images of ``part`` that its progress file lacks, appending them to it every ``SAVE_EVERY_S``
+    seconds, then finish the shard."""
+    from ovis.engine.dist import resolve_device
+    from ovis.viz.draw import load_image
+
+    done = part.read_progress(stream)
+    todo = [i for i in part.image_ids if i not in done]
+    stream(f"pseudo: shard {part.index}/{part.sharding.num_shards}: {len(part.image_ids)} images, "
+           f"{len(part.image_ids) - len(todo)} already done")
+    # before the first write: a teacher that cannot be loaded leaves the shard's files as they were
+    lab = (labeler or build_labeler(recipe, run_dir, resolve_device(device or recipe.launch.device))) if todo else None
+    part.begin(done)
+    if lab is not None:
+        pv = pseudo_vocabulary(recipe, run_dir)
+        image_root = recipe.data.path(recipe.data.train_images)
+        infos = {im["id"]: im for im in json.loads(RunLayout(run_dir).split("train_base.json").read_text())["images"]}
+        t_save = time.monotonic()
+        buffer: list[dict] = []
+        for k, image_id in enumerate(todo):
+            image = torch.from_numpy(load_image(image_root, infos[image_id]).transpose(2, 0, 1).copy()).float().div_(255)
+            res = lab.label([image], [captions[image_id]])[0]
+            done[image_id] = {"image_id": image_id, "words": res["words"], "annotations": _annotations(image_id, res, pv)}
+            buffer.append(done[image_id])
+            if time.monotonic() - t_save > SAVE_EVERY_S:
+                part.append(buffer)
+                buffer.clear()
+                t_save = time.monotonic()
+                stream(f"pseudo: shard {part.index}: {k + 1}/{len(todo)} images")
+    part.finish(done)
 
 
 def merge_pseudo(recipe: Recipe, run_dir: str | Path, num_shards: int) -> dict:
@@ -400,26 +392,19 @@ def merge_pseudo(recipe: Recipe, run_dir: str | Path, num_shards: int) -> dict:
     run_dir = Path(run_dir)
     layout = RunLayout(run_dir)
     out = layout.stage("pseudo")
-    images: dict[str, dict] = {}
-    for s in range(num_shards):
-        path = _shard_path(out, s, num_shards)
-        if not path.is_file():
-            raise FileNotFoundError(f"pseudo merge: {path} missing; run shard {s} of {num_shards} first")
-        data = json.loads(path.read_text())
-        if data.get("recipe_hash") != stage_hash(recipe, "pseudo") or not data.get("complete"):
-            raise ValueError(f"pseudo merge: {path} is incomplete or from another recipe; re-run that shard")
-        images.update(data["images"])
-    ids, captions = pseudo_image_ids(recipe, run_dir)
-    missing = [i for i in ids if str(i) not in images]
-    if missing:
-        raise ValueError(f"pseudo merge: images {missing[:5]} (of {len(missing)}) are in no shard; "
-                         f"were the shards made with another num_shards than {num_shards}?")
+    ids, _ = pseudo_image_ids(recipe, run_dir)
+    sharding = pseudo_sharding(recipe, run_dir, num_shards, ids)
+    records = sharding.records()
+    if records is None:
+        unfinished = sharding.unfinished()
+        raise FileNotFoundError(f"pseudo merge: shard(s) {unfinished} of {num_shards} are missing, incomplete or from "
+                                f"another recipe ({sharding.shard(unfinished[0]).path}); run them first")
     base = json.loads(layout.split("train_base.json").read_text())
     pv = pseudo_vocabulary(recipe, run_dir)
     next_id = max((a["id"] for a in base["annotations"]), default=0) + 1
     pseudo = []
     for i in ids:
-        for ann in images[str(i)]["annotations"]:
+        for ann in records[i]["annotations"]:
             pseudo.append({"id": next_id, **ann})
             next_id += 1
     base_cat_ids = {c["id"] for c in base["categories"]}
@@ -430,7 +415,7 @@ def merge_pseudo(recipe: Recipe, run_dir: str | Path, num_shards: int) -> dict:
               "pseudo_vocabulary": {"kind": pv.kind, "category_ids": [c["id"] for c in pv.categories]}}
     write_json_atomic(merged, layout.pseudo_gt)
     caption_only = {im["id"] for im in base["images"] if im.get("caption_only")}
-    stats = pseudo_stats(recipe, run_dir, pseudo, {int(k): v["words"] for k, v in images.items()}, ids, pv,
+    stats = pseudo_stats(recipe, run_dir, pseudo, {i: r["words"] for i, r in records.items()}, ids, pv,
                          caption_only)
     stats["num_shards"] = num_shards
     write_json_atomic(stats, layout.pseudo_stats)

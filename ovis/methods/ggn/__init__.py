@@ -33,7 +33,7 @@ from ovis.engine.train import TrainTask
 from ovis.methods import TrainingStage
 from ovis.methods.ggn.datasets import aspect_ratios, split_file, train_dataset
 from ovis.methods.ggn.evaluation import comparison_table, evaluate_models, run_eval, side_by_side
-from ovis.methods.ggn.extract import extract_shard, grouping_params, resolve_shards
+from ovis.methods.ggn.extract import extract_shard, grouping_params
 from ovis.methods.ggn.figures import pseudo_browser, pseudo_figures, student_figures, teacher_figures
 from ovis.methods.ggn.models import (
     MODELS,
@@ -47,6 +47,7 @@ from ovis.methods.ggn.models import (
 from ovis.methods.ggn.pseudo_gt import merge_pseudo, run_pseudo
 from ovis.methods.ggn.training import run_student, run_teacher
 from ovis.models.detector import build_detector
+from ovis.pseudo.shards import resolve_shards
 from ovis.runs import STAGES, RunLayout
 
 __all__ = [

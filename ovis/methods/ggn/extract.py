@@ -22,11 +22,11 @@ import torch
 from ovis.config import Recipe
 from ovis.data.coco import masks_to_rles
 from ovis.engine.dist import resolve_device, usable_cpus
-from ovis.io import write_json_atomic, write_text_atomic
 from ovis.methods.ggn.datasets import pseudo_dataset, pseudo_dir
 from ovis.methods.ggn.models import load_model
 from ovis.methods.ggn.workers import explain_broken_pool, single_threaded_children, torch_threads
 from ovis.pseudo.grouping import Candidate, GroupingParams, group_affinity, gt_iou
+from ovis.pseudo.shards import Sharding
 from ovis.runs import RunLayout
 
 
@@ -41,35 +41,11 @@ def grouping_params(recipe: Recipe) -> GroupingParams:
     )
 
 
-def resolve_shards(shard: int | None, num_shards: int | None, default_shards: int = 1) -> list[tuple[int, int]]:
-    """The ``(shard, num_shards)`` pairs this process extracts.
-
-    Explicit arguments first; else torchrun's RANK/WORLD_SIZE; else a Slurm array's
-    SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT (minus SLURM_ARRAY_TASK_MIN); else every shard of
-    ``default_shards`` in turn (``recipe.pseudo.shards``).
-    """
-    if (shard is None) != (num_shards is None):
-        raise ValueError(f"pass both shard and num_shards or neither (got shard={shard}, num_shards={num_shards})")
-    env = os.environ
-    if shard is None or num_shards is None:  # both None (checked above)
-        if int(env.get("WORLD_SIZE", "1")) > 1 and "RANK" in env:
-            shard, num_shards = int(env["RANK"]), int(env["WORLD_SIZE"])
-        elif "SLURM_ARRAY_TASK_ID" in env and "SLURM_ARRAY_TASK_COUNT" in env:
-            shard = int(env["SLURM_ARRAY_TASK_ID"]) - int(env.get("SLURM_ARRAY_TASK_MIN", "0"))
-            num_shards = int(env["SLURM_ARRAY_TASK_COUNT"])
-        else:
-            if default_shards < 1:
-                raise ValueError(f"pseudo.shards={default_shards} must be ≥ 1")
-            return [(s, default_shards) for s in range(default_shards)]
-    if num_shards < 1 or not 0 <= shard < num_shards:
-        raise ValueError(f"shard {shard} of {num_shards}: need 0 ≤ shard < num_shards")
-    return [(shard, num_shards)]
-
-
-def shard_path(run_dir: str | Path, shard: int, num_shards: int, partial: bool = False) -> Path:
-    """Shard ``shard`` of ``num_shards``: its finished file, or with ``partial`` its progress file."""
-    suffix = "partial.jsonl" if partial else "json"
-    return pseudo_dir(run_dir) / "shards" / f"candidates.{shard}-of-{num_shards}.{suffix}"
+def sharding(recipe: Recipe, run_dir: str | Path, num_shards: int, image_ids: list[int] | None = None) -> Sharding:
+    """The candidate shards of ``num_shards`` (``pseudo/shards/candidates.<s>-of-<n>.json``), keyed by the teacher's
+    weights and the grouping parameters; ``image_ids``: the images to extract, when the caller has them."""
+    ids = image_ids if image_ids is not None else pseudo_dataset(recipe, Path(run_dir))[1]
+    return Sharding(pseudo_dir(run_dir) / "shards", "candidates", num_shards, _candidates_key(recipe, Path(run_dir)), ids)
 
 
 def _file_digest(path: Path) -> str:
@@ -108,57 +84,30 @@ def _worker_count(recipe: Recipe) -> int:
     return w
 
 
-def _read_progress(path: Path, key: str, image_ids: list[int]) -> dict[int, dict]:
-    """Records of a partial shard written for the same key and image list (a torn last line is dropped)."""
-    if not path.is_file():
-        return {}
-    lines = path.read_text(encoding="utf-8").splitlines()
-    try:
-        header = json.loads(lines[0]) if lines else {}
-    except json.JSONDecodeError:
-        return {}
-    if header.get("key") != key or header.get("image_ids") != image_ids:
-        return {}
-    done = {}
-    for line in lines[1:]:
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            break  # cut short by a crash: everything before it is intact
-        done[rec["image_id"]] = rec
-    return done
-
-
 def extract_shard(recipe: Recipe, run_dir: str | Path, shard: int, num_shards: int, force: bool = False,
                   stream: Callable[[str], None] = print) -> Path:
     """Extract candidates for every ``num_shards``-th training image starting at ``shard``; returns the shard file.
 
-    Progress goes to ``candidates.<s>-of-<n>.partial.jsonl`` every ``pseudo.save_every`` images; a rerun
-    continues from it, and a finished shard file for the same teacher, parameters and images is reused.
+    Progress goes to ``candidates.<s>-of-<n>.partial.jsonl`` (:class:`ovis.pseudo.shards.Shard`) every
+    ``pseudo.save_every`` images; a rerun continues from it, and a finished shard file for the same teacher,
+    parameters and images is reused.
     """
     run_dir = Path(run_dir)
-    final = shard_path(run_dir, shard, num_shards)
-    partial = shard_path(run_dir, shard, num_shards, partial=True)
     ds, ids = pseudo_dataset(recipe, run_dir)
-    mine = ids[shard::num_shards]
-    key = _candidates_key(recipe, run_dir)
+    part = sharding(recipe, run_dir, num_shards, ids).shard(shard)
+    mine = part.image_ids
     if force:
-        final.unlink(missing_ok=True)
-        partial.unlink(missing_ok=True)
-    if final.is_file():
-        head = json.loads(final.read_text(encoding="utf-8"))
-        if head.get("key") == key and head.get("image_ids") == mine:
-            stream(f"shard {shard}/{num_shards}: {final.name} is complete, reused")
-            return final
-    done = _read_progress(partial, key, mine)
+        part.discard()
+    if part.finished() is not None:
+        stream(f"shard {shard}/{num_shards}: {part.path.name} is complete, reused")
+        return part.path
+    done = part.read_progress(stream)
     todo = [i for i in mine if i not in done]
     if todo:  # before the first write: a missing image or an unreadable teacher leaves the pseudo folder as it was
         ds.check_image_files(todo)
         device = resolve_device(recipe.launch.device, int(os.environ.get("LOCAL_RANK", "0")))
         model = load_model(recipe, run_dir, "teacher").to(device)
-    # rewrite header + intact records, so appends never follow a torn line
-    header = json.dumps({"key": key, "shard": shard, "num_shards": num_shards, "image_ids": mine})
-    write_text_atomic("".join([header + "\n"] + [json.dumps(r) + "\n" for r in done.values()]), partial)
+    part.begin(done)
     stream(f"shard {shard}/{num_shards}: {len(mine)} images, {len(done)} done before, {len(todo)} to extract")
 
     if todo:
@@ -179,10 +128,7 @@ def extract_shard(recipe: Recipe, run_dir: str | Path, shard: int, num_shards: i
             buffer.append(rec)
             n_new += 1
             if len(buffer) >= max(1, recipe.pseudo.save_every) or n_new == len(todo):
-                with open(partial, "a", encoding="utf-8") as f:
-                    f.writelines(json.dumps(r) + "\n" for r in buffer)
-                    f.flush()
-                    os.fsync(f.fileno())
+                part.append(buffer)
                 buffer.clear()
                 rate = (time.perf_counter() - t_start) / n_new
                 stream(f"shard {shard}/{num_shards}: {len(done)}/{len(mine)} images ({rate:.2f} s/image)")
@@ -210,8 +156,4 @@ def extract_shard(recipe: Recipe, run_dir: str | Path, shard: int, num_shards: i
                 future, info = pending.popleft()
                 finish(info[0], future.result(), *info[1:])
 
-    records = [done[i] for i in mine]
-    write_json_atomic({"key": key, "shard": shard, "num_shards": num_shards, "image_ids": mine,
-                       "records": records}, final)
-    partial.unlink(missing_ok=True)
-    return final
+    return part.finish(done)

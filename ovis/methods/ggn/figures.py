@@ -13,7 +13,8 @@ from matplotlib.figure import Figure
 from ovis.config import Recipe
 from ovis.data.coco import load_coco
 from ovis.data.dataset import CocoDetection
-from ovis.methods.ggn.datasets import pseudo_dataset, pseudo_dir, split_file, train_images, unseen_gt
+from ovis.methods.ggn.datasets import pseudo_dataset, split_file, train_images, unseen_gt
+from ovis.methods.ggn.extract import sharding
 from ovis.methods.ggn.models import load_model
 from ovis.models.affinity import affinity_target, palette_from_masks
 from ovis.runs import RunLayout
@@ -66,8 +67,8 @@ def pseudo_figures(recipe: Recipe, run_dir: str | Path, n: int = 4) -> list[Figu
     grid = image_grid(gt, train_images(recipe), image_ids=ids[:n], cols=3,
                       extra={"pseudo (top-k)": pseudo, "unseen GT (held out)": unseen})
     stats = json.loads(RunLayout(run_dir).pseudo_stats.read_text())
-    shards = sorted(pseudo_dir(run_dir).glob(f"shards/candidates.*-of-{stats['shards']}.json"))
-    cand_scores = [c["score"] for p in shards for r in json.loads(p.read_text())["records"] for c in r["candidates"]]
+    records = sharding(recipe, run_dir, stats["shards"]).records() or {}
+    cand_scores = [c["score"] for r in records.values() for c in r["candidates"]]
     fig = Figure(figsize=(10, 3.5), layout="constrained")
     ax1, ax2 = fig.subplots(1, 2)
     bins = np.linspace(min(cand_scores + [0.0]), max(cand_scores + [1.0]), 30)

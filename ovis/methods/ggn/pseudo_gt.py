@@ -15,8 +15,9 @@ from ovis.config import Recipe
 from ovis.data.coco import ann_to_rle, load_coco, save_coco
 from ovis.io import write_json_atomic
 from ovis.methods.ggn.datasets import split_file, unseen_gt
-from ovis.methods.ggn.extract import extract_shard, resolve_shards, shard_path
+from ovis.methods.ggn.extract import extract_shard, sharding
 from ovis.pseudo.grouping import Candidate, select_pseudo
+from ovis.pseudo.shards import resolve_shards
 from ovis.runs import RunLayout, inputs_changed, mark_stage_done, stage_done
 
 
@@ -35,19 +36,14 @@ def _hits(dt: list[dict], gt: list[dict]) -> np.ndarray:
 def merge_pseudo(recipe: Recipe, run_dir: str | Path, num_shards: int) -> dict | None:
     """Merge all ``num_shards`` shard files into ``pseudo/train_pseudo.json`` and ``pseudo/stats.json``.
 
-    Returns the stats, or None while a shard file is missing. Idempotent: the same shards always give
-    the same files (annotation ids follow train_base.json's image order, then rank).
+    Returns the stats, or None while a shard is unfinished (its file missing, or written for another teacher,
+    grouping parameters or image list). Idempotent: the same shards always give the same files (annotation
+    ids follow train_base.json's image order, then rank).
     """
     run_dir = Path(run_dir)
-    paths = [shard_path(run_dir, s, num_shards) for s in range(num_shards)]
-    if not all(p.is_file() for p in paths):
+    records = sharding(recipe, run_dir, num_shards).records()
+    if records is None:
         return None
-    shards = [json.loads(p.read_text(encoding="utf-8")) for p in paths]
-    keys = {s["key"] for s in shards}
-    if len(keys) > 1:
-        raise RuntimeError(f"{paths[0].parent}: shards come from different teachers or grouping parameters "
-                           f"(keys {sorted(keys)}); rerun run_pseudo(force=True) on every shard")
-    records = {r["image_id"]: r for s in shards for r in s["records"]}
     base_path = split_file(run_dir, "train_base.json")
     base = load_coco(base_path)
     p = recipe.pseudo
@@ -141,7 +137,7 @@ def run_pseudo(recipe: Recipe, run_dir: str | Path, shard: int | None = None, nu
         extract_shard(recipe, run_dir, s, n, force=force, stream=stream)
     stats = merge_pseudo(recipe, run_dir, n)
     if stats is None:
-        missing = [s for s in range(n) if not shard_path(run_dir, s, n).is_file()]
+        missing = sharding(recipe, run_dir, n).unfinished()
         stream(f"pseudo: waiting for shard(s) {missing} of {n}; the last shard to finish merges")
         return {"merged": False, "num_shards": n, "missing_shards": missing}
     stream(f"pseudo: {stats['kept']} pseudo masks on {stats['images']} images "
