@@ -140,6 +140,42 @@ def test_a_stage_is_stale_when_an_earlier_stage_rewrote_its_outputs(tmp_path):
     assert not inputs_changed(tmp_path, "teacher", load_recipe("demo_ggn", ["teacher.max_iter=3"]))  # a new recipe: not "changed inputs"
 
 
+def test_run_training_trains_records_skips_and_redoes_a_stage_whose_inputs_changed(tmp_path, monkeypatch):
+    """ovis.methods.train.run_training: the pipeline stage's training stages, then its record (one result
+    for a stage that trains only its namesake); done: read back as skipped; an input changed: from scratch."""
+    from ovis.engine.train import FINAL, METRICS
+    from ovis.methods import train
+
+    calls = []
+
+    def fake_train_stage(recipe, name, run_dir, force, stream, **launch_kw):
+        calls.append((name, force, launch_kw))
+        for f in (FINAL, METRICS):
+            RunLayout(run_dir).folder(name).mkdir(exist_ok=True)
+            (RunLayout(run_dir).folder(name) / f).write_text(name)
+        return {"stage": name, "iteration": 2, "skipped": False}
+
+    monkeypatch.setattr(train, "train_stage", fake_train_stage)
+    r = load_recipe("demo_cpl")
+    RunLayout(tmp_path).stage("splits").mkdir()
+    RunLayout(tmp_path).split("train_base.json").write_text("{}")
+    mark_stage_done(tmp_path, "splits", r, ["train_base.json"])
+    trained = {n: {"stage": n, "iteration": 2, "skipped": False} for n in ("grounding", "teacher")}
+    assert train.run_training(r, "teacher", tmp_path, key="results", nproc=2) == trained
+    assert calls == [("grounding", False, {"nproc": 2}), ("teacher", False, {"nproc": 2})]
+    assert RunLayout(tmp_path).record("teacher")["results"] == trained
+    assert RunLayout(tmp_path).record("teacher")["outputs"] == [FINAL, METRICS]
+    again = train.run_training(r, "teacher", tmp_path, key="results")
+    assert len(calls) == 2 and again == {n: {**v, "skipped": True} for n, v in trained.items()}
+    assert train.run_training(r, "teacher", tmp_path, key="results", mark_skipped=False) == trained
+    assert train.run_training(r, "student", tmp_path)["student"]["iteration"] == 2
+    assert RunLayout(tmp_path).record("student")["result"] == {"stage": "student", "iteration": 2, "skipped": False}
+    assert train.run_training(r, "student", tmp_path)["student"]["skipped"] and len(calls) == 3
+    RunLayout(tmp_path).split("train_base.json").write_text('{"images": []}')  # the splits stage ran again
+    train.run_training(r, "teacher", tmp_path, key="results")
+    assert calls[3:] == [("grounding", True, {}), ("teacher", True, {})]
+
+
 def test_splits_stage_reruns_when_a_source_file_changes(tmp_path):
     recipe = load_recipe("demo_ggn", {**tiny.GGN, "data.root": str(tmp_path / "data")})
     run = tmp_path / "run"

@@ -2,7 +2,8 @@
 
 The method layer's side of :mod:`ovis.engine.train`: the registry (:mod:`ovis.methods`) resolves a
 recipe's stage into a task builder, the recipe sections its checkpoint hashes and its ``TrainConfig``
-section, which the engine receives. The methods' notebook stages train through :func:`train_stage`;
+section, which the engine receives. The methods' notebook stages train through :func:`run_training`
+(one pipeline stage: its training stages, skipped when done, then its marker) and :func:`train_stage`;
 torchrun workers run this module's :func:`main`, so they resolve a stage as their launcher did.
 
 Command line (also ``ovis train``)::
@@ -14,14 +15,15 @@ Command line (also ``ovis train``)::
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from ovis.config import Recipe
 from ovis.engine import launch as engine_launch
 from ovis.engine import train as engine
-from ovis.methods import all_training_stages, task_builder, training_stage
+from ovis.methods import all_training_stages, task_builder, training_stage, training_stages
+from ovis.runs import RunLayout, inputs_changed, mark_stage_done, stage_done
 
 ENTRY = "ovis.methods.train"  # the module torchrun workers run (this one; __name__ is __main__ there)
 
@@ -55,6 +57,34 @@ def train_stage(recipe: Recipe, stage: str, run_dir: str | Path, force: bool = F
     # a spec string goes on as it is: torchrun workers import a builder loaded from a file by its spec
     return engine_launch.train_stage(recipe, stage, run_dir, force, stream, task=task if isinstance(task, str) else spec.build,
                                      sections=spec.sections, config=spec.config, entry=ENTRY, **launch_kw)
+
+
+def run_training(recipe: Recipe, stage: str, run_dir: str | Path, force: bool = False,
+                 stream: Callable[[str], None] = print, stages: Sequence[str] | None = None,
+                 outputs: Sequence[str] = (engine.FINAL, engine.METRICS), key: str = "result",
+                 mark_skipped: bool = True, **launch_kw: Any) -> dict[str, dict]:
+    """Pipeline stage ``stage`` of a method that trains: each of ``stages`` (by default the training stages
+    ``recipe.method`` declares part of ``stage``) through :func:`train_stage`, each resuming from its
+    ``last.pth``; then ``stage`` is marked done with ``outputs`` (relative to its folder) and the results
+    under ``key`` in its ``stage.json``: the one result when ``stage`` trains only its namesake, else
+    ``{training stage: result}``.
+
+    Skipped when the stage is done for this recipe: the results are read back from its record, each with
+    ``"skipped": True`` (``mark_skipped=False``: as recorded, as CPL's stages return them); trained from
+    scratch when ``force`` or when a file it read has changed since.
+    Returns ``{training stage: {"stage", "final", "iteration", "skipped", "seconds"}}``."""
+    run_dir = Path(run_dir)
+    names = list(stages) if stages is not None else training_stages(stage, recipe.method)
+    single = names == [stage]
+    force = force or inputs_changed(run_dir, stage, recipe)  # redo, do not resume
+    if not force and stage_done(run_dir, stage, recipe):
+        recorded = RunLayout(run_dir).record(stage)[key]
+        recorded = {stage: recorded} if single else recorded
+        return {k: {**v, "skipped": True} for k, v in recorded.items()} if mark_skipped else recorded
+    results = {name: train_stage(recipe, name, run_dir, force, stream, **launch_kw) for name in names}
+    record: dict[str, Any] = {key: results[stage] if single else results}
+    mark_stage_done(run_dir, stage, recipe, list(outputs), **record)
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,13 +20,13 @@ from matplotlib.patches import Rectangle
 from toy_task import SquareDataset, SquareNet, toy_task
 
 from ovis.config import Recipe
-from ovis.engine.train import FINAL, METRICS, load_checkpoint
+from ovis.engine.train import load_checkpoint
 from ovis.eval import evaluate
 from ovis.eval.report import write_metrics
 from ovis.io import write_json_atomic
 from ovis.methods import TrainingStage
-from ovis.methods.train import train_stage
-from ovis.runs import RunLayout, inputs_changed, mark_stage_done, stage_dir, stage_done
+from ovis.methods.train import run_training
+from ovis.runs import RunLayout, mark_stage_done, stage_dir, stage_done
 
 PIPELINE_STAGES = ("teacher", "eval")
 HELD_OUT = {"n": 8, "seed": 1}  # SquareDataset arguments of the eval images (training draws seed 0)
@@ -45,14 +45,8 @@ def run_teacher(recipe: Recipe, run_dir: str | Path, launcher: str | None = None
                 nodes: int | None = None, partition: str | None = None, stream: Callable[[str], None] = print,
                 force: bool = False) -> dict:
     """Train SquareNet into ``<run_dir>/teacher/`` (resuming from ``last.pth``); marks the stage done."""
-    run_dir = Path(run_dir)
-    force = force or inputs_changed(run_dir, "teacher", recipe)  # redo, do not resume
-    if not force and stage_done(run_dir, "teacher", recipe):
-        return RunLayout(run_dir).record("teacher")["result"]
-    result = train_stage(recipe, "teacher", run_dir, force, stream, launcher=launcher, nproc=nproc, nodes=nodes,
-                         partition=partition)
-    mark_stage_done(run_dir, "teacher", recipe, [FINAL, METRICS], result=result)
-    return result
+    return run_training(recipe, "teacher", run_dir, force, stream, launcher=launcher, nproc=nproc, nodes=nodes,
+                        partition=partition)["teacher"]
 
 
 def predict(run_dir: str | Path) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor, torch.Tensor]:

@@ -1,38 +1,29 @@
 """The teacher and student stages: caption grounding and the teacher, then the robust student, each trained
-with the engine through ``ovis.methods.train.train_stage``; :class:`StudentHook` freezes the σ-head and logs σ/λ."""
+with the engine through ``ovis.methods.train.run_training``; :class:`StudentHook` freezes the σ-head and logs σ/λ."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
 from torch import nn
 
 from ovis.config import Recipe
 from ovis.io import write_text_atomic
+from ovis.methods.train import run_training
 from ovis.models.student import RobustStudent
-from ovis.runs import FINAL
 
 
 def run_teacher(recipe: Recipe, run_dir: str | Path, launcher: str | None = None, nproc: int | None = None,
                 nodes: int | None = None, partition: str | None = None, stream: Callable[[str], None] = print,
                 force: bool = False) -> dict:
     """Stage 01 (CPL): caption grounding (``<run_dir>/grounding/``) then the teacher
-    (``<run_dir>/teacher/``) through :func:`ovis.methods.train.train_stage`; marks stage "teacher" done.
+    (``<run_dir>/teacher/``) through :func:`ovis.methods.train.run_training`; marks stage "teacher" done.
     Returns ``{"grounding": {...}, "teacher": {...}}`` (checkpoint, iterations, seconds)."""
-    from ovis.methods.train import train_stage
-    from ovis.runs import RunLayout, inputs_changed, mark_stage_done, stage_done
-
-    run_dir = Path(run_dir)
-    force = force or inputs_changed(run_dir, "teacher", recipe)  # redo, do not resume
-    if not force and stage_done(run_dir, "teacher", recipe):
-        return RunLayout(run_dir).record("teacher")["results"]
-    kw: dict[str, Any] = dict(launcher=launcher, nproc=nproc, nodes=nodes, partition=partition)
-    results = {stage: train_stage(recipe, stage, run_dir, force, stream, **kw) for stage in ("grounding", "teacher")}
-    mark_stage_done(run_dir, "teacher", recipe, [FINAL, "metrics.jsonl"], results=results)
-    return results
+    return run_training(recipe, "teacher", run_dir, force, stream, key="results", mark_skipped=False,
+                        launcher=launcher, nproc=nproc, nodes=nodes, partition=partition)
 
 
 class StudentHook:
@@ -82,14 +73,5 @@ def run_student(recipe: Recipe, run_dir: str | Path, launcher: str | None = None
                 nodes: int | None = None, partition: str | None = None, stream: Callable[[str], None] = print,
                 force: bool = False) -> dict:
     """Stage 03 (CPL): train the robust student into ``<run_dir>/student/``; marks it done."""
-    from ovis.methods.train import train_stage
-    from ovis.runs import RunLayout, inputs_changed, mark_stage_done, stage_done
-
-    run_dir = Path(run_dir)
-    force = force or inputs_changed(run_dir, "student", recipe)  # redo, do not resume
-    if not force and stage_done(run_dir, "student", recipe):
-        return RunLayout(run_dir).record("student")["results"]
-    res = train_stage(recipe, "student", run_dir, force, stream, launcher=launcher, nproc=nproc, nodes=nodes,
-                        partition=partition)
-    mark_stage_done(run_dir, "student", recipe, [FINAL, "metrics.jsonl"], results=res)
-    return res
+    return run_training(recipe, "student", run_dir, force, stream, key="results", mark_skipped=False,
+                        launcher=launcher, nproc=nproc, nodes=nodes, partition=partition)["student"]
