@@ -35,6 +35,21 @@ def test_demo_recipe_extends_the_paper_recipe():
     assert demo["data"]["demo"] is True
 
 
+def test_long_cpl_demo_changes_only_data_scale_resolution_and_schedules():
+    short, long = load_recipe("demo_cpl").to_dict(), load_recipe("demo_cpl_long").to_dict()
+    changed = {(section, key) for section, values in long.items() if isinstance(values, dict)
+               for key, value in values.items() if short[section][key] != value}
+    assert changed == {
+        ("data", "root"), ("data", "demo_num_train"),
+        ("model", "min_size"), ("model", "max_size"), ("model", "anchor_sizes"),
+        ("grounding", "max_iter"), ("grounding", "steps"), ("grounding", "checkpoint_period"),
+        ("grounding", "cache_features"), ("teacher", "max_iter"), ("teacher", "steps"),
+        ("teacher", "checkpoint_period"), ("pseudo", "max_images"), ("student", "max_iter"),
+        ("student", "steps"), ("student", "uncertainty_train_iter"), ("student", "checkpoint_period")}
+    assert long["model"]["anchor_sizes"] == [2 * a for a in short["model"]["anchor_sizes"]]  # objects twice as large
+    assert long["data"]["root"] != short["data"]["root"]  # its 1200 images do not replace the 240 of make demo
+
+
 def test_dotted_overrides_are_typed_and_change_the_hash():
     base = load_recipe("demo_ggn")
     r = load_recipe("demo_ggn", ["student.max_iter=7", "student.lr=1", "model.anchor_sizes=[8, 16]"])
