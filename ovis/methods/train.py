@@ -62,7 +62,7 @@ def train_stage(recipe: Recipe, stage: str, run_dir: str | Path, force: bool = F
 def run_training(recipe: Recipe, stage: str, run_dir: str | Path, force: bool = False,
                  stream: Callable[[str], None] = print, stages: Sequence[str] | None = None,
                  outputs: Sequence[str] = (engine.FINAL, engine.METRICS), key: str = "result",
-                 mark_skipped: bool = True, **launch_kw: Any) -> dict[str, dict]:
+                 **launch_kw: Any) -> dict[str, dict]:
     """Pipeline stage ``stage`` of a method that trains: each of ``stages`` (by default the training stages
     ``recipe.method`` declares part of ``stage``) through :func:`train_stage`, each resuming from its
     ``last.pth``; then ``stage`` is marked done with ``outputs`` (relative to its folder) and the results
@@ -70,8 +70,7 @@ def run_training(recipe: Recipe, stage: str, run_dir: str | Path, force: bool = 
     ``{training stage: result}``.
 
     Skipped when the stage is done for this recipe: the results are read back from its record, each with
-    ``"skipped": True`` (``mark_skipped=False``: as recorded, as CPL's stages return them); trained from
-    scratch when ``force`` or when a file it read has changed since.
+    ``"skipped": True``; trained from scratch when ``force`` or when a file it read has changed since.
     Returns ``{training stage: {"stage", "final", "iteration", "skipped", "seconds"}}``."""
     run_dir = Path(run_dir)
     names = list(stages) if stages is not None else training_stages(stage, recipe.method)
@@ -80,7 +79,7 @@ def run_training(recipe: Recipe, stage: str, run_dir: str | Path, force: bool = 
     if not force and stage_done(run_dir, stage, recipe):
         recorded = RunLayout(run_dir).record(stage)[key]
         recorded = {stage: recorded} if single else recorded
-        return {k: {**v, "skipped": True} for k, v in recorded.items()} if mark_skipped else recorded
+        return {k: {**v, "skipped": True} for k, v in recorded.items()}
     results = {name: train_stage(recipe, name, run_dir, force, stream, **launch_kw) for name in names}
     record: dict[str, Any] = {key: results[stage] if single else results}
     mark_stage_done(run_dir, stage, recipe, list(outputs), **record)

@@ -22,7 +22,7 @@ def run_teacher(recipe: Recipe, run_dir: str | Path, launcher: str | None = None
     """Stage 01 (CPL): caption grounding (``<run_dir>/grounding/``) then the teacher
     (``<run_dir>/teacher/``) through :func:`ovis.methods.train.run_training`; marks stage "teacher" done.
     Returns ``{"grounding": {...}, "teacher": {...}}`` (checkpoint, iterations, seconds)."""
-    return run_training(recipe, "teacher", run_dir, force, stream, key="results", mark_skipped=False,
+    return run_training(recipe, "teacher", run_dir, force, stream, key="results",
                         launcher=launcher, nproc=nproc, nodes=nodes, partition=partition)
 
 
@@ -73,5 +73,5 @@ def run_student(recipe: Recipe, run_dir: str | Path, launcher: str | None = None
                 nodes: int | None = None, partition: str | None = None, stream: Callable[[str], None] = print,
                 force: bool = False) -> dict:
     """Stage 03 (CPL): train the robust student into ``<run_dir>/student/``; marks it done."""
-    return run_training(recipe, "student", run_dir, force, stream, key="results", mark_skipped=False,
+    return run_training(recipe, "student", run_dir, force, stream, key="results",
                         launcher=launcher, nproc=nproc, nodes=nodes, partition=partition)["student"]
