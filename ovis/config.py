@@ -20,7 +20,7 @@ from typing import Any, get_args, get_origin, get_type_hints, overload
 import yaml
 
 from ovis.io import write_text_atomic
-from ovis.protocols import EVAL_PROTOCOLS, SPLIT_PROTOCOLS
+from ovis.protocols import protocol_names
 from ovis.registry import METHOD_MODULES
 
 
@@ -375,7 +375,7 @@ _RULES: dict[type, list[tuple[str, Any, str]]] = {
     Recipe: [("method", METHOD_MODULES, "")],
     DataConfig: [(k, lambda v: v >= 1, "≥ 1") for k in ("demo_num_train", "demo_num_val")]
     + [("demo_image_size", lambda v: v >= 32, "≥ 32")],
-    SplitsConfig: [("protocol", tuple(SPLIT_PROTOCOLS), "")],
+    SplitsConfig: [("protocol", protocol_names("splits"), "")],
     ModelConfig: [
         ("arch", ("c4", "fpn"), ""), ("backbone", ("resnet18", "resnet34", "resnet50", "efficientnet_lite0"), ""),
         ("norm", ("frozen_bn", "gn"), ""), ("classifier", ("embedding", "agnostic"), ""),
@@ -409,7 +409,7 @@ _RULES: dict[type, list[tuple[str, Any, str]]] = {
     TrainConfig: [("amp", ("none", "bf16", "fp16"), "")],
     StudentConfig: [("uncertainty_train_iter", lambda v: v >= 0, "≥ 0"),
                     ("lambda_pseudo", lambda v: math.isfinite(v) and v >= 0, "a finite number ≥ 0")],
-    EvalConfig: [("protocol", tuple(EVAL_PROTOCOLS), ""),
+    EvalConfig: [("protocol", protocol_names("eval"), ""),
                  ("iou_types", lambda v: bool(v) and set(v) <= {"segm", "bbox"}, "a non-empty list of segm, bbox"),
                  ("max_images", _positive_or_none, "≥ 1 or null"), ("detections_per_img", lambda v: v >= 1, "≥ 1"),
                  ("workers", lambda v: v >= 1, "≥ 1")],

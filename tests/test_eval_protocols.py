@@ -16,8 +16,9 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from ovis.eval import EvalInputError, evaluate, get_protocol
-from ovis.eval.protocols import PROTOCOLS, metrics_markdown
+from ovis.eval.protocols import metrics_markdown
 from ovis.eval.synthetic import synthetic_detections
+from ovis.protocols import PROTOCOLS
 
 REAL = Path(__file__).parent / "data" / "real"
 API = REAL / "cocoapi_val2014_100"
@@ -133,7 +134,8 @@ def test_a_protocol_without_a_split_names_what_is_missing_and_how_to_give_it(mon
     msg = str(e.value)
     assert msg.startswith("ovr_category_split: no base/novel split known: it has no built-in split") and "None" not in msg
     assert "`ovis splits --protocol ovr_category_split --out DIR`" in msg and "`ovis eval --partition PATH`" in msg
-    gone = dataclasses.replace(get_protocol("coco_voc_nonvoc"), split_resource="gone.json")
+    voc = get_protocol("coco_voc_nonvoc")
+    gone = dataclasses.replace(voc, eval_settings=dataclasses.replace(voc.evaluation, split_resource="gone.json"))
     monkeypatch.setitem(PROTOCOLS, "coco_voc_nonvoc", gone)
     with pytest.raises(EvalInputError, match=r"^coco_voc_nonvoc: no seen classes known: the GT has no `ignored_split` "
                        r"flags and its split file ovis/data/resources/gone\.json is missing from the installed package; "

@@ -22,12 +22,13 @@ from test_eval_recall import BUDGETS, literal_metrics
 from ovis.cli import main
 from ovis.config import list_recipes, load_recipe
 from ovis.data.coco import ann_to_rle
-from ovis.data.splits import PROTOCOLS, load_partition, write_splits
+from ovis.data.splits import load_partition, write_splits
 from ovis.eval import evaluate
 from ovis.eval.protocols import flag_seen, load_lvis_gt
 from ovis.eval.reference import SOURCES, paper_ar_curves
 from ovis.eval.synthetic import class_agnostic, synthetic_detections
 from ovis.models.detector import build_detector
+from ovis.protocols import protocol_names
 
 TRAIN = COCO_MINI / "annotations" / "instances_train2017.json"
 VAL = COCO_MINI / "annotations" / "instances_val2017.json"
@@ -86,7 +87,7 @@ def test_every_protocols_groups_are_disjoint_on_each_side():
         part = load_partition(name)
         assert not {c["id"] for c in part["base"]} & {c["id"] for c in part["novel"]}
         assert not {c["id"] for c in part.get("eval_seen", [])} & {c["id"] for c in part.get("eval_unseen", [])}
-    assert set(NEW) <= set(PROTOCOLS)
+    assert set(NEW) <= set(protocol_names("splits"))
 
 
 # --- split counts -------------------------------------------------------------------------------

@@ -9,7 +9,8 @@ import pytest
 from pycocotools.coco import COCO
 
 from ovis.cli import main as ovis
-from ovis.data.splits import PROTOCOLS, load_partition, write_splits
+from ovis.data.splits import load_partition, write_splits
+from ovis.protocols import protocol_names
 
 ANN = Path(__file__).parent / "data" / "real" / "coco_mini" / "annotations"
 TRAIN, VAL, CAPS = ANN / "instances_train2017.json", ANN / "instances_val2017.json", ANN / "captions_train2017.json"
@@ -37,7 +38,7 @@ def test_partitions_are_the_published_lists():
     voc = load_partition("coco_voc_nonvoc")
     assert (len(voc["base"]), len(voc["novel"])) == (20, 60)
     assert [c["id"] for c in voc["base"]] == [1, 2, 3, 4, 5, 6, 7, 9, 16, 17, 18, 19, 20, 21, 44, 62, 63, 64, 67, 72]
-    for p in PROTOCOLS:
+    for p in protocol_names("splits"):
         part = load_partition(p)
         groups = [{c["id"] for c in part[k]} for k in ("base", "novel", "excluded")]
         assert not (groups[0] & groups[1]) and not (groups[0] & groups[2]) and not (groups[1] & groups[2])

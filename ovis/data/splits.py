@@ -33,17 +33,10 @@ from ovis.data.coco import EVAL_ANNOTATION_KEYS, CocoFormatError, is_coco_id, re
 from ovis.data.uvo import frames_as_coco, is_video_file
 from ovis.io import write_json_atomic
 from ovis.locks import FolderInUse, folder_lock
-from ovis.protocols import SPLIT_PROTOCOLS as PROTOCOLS
-from ovis.protocols import SplitProtocol as Protocol
+from ovis.protocols import Protocol, get_protocol, protocol_names
 
 if TYPE_CHECKING:
     from ovis.config import DataConfig, Recipe
-
-
-def get_protocol(name: str) -> Protocol:
-    if name not in PROTOCOLS:
-        raise KeyError(f"unknown protocol {name!r}; known: {', '.join(PROTOCOLS)}")
-    return PROTOCOLS[name]
 
 
 def _resource(name: str) -> Any:
@@ -98,19 +91,20 @@ def load_partition(protocol: str, lvis_categories: list[dict] | None = None,
     ``category_split`` each of them is base or novel as its ``split`` field says.
     """
     p = get_protocol(protocol)
-    if p.category_split:  # each val category's own split field
+    s = p.splits
+    if s.category_split:  # each val category's own split field
         return category_split_partition(p.name, val_categories or [])
-    if p.val_all_unseen:  # train on COCO's 80, recall every instance of the val file
+    if s.val_all_unseen:  # train on COCO's 80, recall every instance of the val file
         unseen = sorted(({"id": c["id"], "name": c["name"]} for c in val_categories or []), key=lambda c: c["id"])
         return {"protocol": p.name, "kind": p.kind, "base": coco_categories(), "novel": [], "excluded": [],
                 "eval_seen": [], "eval_unseen": unseen}
-    if p.lvis_side is None:
-        raw = _resource(p.resource)
+    if s.lvis_side is None:
+        raw = _resource(s.resource)
         return {
             "protocol": p.name,
             "kind": p.kind,
-            "base": raw[p.base_key],
-            "novel": raw[p.novel_key],
+            "base": raw[s.base_key],
+            "novel": raw[s.novel_key],
             "excluded": raw.get("excluded", []),
         }
     if lvis_categories is None:
@@ -118,10 +112,10 @@ def load_partition(protocol: str, lvis_categories: list[dict] | None = None,
     with_coco, without = split_lvis_categories(lvis_categories, "lvis_v1_categories.json", p.name)
     groups = {"coco": with_coco, "noncoco": without}
     coco = coco_categories()
-    if p.lvis_side == "val":  # train on COCO's 80, recall the LVIS categories without a COCO counterpart
-        base, novel, seen, unseen = coco, [], groups[p.base_key], groups[p.novel_key]
+    if s.lvis_side == "val":  # train on COCO's 80, recall the LVIS categories without a COCO counterpart
+        base, novel, seen, unseen = coco, [], groups[s.base_key], groups[s.novel_key]
     else:  # train on the LVIS categories without a COCO counterpart, recall all of COCO
-        base, novel, seen, unseen = groups[p.base_key], groups[p.novel_key], [], coco
+        base, novel, seen, unseen = groups[s.base_key], groups[s.novel_key], [], coco
     return {"protocol": p.name, "kind": p.kind, "base": base, "novel": novel, "excluded": [],
             "eval_seen": seen, "eval_unseen": unseen}
 
@@ -219,11 +213,11 @@ def build_splits(
     """All split files of a protocol, as ``{file name: JSON object}`` (nothing written). ``caption_set``: caption-only
     images (with their sizes) under ``caption_set_images``, added by :func:`add_caption_only_images`."""
     p = get_protocol(protocol)
-    if p.lvis_side is not None or p.val_all_unseen:
+    if p.splits.lvis_side is not None or p.splits.val_all_unseen:
         if caption_set:
             raise CocoFormatError(f"protocol {p.name} trains a class-agnostic detector and takes no caption-only images")
         return _build_cross_dataset(p, train, val, captions, train_path, val_path)
-    if p.category_split:
+    if p.splits.category_split:
         partition = category_split_partition(p.name, val["categories"], val_path)
         for group in ("base", "novel"):
             if not partition[group]:
@@ -238,7 +232,7 @@ def build_splits(
     novel = {c["id"] for c in partition["novel"]}
     names = {**{i: "base" for i in base}, **{i: "novel" for i in novel}}
     files: dict[str, Any] = {
-        "train_base.json": subset(train, base, min_side=p.min_train_side, split_names=names),
+        "train_base.json": subset(train, base, min_side=p.splits.min_train_side, split_names=names),
     }
     if p.kind == "ovr":
         files["val.json"] = subset(val, base | novel, split_names=names)
@@ -283,11 +277,11 @@ def _build_cross_dataset(p: Protocol, train: dict, val: dict, captions: dict[int
     (docs/protocols.md#17-coco-and-uvo): every val category unseen."""
     if captions is not None:
         raise CocoFormatError(f"protocol {p.name} trains a class-agnostic detector and takes no captions file")
-    if p.val_all_unseen:
+    if p.splits.val_all_unseen:
         partition = load_partition(p.name, val_categories=val["categories"])
         coco_file, coco_path = train, train_path
     else:
-        lvis, lvis_path, coco_file, coco_path = (val, val_path, train, train_path) if p.lvis_side == "val" else (
+        lvis, lvis_path, coco_file, coco_path = (val, val_path, train, train_path) if p.splits.lvis_side == "val" else (
             train, train_path, val, val_path)
         split_lvis_categories(lvis["categories"], lvis_path, p.name)  # every category has a synset
         partition = load_partition(p.name, lvis_categories=lvis["categories"])
@@ -300,7 +294,7 @@ def _build_cross_dataset(p: Protocol, train: dict, val: dict, captions: dict[int
     train_names = {**{i: "base" for i in base}, **{c["id"]: "novel" for c in partition["novel"]}}
     val_names = {**{i: "base" for i in seen}, **{i: "novel" for i in unseen}}
     files: dict[str, Any] = {
-        "train_base.json": subset(train, base, min_side=p.min_train_side, split_names=train_names),
+        "train_base.json": subset(train, base, min_side=p.splits.min_train_side, split_names=train_names),
         "val.json": subset(val, seen | unseen, keep_all_images=True, ignored_ids=seen, split_names=val_names),
         "partition.json": partition,
     }
@@ -481,7 +475,7 @@ def format_counts(table: dict[str, dict[str, int]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="ovis splits", description=__doc__.splitlines()[0])
-    ap.add_argument("--protocol", required=True, choices=sorted(PROTOCOLS))
+    ap.add_argument("--protocol", required=True, choices=sorted(protocol_names("splits")))
     ap.add_argument("--train-instances", required=True, type=Path, help="COCO instances JSON (train)")
     ap.add_argument("--val-instances", required=True, type=Path,
                     help="COCO instances JSON (val); LVIS and UVO files (FrameSet or video format) as the protocol needs")

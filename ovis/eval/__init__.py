@@ -6,16 +6,9 @@
 """
 
 from ovis.eval.io import EvalInputError, load_detections, merge_shards
-from ovis.eval.protocols import (
-    PROTOCOLS,
-    Protocol,
-    evaluate,
-    get_protocol,
-    metrics_markdown,
-)
+from ovis.eval.protocols import Protocol, evaluate, get_protocol, metrics_markdown
 
 __all__ = [
-    "PROTOCOLS",
     "EvalInputError",
     "Protocol",
     "evaluate",

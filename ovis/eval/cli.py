@@ -12,14 +12,15 @@ import json
 import sys
 
 from ovis.eval.io import EvalInputError
-from ovis.eval.protocols import PROTOCOLS, evaluate
+from ovis.eval.protocols import evaluate
 from ovis.eval.report import write_metrics
 from ovis.locks import folder_lock
+from ovis.protocols import protocol_names
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ovis eval", description=__doc__.splitlines()[0])
-    parser.add_argument("--protocol", required=True, choices=sorted(PROTOCOLS), help="named protocol")
+    parser.add_argument("--protocol", required=True, choices=sorted(protocol_names("eval")), help="named protocol")
     parser.add_argument("--gt", required=True, help="COCO instances json (a split's val json)")
     parser.add_argument(
         "--detections", required=True,

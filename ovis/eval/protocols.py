@@ -28,16 +28,7 @@ from ovis.data.uvo import frames_as_coco, is_video_file
 from ovis.eval.ap import STAT_NAMES, ap50_of, ap50_per_class, coco_eval
 from ovis.eval.io import EvalInputError, check_detections, load_detections, load_gt
 from ovis.eval.recall import AUC_BUDGETS, compute_recall, recall_metrics
-from ovis.protocols import EVAL_PROTOCOLS as PROTOCOLS
-from ovis.protocols import EvalProtocol as Protocol
-
-
-def get_protocol(name: str) -> Protocol:
-    """The protocol called `name`; KeyError listing the known names otherwise."""
-    if name not in PROTOCOLS:
-        raise KeyError(f"unknown protocol {name!r}; known: {', '.join(PROTOCOLS)}")
-    return PROTOCOLS[name]
-
+from ovis.protocols import Protocol, get_protocol
 
 # eval_seen/eval_unseen first: a cross-dataset partition.json holds the val file's classes there and the
 # training file's in base/novel
@@ -76,12 +67,13 @@ def split_category_ids(protocol: Protocol, partition: dict | None, gt: dict | No
     unseen); None when neither exists (see `partition_ids`)."""
     if partition is not None:
         return partition_ids(partition)
-    if protocol.gt_all_unseen and gt is not None:
+    settings = protocol.evaluation
+    if settings.gt_all_unseen and gt is not None:
         return [], [c["id"] for c in gt["categories"]]
-    if protocol.synset_gt is not None and gt is not None:
+    if settings.synset_gt is not None and gt is not None:
         return synset_split(protocol, gt, gt_name)
-    if protocol.split_resource:
-        res = resources.files("ovis.data").joinpath("resources", protocol.split_resource)
+    if settings.split_resource:
+        res = resources.files("ovis.data").joinpath("resources", settings.split_resource)
         if res.is_file():
             return partition_ids(json.loads(res.read_text(encoding="utf-8")), str(res))
     return None
@@ -89,8 +81,9 @@ def split_category_ids(protocol: Protocol, partition: dict | None, gt: dict | No
 
 def _no_split_source(protocol: Protocol) -> str:
     """Why ``protocol`` has no class split without a partition, and how to give one (the end of an error line)."""
-    why = (f"its split file ovis/data/resources/{protocol.split_resource} is missing from the installed package"
-           if protocol.split_resource else "it has no built-in split, it reads one from a partition file")
+    resource = protocol.evaluation.split_resource
+    why = (f"its split file ovis/data/resources/{resource} is missing from the installed package"
+           if resource else "it has no built-in split, it reads one from a partition file")
     return (f"{why}; pass the partition.json that `ovis splits --protocol {protocol.name} --out DIR` writes "
             "(runs/<recipe>/splits/partition.json in a run): `ovis eval --partition PATH`, or partition= in Python")
 
@@ -102,7 +95,7 @@ def synset_split(protocol: Protocol, gt: dict, gt_name: str = "the GT") -> tuple
     from ovis.data.splits import coco_categories, split_lvis_categories
 
     try:
-        if protocol.synset_gt == "lvis":
+        if protocol.evaluation.synset_gt == "lvis":
             with_coco, without = split_lvis_categories(gt["categories"], gt_name, protocol.name)
             return [c["id"] for c in with_coco], [c["id"] for c in without]
     except CocoFormatError as e:
@@ -230,13 +223,14 @@ def _evaluate_open_world(
         )
     seen = set(split[0]) if split else set()
     gt = flag_seen(gt, seen)
-    recall = compute_recall(gt, dets, iou_type, protocol.max_dets, backend)
-    with_auc = set(AUC_BUDGETS[1:]) <= set(protocol.max_dets)
-    metrics = recall_metrics(recall, protocol.max_dets, with_auc)
+    max_dets = protocol.evaluation.max_dets
+    recall = compute_recall(gt, dets, iou_type, max_dets, backend)
+    with_auc = set(AUC_BUDGETS[1:]) <= set(max_dets)
+    metrics = recall_metrics(recall, max_dets, with_auc)
     n_seen = sum(a["ignored_split"] for a in gt["annotations"])
     extra = {
         "recall": recall,
-        "max_dets": list(protocol.max_dets),
+        "max_dets": list(max_dets),
         "seen_category_ids": sorted(seen),
         "num_seen_gt": int(n_seen),
         "num_unseen_gt": int(len(gt["annotations"]) - n_seen),
@@ -293,10 +287,10 @@ def _cyclic_gc_paused() -> Iterator[None]:
 
 def _evaluate(proto: Protocol, gt: str | Path | dict, detections: str | Path | list, iou_type: str,
               partition: dict | str | Path | None, backend: str, segm_area: str) -> dict:
-    if proto.synset_gt == "lvis":
+    if proto.evaluation.synset_gt == "lvis":
         gt_data = load_lvis_gt(gt)
     else:
-        gt_data = load_frames_gt(gt) if proto.gt_all_unseen else load_gt(gt)
+        gt_data = load_frames_gt(gt) if proto.evaluation.gt_all_unseen else load_gt(gt)
     source = str(detections) if not isinstance(detections, list) else "detections"
     dets = check_detections(load_detections(detections), gt_data, iou_type, source,
                             segm_area if iou_type == "segm" else "mask")

@@ -25,7 +25,6 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from ovis.config import Recipe, RecipeError, load_recipe
-from ovis.eval.protocols import PROTOCOLS
 from ovis.eval.reference import (
     PAPER_AP50,
     PAPER_AR_BY_PROTOCOL,
@@ -38,6 +37,7 @@ from ovis.eval.reference import (
 )
 from ovis.io import atomic_path, write_text_atomic
 from ovis.locks import folder_lock
+from ovis.protocols import get_protocol
 from ovis.runs import MARKER, STAGES, default_run_dir, mark_stage_done, stage_dir, stage_done
 
 BASE_COLOR = "tab:blue"
@@ -345,7 +345,10 @@ def find_eval_results(run_dir: str | Path) -> list[dict]:
 
 def protocol_kind(protocol: str) -> str:
     """"ovr", "open_world" or "coco" for a protocol name (unknown names: "coco", no paper numbers)."""
-    return PROTOCOLS[protocol].kind if protocol in PROTOCOLS else "coco"
+    try:
+        return get_protocol(protocol).kind
+    except KeyError:
+        return "coco"
 
 
 def eval_setting(result: Mapping) -> str:
