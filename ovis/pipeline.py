@@ -115,7 +115,7 @@ def run_stage(stage: str, recipe: Recipe, recipe_ref: str, run_dir: Path, overri
 
     if not force and stage_done(run_dir, stage, recipe):
         return StageResult(stage, "skipped", 0.0, None)
-    out = run_dir / "notebooks" / NOTEBOOKS[stage]
+    out = RunLayout(run_dir).notebooks / NOTEBOOKS[stage]
     out.parent.mkdir(parents=True, exist_ok=True)
     params = {"recipe": recipe_ref, "run_dir": str(run_dir), "overrides": list(overrides), "force": force,
               "live_widgets": False}  # nobody watches a headless run, and widget traffic can hang nbclient
@@ -252,7 +252,7 @@ def summary(recipes: list[str], runs_root: Path = Path("runs")) -> str:
             m = res["metrics"]
             values = ", ".join(f"{k} {100 * m[k]:.1f}" for k in keys if m.get(k) is not None and m[k] >= 0)
             rows.append(f"| {name} | {res['label']} | {res['protocol']} | {values} |")
-    reports = [runs_root / name / "curves" / "report.md" for name in recipes]
+    reports = [RunLayout(runs_root / name).report for name in recipes]
     return "\n".join(rows + [""] + [f"report: {p}" for p in reports if p.exists()])
 
 

@@ -20,6 +20,8 @@ STAGES = ("splits", "teacher", "pseudo", "student", "eval", "curves")
 MARKER = "stage.json"
 FINAL = "model_final.pth"  # a training folder's final checkpoint, as the engine names it (ovis.engine.train.FINAL)
 DETECTIONS = "detections.json"
+TRAINING_LOG = "metrics.jsonl"  # a training folder's log, as the engine names it (ovis.engine.train.METRICS)
+EVAL_METRICS = "metrics.json"  # an evaluation result (ovis.eval.report.write_metrics)
 
 # The recipe sections each stage's outputs depend on (its own and every earlier stage's), so that
 # changing, say, eval.max_images re-runs evaluation but does not retrain the teacher. The launch
@@ -101,6 +103,29 @@ class RunLayout:
         """``eval/<parts...>/detections.json``: one model's (and setting's) detections, or without
         ``parts`` the run's headline detections (the student's)."""
         return self.stage("eval").joinpath(*parts, DETECTIONS)
+
+    def training_log(self, folder: str) -> Path:
+        """The training log of training folder ``folder`` (``<folder>/metrics.jsonl``)."""
+        return self.folder(folder) / TRAINING_LOG
+
+    def training_logs(self) -> dict[str, Path]:
+        """{training folder: its log} of every folder of the run that has one, by folder name."""
+        return {p.parent.name: p for p in sorted(self.root.glob(f"*/{TRAINING_LOG}"))}
+
+    def eval_results(self) -> list[Path]:
+        """Every evaluation result under ``eval/`` (``eval/**/metrics.json``: per model and setting, and the
+        run's own), sorted."""
+        return sorted(self.stage("eval").glob(f"**/{EVAL_METRICS}"))
+
+    @property
+    def report(self) -> Path:
+        """The curves stage's report (``curves/report.md``)."""
+        return self.stage("curves") / "report.md"
+
+    @property
+    def notebooks(self) -> Path:
+        """The folder of the executed stage notebooks (``notebooks/``)."""
+        return self.root / "notebooks"
 
 
 def stage_dir(run_dir: str | Path, stage: str) -> Path:

@@ -17,8 +17,11 @@ from pycocotools.cocoeval import COCOeval
 
 from ovis.eval import EvalInputError, evaluate, get_protocol
 from ovis.eval.protocols import metrics_markdown
+from ovis.eval.report import evaluate_run
 from ovis.eval.synthetic import synthetic_detections
+from ovis.io import write_json_atomic
 from ovis.protocols import PROTOCOLS
+from ovis.runs import RunLayout
 
 REAL = Path(__file__).parent / "data" / "real"
 API = REAL / "cocoapi_val2014_100"
@@ -124,6 +127,19 @@ def test_partition_overrides_the_packaged_split(generalized):
     m = evaluate("demo_ovr", gt, dets, "bbox", partition=part)["metrics"]
     assert m["AP50_base"] == pytest.approx(_independent_eval(gt, dets, "bbox")[0][1], abs=1e-12)
     assert get_protocol("demo_open_world").kind == "open_world"
+
+
+def test_evaluating_a_run_reads_its_split_files_and_detections_and_writes_its_metrics(generalized, tmp_path):
+    gt, dets = generalized
+    layout = RunLayout(tmp_path)
+    partition = {"protocol": "coco_ovr_48_17", **SPLIT}
+    for path, obj in ((layout.split("val.json"), gt), (layout.split("partition.json"), partition),
+                      (layout.detections(), dets)):
+        write_json_atomic(obj, path)
+    result = evaluate_run(tmp_path, iou_type="bbox")  # the protocol named by partition.json
+    assert result["metrics"] == evaluate("coco_ovr_48_17", gt, dets, "bbox", partition=partition)["metrics"]
+    assert layout.eval_results() == [tmp_path / "eval" / "metrics.json"]
+    assert json.loads(layout.eval_results()[0].read_text())["metrics"]["AP50_novel"] == result["metrics"]["AP50_novel"]
 
 
 def test_a_protocol_without_a_split_names_what_is_missing_and_how_to_give_it(monkeypatch):

@@ -106,6 +106,27 @@ def test_the_run_layout_names_the_shared_paths_and_reads_a_stage_record(tmp_path
     assert (record["result"], record["recipe_hash"], record["outputs"]) == ({"iteration": 2}, stage_hash(r, "teacher"), [FINAL])
 
 
+def test_the_run_layout_names_the_training_logs_eval_results_report_and_notebooks(tmp_path):
+    from ovis.engine.train import METRICS
+    from ovis.eval.report import write_metrics
+
+    layout = RunLayout(tmp_path)
+    assert layout.training_log("teacher") == tmp_path / "teacher" / METRICS  # the engine's name for it
+    assert (layout.training_logs(), layout.eval_results()) == ({}, [])
+    for folder in ("student", "grounding"):
+        layout.folder(folder).mkdir()
+        layout.training_log(folder).write_text("")
+    layout.stage("splits").mkdir()  # a folder without a log
+    assert layout.training_logs() == {"grounding": tmp_path / "grounding" / METRICS,
+                                      "student": tmp_path / "student" / METRICS}
+    result = {"protocol": "coco", "iou_type": "bbox", "metrics": {"stats": [0.0] * 12}}
+    write_metrics(result, layout.stage("eval") / "student" / "bbox")
+    write_metrics(result, layout.stage("eval"))
+    assert layout.eval_results() == [tmp_path / "eval" / "metrics.json",
+                                     tmp_path / "eval" / "student" / "bbox" / "metrics.json"]
+    assert (layout.report, layout.notebooks) == (tmp_path / "curves" / "report.md", tmp_path / "notebooks")
+
+
 def test_recorded_inputs_that_change_or_appear_make_a_stage_stale(tmp_path):
     r = load_recipe("demo_ggn")
     (tmp_path / "curves").mkdir()

@@ -41,6 +41,7 @@ from ovis.engine.train import (
     task_spec,
 )
 from ovis.locks import folder_lock
+from ovis.runs import RunLayout, default_run_dir
 
 LAUNCHERS = ("local", "torchrun", "slurm")
 ENGINE_ENTRY = run_stage.__module__  # the engine's own command line (ovis.engine.train)
@@ -183,7 +184,7 @@ def launch(recipe: str | Path | Recipe, stage: str, run_dir: str | Path | None =
     launcher = launcher or cfg.launcher
     nodes = nodes or cfg.nodes
     device = device or cfg.device
-    run_dir = Path(run_dir) if run_dir is not None else Path("runs") / rec.name
+    run_dir = Path(run_dir) if run_dir is not None else default_run_dir(rec)
     if launcher not in LAUNCHERS:
         raise ValueError(f"launcher {launcher!r}: expected one of {list(LAUNCHERS)}")
     if task is None:
@@ -194,7 +195,7 @@ def launch(recipe: str | Path | Recipe, stage: str, run_dir: str | Path | None =
         build = load_task_builder(task) if isinstance(task, str) else task
         return run_stage(rec, stage, run_dir, build, device=device, resume=resume, sections=sections, config=config)
     nproc = nproc or cfg.nproc
-    out_dir = run_dir / stage
+    out_dir = RunLayout(run_dir).folder(stage)
     if launcher == "torchrun":
         if entry is None and (sections is not None or config is not None):
             raise ValueError("launcher='torchrun' with sections or config needs the entry module that resolves "
@@ -228,7 +229,7 @@ def train_stage(recipe: Recipe, stage: str, run_dir: str | Path, force: bool = F
     ``force`` trains from scratch (the stage's ``model_final.pth`` and ``last.pth`` are removed first:
     training skips a final checkpoint of the same recipe hash). Returns ``{"stage", "final",
     "iteration", "skipped", "seconds"}``, what the stage marker records."""
-    out_dir = Path(run_dir) / stage
+    out_dir = RunLayout(run_dir).folder(stage)
     if force:
         for name in (FINAL, LAST):
             (out_dir / name).unlink(missing_ok=True)

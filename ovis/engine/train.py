@@ -61,7 +61,7 @@ from ovis.engine import dist as odist
 from ovis.engine.schedule import build_lr_scheduler, build_optimizer
 from ovis.io import atomic_path, remove_stale_temps, write_text_atomic
 from ovis.locks import FolderInUse, folder_lock
-from ovis.runs import stage_hash
+from ovis.runs import RunLayout, default_run_dir, stage_hash
 
 logger = logging.getLogger(__name__)
 
@@ -684,7 +684,7 @@ def run_stage(recipe: Recipe, stage: str, run_dir: str | Path, task: TaskBuilder
     builder the method declares, see :class:`StageSpec` for ``sections`` and ``config``), save the
     resolved recipe, run :func:`train`."""
     run_dir = Path(run_dir)
-    out_dir = run_dir / stage
+    out_dir = RunLayout(run_dir).folder(stage)
     recipe_hash = recipe.hash(tuple(sections)) if sections is not None else stage_hash(recipe, stage)
     section = config or stage
     cfg = getattr(recipe, section, None)
@@ -737,7 +737,7 @@ def main(argv: list[str] | None = None, resolve: Resolver | None = None, stages:
     args = parser.parse_args(argv)
     try:
         recipe = load_recipe(args.recipe, args.overrides)
-        run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / recipe.name
+        run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(recipe)
         spec = resolve(recipe, args.stage, args.task) if resolve else StageSpec(load_task_builder(args.task))
         run_stage(recipe, args.stage, run_dir, spec.build, device=args.device or recipe.launch.device,
                   resume=not args.no_resume, progress=not args.no_progress, sections=spec.sections, config=spec.config)

@@ -38,7 +38,7 @@ from ovis.eval.reference import (
 from ovis.io import atomic_path, write_text_atomic
 from ovis.locks import folder_lock
 from ovis.protocols import get_protocol
-from ovis.runs import MARKER, STAGES, default_run_dir, mark_stage_done, stage_dir, stage_done
+from ovis.runs import STAGES, RunLayout, default_run_dir, mark_stage_done, stage_done
 
 BASE_COLOR = "tab:blue"
 NOVEL_COLOR = "tab:orange"
@@ -218,12 +218,11 @@ def loss_terms(rows: Sequence[Mapping]) -> list[str]:
 def find_training_logs(run_dir: str | Path, stages: Sequence[str] | None = None) -> dict[str, Path]:
     """{stage: path} of `<run_dir>/<stage>/metrics.jsonl`: the given stages that have one, or every
     folder with one (grounding, teacher, student, baseline first, then the rest by name)."""
-    run = Path(run_dir)
+    layout = RunLayout(run_dir)
     if stages is None:
-        found = [p.parent.name for p in run.glob("*/metrics.jsonl")]
         rank = {s: i for i, s in enumerate(STAGE_ORDER)}
-        stages = sorted(found, key=lambda s: (rank.get(s, len(rank)), s))
-    return {s: run / s / "metrics.jsonl" for s in stages if (run / s / "metrics.jsonl").is_file()}
+        stages = sorted(layout.training_logs(), key=lambda s: (rank.get(s, len(rank)), s))
+    return {s: layout.training_log(s) for s in stages if layout.training_log(s).is_file()}
 
 
 def _log_if_spans_decades(ax: Axes, values: Sequence[np.ndarray]) -> None:
@@ -327,9 +326,10 @@ def find_eval_results(run_dir: str | Path) -> list[dict]:
     """Every `<run_dir>/eval/**/metrics.json` (as `ovis.eval.report.write_metrics` writes it), with
     `label` (its folder relative to eval/, e.g. "student/segm"; "eval" for eval/metrics.json) and
     `path` added; sorted by path. Files with a protocol but no iou_type (side-by-side summaries) are skipped."""
-    root = Path(run_dir) / "eval"
+    layout = RunLayout(run_dir)
+    root = layout.stage("eval")
     out = []
-    for path in sorted(root.glob("**/metrics.json")):
+    for path in layout.eval_results():
         try:
             result = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
@@ -521,10 +521,10 @@ def _save_png_atomic(fig: Figure, path: Path, dpi: int = 110) -> Path:
 def _report_inputs(run_dir: Path) -> list[Path]:
     """Every file the report reads, plus the other stages' markers (a stage finishing later, e.g.
     eval, makes the report stale); paths relative to the run dir."""
-    files = [*run_dir.glob("*/metrics.jsonl"), *(run_dir / "eval").glob("**/metrics.json"),
-             run_dir / "splits" / "partition.json"]
-    markers = [Path(s) / MARKER for s in STAGES if s != "curves"]
-    return [p.relative_to(run_dir) for p in files if p.is_file()] + markers
+    layout = RunLayout(run_dir)
+    files = [*layout.training_logs().values(), *layout.eval_results(), layout.split("partition.json")]
+    markers = [layout.marker(s) for s in STAGES if s != "curves"]
+    return [p.relative_to(run_dir) for p in [*(f for f in files if f.is_file()), *markers]]
 
 
 def _fmt(value: float | int | None, spec: str) -> str:
@@ -550,7 +550,8 @@ def write_report(run_dir: str | Path, recipe: Recipe, smooth_window: int = 20) -
     run = Path(run_dir)
     if not run.is_dir():
         raise FileNotFoundError(f"run dir {run} does not exist; run the earlier stages first or pass the right run_dir")
-    out = stage_dir(run, "curves")
+    layout = RunLayout(run)
+    out = layout.stage("curves")
     out.mkdir(parents=True, exist_ok=True)
     inputs = _report_inputs(run)
     logs = find_training_logs(run)
@@ -562,7 +563,7 @@ def write_report(run_dir: str | Path, recipe: Recipe, smooth_window: int = 20) -
     for stem, fig in metric_figures(results).items():
         pngs.append(_save_png_atomic(fig, out / f"{stem}.png").name)
 
-    part_path = run / "splits" / "partition.json"
+    part_path = layout.split("partition.json")
     partition = json.loads(part_path.read_text(encoding="utf-8")) if part_path.is_file() else {}
     protocol = partition.get("protocol", recipe.splits.protocol)
     lines = [f"# Curves report: {recipe.name}", "",
@@ -584,9 +585,9 @@ def write_report(run_dir: str | Path, recipe: Recipe, smooth_window: int = 20) -
                   + ".", ""]
     lines += [paper_table(results, recipe), "## Figures", ""]
     lines += [f"- [{name}]({name})" for name in pngs] or ["No figures: nothing logged or evaluated yet."]
-    report = write_text_atomic("\n".join(lines) + "\n", out / "report.md")
+    report = write_text_atomic("\n".join(lines) + "\n", layout.report)
     recipe.save(out)
-    mark_stage_done(run, "curves", recipe, ["report.md", *pngs], inputs=inputs)
+    mark_stage_done(run, "curves", recipe, [layout.report.name, *pngs], inputs=inputs)
     return report
 
 
@@ -596,7 +597,7 @@ def run_curves_stage(recipe: Recipe, run_dir: str | Path, force: bool = False, s
     (unless `force`)."""
     run = Path(run_dir)
     if not force and stage_done(run, "curves", recipe):
-        return stage_dir(run, "curves") / "report.md"
+        return RunLayout(run).report
     return write_report(run, recipe, smooth_window)
 
 
