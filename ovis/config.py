@@ -3,6 +3,18 @@
 A recipe file may say ``extends: base.yaml`` (relative to its own folder); the child overrides
 only the keys it names. ``--set teacher.max_iter=100`` style overrides are parsed as YAML values.
 The resolved recipe and its hash are saved into every run directory.
+
+Sections. The core sections (``data``, ``splits``, ``model``, ``eval``, ``launch``) are declared here,
+with :class:`TrainConfig`, the generic training schedule. Every other section belongs to a method, which
+declares it in its own package (its module's ``SECTIONS``: section name -> dataclass, e.g.
+``ovis/methods/cpl/config.py``); a recipe holds the sections of its ``method`` in ``Recipe.sections``,
+read as attributes (``recipe.pseudo``), and a section its method does not own is an error.
+
+This layer knows methods by name only (``ovis.registry``): the lookup from a method to its sections is
+installed from above, by :mod:`ovis.methods` when it is imported (:func:`use_method_sections`), so no
+string here imports a method. Building a recipe before that is an error that says so; the callers
+import their loader from :mod:`ovis.methods` (``from ovis.methods import load_recipe``) or run below a
+method's own module, which imports it.
 """
 
 from __future__ import annotations
@@ -12,6 +24,7 @@ import dataclasses
 import hashlib
 import json
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -143,51 +156,6 @@ class TrainConfig:
 
 
 @dataclass
-class GroundingConfig(TrainConfig):
-    """CPL caption grounding (docs/cpl.md#21-caption-pretraining)."""
-
-    # keep each training image's backbone output (per flip) in memory after its first use: exact when
-    # the backbone is frozen (freeze: [backbone]), and then an epoch costs one forward per image and
-    # flip instead of one per visit; memory grows with the dataset (images x 2 x C5 cells x channels)
-    cache_features: bool = False
-
-
-@dataclass
-class PseudoConfig:
-    """Pseudo-mask extraction (CPL cross-modal, docs/cpl.md#23-pseudo-labels; GGN grouping, docs/ggn.md#32-grouping, docs/ggn.md#33-pseudo-gt)."""
-
-    vocabulary: str = "lvis"  # lvis | dataset
-    max_images: int | None = None
-    shards: int = 1
-    # GGN grouping (upstream extraction values)
-    edge_thresh: float = 0.0
-    join_thresh: float = 1.0
-    nms_thresh: float = 0.2
-    use_orientation: bool = True
-    globalization: float = 0.5
-    n_eigenvectors: int = 16
-    border_filter_thresh: float = 0.9
-    min_component_size: int = 0
-    seed_footprint: int = 20
-    top_n: int = 20
-    top_k: int = 3
-    gt_iou_thresh: float = 0.5
-    workers: int | None = None  # GGN grouping processes (None: one per CPU core; 0: in the calling process)
-    save_every: int = 20  # GGN: append finished images to the shard's progress file every K images
-
-
-@dataclass
-class StudentConfig(TrainConfig):
-    """CPL robust student extras (docs/cpl.md#24-robust-student)."""
-
-    uncertainty: bool = True
-    uncertainty_train_iter: int = 10000
-    lambda_pseudo: float = 0.1
-    pseudo_box_loss: bool = True
-    online_pseudo: bool = False  # True: the frozen teacher labels every batch (upstream); False: pseudo/train_pseudo.json
-
-
-@dataclass
 class EvalConfig:
     protocol: str = "coco_ovr_48_17"
     iou_types: list[str] = field(default_factory=lambda: ["segm", "bbox"])
@@ -211,35 +179,78 @@ class LaunchConfig:
     rdzv_endpoint: str | None = None  # torchrun with nodes > 1: HOST:PORT of the rendezvous node
 
 
+# a method name -> the recipe sections it owns (section name -> dataclass), in recipe order
+SectionLookup = Callable[[str], Mapping[str, type]]
+_method_sections: SectionLookup | None = None
+
+
+def use_method_sections(lookup: SectionLookup) -> None:
+    """Install the lookup of each method's own sections (:mod:`ovis.methods` installs it on import)."""
+    global _method_sections
+    _method_sections = lookup
+
+
+def owned_sections(method: str) -> Mapping[str, type]:
+    """The sections ``method`` owns, by the installed lookup."""
+    if _method_sections is None:
+        raise RecipeError(f"the sections of method {method!r} are unknown here: the methods layer declares them "
+                          "and installs their lookup when it is imported; load recipes with its load_recipe")
+    return _method_sections(method)
+
+
 @dataclass
 class Recipe:
+    """A resolved recipe: the core sections, and in ``sections`` those its method owns (built with their
+    defaults when not given), read as attributes: ``recipe.pseudo`` is ``recipe.sections["pseudo"]``."""
+
     name: str = "unnamed"
     method: str = "cpl"  # a method of ovis.registry.METHOD_MODULES: cpl | ggn | oln
     description: str = ""
     data: DataConfig = field(default_factory=DataConfig)
     splits: SplitsConfig = field(default_factory=SplitsConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    grounding: GroundingConfig = field(default_factory=GroundingConfig)
-    teacher: TrainConfig = field(default_factory=TrainConfig)
-    pseudo: PseudoConfig = field(default_factory=PseudoConfig)
-    student: StudentConfig = field(default_factory=StudentConfig)
+    sections: dict[str, Any] = field(default_factory=dict)
     eval: EvalConfig = field(default_factory=EvalConfig)
     launch: LaunchConfig = field(default_factory=LaunchConfig)
 
+    def __post_init__(self) -> None:
+        owned = owned_sections(self.method)
+        foreign = sorted(set(self.sections) - set(owned))
+        if foreign:
+            raise _not_owned(f"recipe {self.name}", self.method, owned, foreign)
+        self.sections = {name: self.sections[name] if name in self.sections else cls() for name, cls in owned.items()}
+
+    def __getattr__(self, name: str) -> Any:
+        """A section of the recipe's method (called only when no field has the name)."""
+        sections = self.__dict__.get("sections", {})
+        if name in sections:
+            return sections[name]
+        if name.startswith("__"):
+            raise AttributeError(name)
+        raise AttributeError(f"recipe {self.__dict__.get('name')!r}: method {self.__dict__.get('method')!r} has no "
+                             f"section {name!r}; its own sections: {', '.join(sections) or 'none'}")
+
     def to_dict(self) -> dict[str, Any]:
-        """All fields, less the data keys of ``OPTIONAL_DATA_KEYS`` that are None (so the hash of a recipe
-        that does not use them is the one it had before they existed)."""
-        out = dataclasses.asdict(self)
+        """All sections as one mapping (the method's beside the core ones), less the data keys of
+        ``OPTIONAL_DATA_KEYS`` that are None (so the hash of a recipe that does not use them is the one it
+        had before they existed)."""
+        out: dict[str, Any] = {}
+        for key, value in dataclasses.asdict(self).items():
+            if key == "sections":
+                out.update(value)
+            else:
+                out[key] = value
         for key in OPTIONAL_DATA_KEYS:
             if out["data"][key] is None:
                 del out["data"][key]
         return out
 
     def hash(self, sections: tuple[str, ...] | None = None) -> str:
-        """Short content hash of the resolved recipe, or of only the named top-level ``sections``."""
+        """Short content hash of the resolved recipe, or of only the named top-level ``sections`` that it
+        has (a stage's sections that its method does not own are left out)."""
         data = self.to_dict()
         if sections is not None:
-            data = {k: data[k] for k in sections}
+            data = {k: data[k] for k in sections if k in data}
         blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -247,6 +258,15 @@ class Recipe:
         """Write ``recipe.yaml`` (resolved, with its hash) into run_dir atomically."""
         text = f"# ovis resolved recipe, hash {self.hash()}\n" + yaml.safe_dump(self.to_dict(), sort_keys=False)
         return write_text_atomic(text, Path(run_dir) / "recipe.yaml")
+
+
+# the top-level keys of every recipe; a method's sections take other names
+CORE_KEYS = tuple(f.name for f in dataclasses.fields(Recipe) if f.name != "sections")
+
+
+def _not_owned(where: str, method: str, owned: Mapping[str, type], keys: list[str]) -> RecipeError:
+    return RecipeError(f"{where}: unknown key(s) {keys}: method {method!r} owns the sections "
+                       f"{', '.join(owned) or '(none)'}; valid keys: {sorted([*CORE_KEYS, *owned])}")
 
 
 def recipe_dir() -> Path:
@@ -338,6 +358,12 @@ def _check_type(value: Any, hint: Any, where: str) -> Any:
     return value
 
 
+def _value(hint: Any, value: Any, where: str) -> Any:
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        return _build(hint, value, where)
+    return _check_type(value, hint, where)
+
+
 def _build(cls: type, data: dict[str, Any], where: str) -> Any:
     if not isinstance(data, dict):
         raise RecipeError(f"{where}: expected a mapping, got {data!r}")
@@ -346,33 +372,46 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
     unknown = sorted(set(data) - names)
     if unknown:
         raise RecipeError(f"{where}: unknown key(s) {unknown}; valid keys: {sorted(names)}")
-    kwargs = {}
-    for key, value in data.items():
-        hint = hints[key]
-        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
-            kwargs[key] = _build(hint, value, f"{where}.{key}")
-        else:
-            kwargs[key] = _check_type(value, hint, f"{where}.{key}")
-    obj = cls(**kwargs)
+    obj = cls(**{key: _value(hints[key], value, f"{where}.{key}") for key, value in data.items()})
     if isinstance(obj, TrainConfig):
         _check_schedule(obj, where)
     _check_values(obj, where)
     return obj
 
 
-def _unit(v: float) -> bool:
+def _build_recipe(data: Any, where: str) -> Recipe:
+    """The core sections as ``_build`` builds a section, then those the recipe's method owns, each from its
+    keys in ``data`` or from none (its defaults, checked all the same)."""
+    if not isinstance(data, dict):
+        raise RecipeError(f"{where}: expected a mapping, got {data!r}")
+    method = _check_type(data.get("method", Recipe.method), str, f"{where}.method")
+    if method not in METHOD_MODULES:
+        raise RecipeError(f"{where}: method={method!r} must be one of {', '.join(METHOD_MODULES)}")
+    owned = owned_sections(method)
+    foreign = sorted(set(data) - set(CORE_KEYS) - set(owned))
+    if foreign:
+        raise _not_owned(where, method, owned, foreign)
+    hints = get_type_hints(Recipe)
+    core = {key: _value(hints[key], value, f"{where}.{key}") for key, value in data.items() if key in CORE_KEYS}
+    return Recipe(**core, sections={name: _build(cls, data.get(name, {}), f"{where}.{name}")
+                                    for name, cls in owned.items()})
+
+
+def unit_interval(v: float) -> bool:
     return 0 <= v <= 1
 
 
-def _positive_or_none(v: int | None) -> bool:
+def positive_or_none(v: int | None) -> bool:
     return v is None or v >= 1
 
 
-# the values a key may take, per section: (key, test, what the test asks for). Methods are those of the
-# registry (ovis.registry); backbone, text encoder and choice names are those the builders accept
-# (ovis.models); protocols are named in ovis.protocols.
-_RULES: dict[type, list[tuple[str, Any, str]]] = {
-    Recipe: [("method", METHOD_MODULES, "")],
+# the values a key may take: (key, test, what the test asks for); the test is a callable or the allowed values
+Rule = tuple[str, Any, str]
+
+# the rules of the core sections. A method's section class declares its own as ``RULES: ClassVar[list[Rule]]``.
+# Backbone, text encoder and choice names are those the builders accept (ovis.models); protocols are named in
+# ovis.protocols.
+_RULES: dict[type, list[Rule]] = {
     DataConfig: [(k, lambda v: v >= 1, "≥ 1") for k in ("demo_num_train", "demo_num_val")]
     + [("demo_image_size", lambda v: v >= 32, "≥ 32")],
     SplitsConfig: [("protocol", protocol_names("splits"), "")],
@@ -381,7 +420,7 @@ _RULES: dict[type, list[tuple[str, Any, str]]] = {
         ("norm", ("frozen_bn", "gn"), ""), ("classifier", ("embedding", "agnostic"), ""),
         ("heads", ("standard", "oln"), ""), ("input_format", ("rgb", "bgr255"), ""),
         ("text_encoder", ("minilm", "bert-base-uncased", "minilm-sentence"), ""),
-        ("trainable_layers", lambda v: 0 <= v <= 5, "in 0..5"), ("embedding_dim", _positive_or_none, "≥ 1 or null"),
+        ("trainable_layers", lambda v: 0 <= v <= 5, "in 0..5"), ("embedding_dim", positive_or_none, "≥ 1 or null"),
         ("min_size", lambda v: v >= 1, "≥ 1"), ("max_size", lambda v: v >= 1, "≥ 1"),
         ("anchor_sizes", lambda v: bool(v) and all(a > 0 for a in v), "a non-empty list of sizes > 0"),
         ("aspect_ratios", lambda v: bool(v) and all(math.isfinite(a) and a > 0 for a in v),
@@ -390,40 +429,30 @@ _RULES: dict[type, list[tuple[str, Any, str]]] = {
             "fpn_channels", "representation_size", "mask_head_channels", "rpn_pre_nms_top_n_train",
             "rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_train", "rpn_post_nms_top_n_test",
             "box_batch_size_per_image", "box_detections_per_img", "c4_pooler_resolution", "decoder_channels")],
-        *[(k, _unit, "in [0, 1]") for k in (
+        *[(k, unit_interval, "in [0, 1]") for k in (
             "rpn_nms_thresh", "box_positive_fraction", "box_score_thresh", "box_nms_thresh")],
         ("background_weight", lambda v: math.isfinite(v) and v >= 0, "a finite number ≥ 0"),
         ("box_smooth_l1_beta", lambda v: math.isfinite(v) and v >= 0, "a finite number ≥ 0"),
         ("embedding_temperature", lambda v: math.isfinite(v) and v > 0, "a finite number > 0"),
         ("mask_logits_init_std", lambda v: v is None or (math.isfinite(v) and v > 0), "a finite number > 0 or null"),
     ],
-    PseudoConfig: [
-        ("vocabulary", ("lvis", "dataset"), ""), ("max_images", _positive_or_none, "≥ 1 or null"),
-        ("shards", lambda v: v >= 1, "≥ 1"), ("workers", lambda v: v is None or v >= 0, "≥ 0 or null"),
-        *[(k, _unit, "in [0, 1]") for k in (
-            "join_thresh", "nms_thresh", "globalization", "border_filter_thresh", "gt_iou_thresh")],
-        ("edge_thresh", lambda v: -1 <= v <= 1, "in [-1, 1]"),
-        *[(k, lambda v: v >= 1, "≥ 1") for k in ("n_eigenvectors", "seed_footprint", "top_n", "top_k", "save_every")],
-        ("min_component_size", lambda v: v >= 0, "≥ 0"),
-    ],
     TrainConfig: [("amp", ("none", "bf16", "fp16"), "")],
-    StudentConfig: [("uncertainty_train_iter", lambda v: v >= 0, "≥ 0"),
-                    ("lambda_pseudo", lambda v: math.isfinite(v) and v >= 0, "a finite number ≥ 0")],
     EvalConfig: [("protocol", protocol_names("eval"), ""),
                  ("iou_types", lambda v: bool(v) and set(v) <= {"segm", "bbox"}, "a non-empty list of segm, bbox"),
-                 ("max_images", _positive_or_none, "≥ 1 or null"), ("detections_per_img", lambda v: v >= 1, "≥ 1"),
+                 ("max_images", positive_or_none, "≥ 1 or null"), ("detections_per_img", lambda v: v >= 1, "≥ 1"),
                  ("workers", lambda v: v >= 1, "≥ 1")],
     LaunchConfig: [("launcher", ("local", "torchrun", "slurm"), ""),
                    ("device", lambda v: v in ("auto", "cpu", "cuda") or v.startswith("cuda:"), "auto, cpu, cuda or cuda:N"),
                    *[(k, lambda v: v >= 1, "≥ 1") for k in ("nproc", "nodes", "timeout_min", "cpus_per_task")],
-                   ("mem_gb", _positive_or_none, "≥ 1 or null")],
+                   ("mem_gb", positive_or_none, "≥ 1 or null")],
 }
 
 
 def _check_values(obj: Any, where: str) -> None:
     """Values a section cannot run with (``demo_ggn.pseudo.workers=-2``), checked when the recipe is loaded,
     before any stage reads a file or writes one."""
-    for key, ok, need in (rule for klass in type(obj).__mro__ for rule in _RULES.get(klass, ())):
+    rules = (rule for klass in type(obj).__mro__ for rule in _RULES.get(klass, vars(klass).get("RULES", ())))
+    for key, ok, need in rules:
         value = getattr(obj, key)
         allowed = ok(value) if callable(ok) else value in ok
         if not allowed:
@@ -466,9 +495,9 @@ def load_recipe(recipe: str | Path, overrides: list[str] | dict[str, Any] | None
     path = resolve_recipe_path(recipe)
     data = _merge(_read_yaml(path.resolve()), parse_overrides(overrides))
     data.setdefault("name", path.stem)
-    return _build(Recipe, data, path.stem)
+    return _build_recipe(data, path.stem)
 
 
 def recipe_from_dict(data: dict[str, Any]) -> Recipe:
     """Rebuild a Recipe from its ``to_dict()`` form (e.g. a saved ``recipe.yaml``)."""
-    return _build(Recipe, data, str(data.get("name", "recipe")))
+    return _build_recipe(data, str(data.get("name", "recipe")))

@@ -54,8 +54,8 @@ def run_parallel(recipes: list[str], overrides: list[str] | None = None, stages:
     """``ovis reproduce R`` for every recipe R at once (with the ``--set`` ``overrides``, ``--stages``), each with
     :func:`threads_per_run` threads; 0 when all succeed, else the first failure's exit code (the
     others are stopped)."""
-    from ovis.config import load_recipe
     from ovis.data.synthetic import generate_for
+    from ovis.methods import load_recipe
 
     for name in recipes:  # data both runs read is generated once, before they start
         data = load_recipe(name, overrides).data
@@ -114,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stages", help="comma-separated subset of the six stages (default: all)")
     ap.add_argument("--force", action="store_true", help="re-run stages even if their outputs match")
     args = ap.parse_args(argv)
-    from ovis.config import RecipeError, load_recipe
+    from ovis.config import RecipeError
+    from ovis.methods import load_recipe
 
     try:
         for name in args.recipes:

@@ -30,7 +30,7 @@ TOY = f"{Path(__file__).with_name('toy_task.py')}:toy_task"
 
 def _recipe(**kw) -> Recipe:
     cfg = TrainConfig(max_iter=4, batch_size=2, lr=0.05, warmup_iters=1, checkpoint_period=2, log_period=1, num_workers=0)
-    return Recipe(name="toy", teacher=cfg, **kw)
+    return Recipe(name="toy", sections={"teacher": cfg}, **kw)
 
 
 def test_local_launch_trains_in_process_then_skips_when_recipe_unchanged(tmp_path):

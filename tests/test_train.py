@@ -203,7 +203,7 @@ def test_the_engine_names_a_task_builder_by_module_for_other_processes():
 
 
 def test_the_engine_command_line_takes_its_task_from_the_caller(tmp_path, capsys):
-    recipe_path = Recipe(name="toy", teacher=_cfg(max_iter=2)).save(tmp_path)
+    recipe_path = Recipe(name="toy", sections={"teacher": _cfg(max_iter=2)}).save(tmp_path)
     args = ["--recipe", str(recipe_path), "--stage", "extra", "--run-dir", str(tmp_path / "run"), "--device", "cpu",
             "--no-progress"]
     with pytest.raises(SystemExit):  # without a resolver --task is required
@@ -223,7 +223,7 @@ def test_the_engine_command_line_takes_its_task_from_the_caller(tmp_path, capsys
 
 
 def test_stage_seeds_the_initial_weights_whatever_ran_before(tmp_path):
-    recipe = Recipe(name="toy", teacher=_cfg(max_iter=2, seed=5))
+    recipe = Recipe(name="toy", sections={"teacher": _cfg(max_iter=2, seed=5)})
     spec = f"{Path(__file__).with_name('toy_task.py')}:unseeded_task"
     finals = []
     for run, noise in (("a", 1), ("b", 2)):

@@ -8,7 +8,14 @@ absolute); :func:`for_recipe` imports the one a recipe's ``method`` names and ch
 - for each of them, the functions its notebook calls on the method (:data:`HOOKS`; ``splits`` and
   ``curves`` call none);
 - ``TRAINING_STAGES``: engine training stage name → :class:`TrainingStage` (its task builder, the
-  pipeline stage that trains it, the model its checkpoint fills, the recipe sections it reads).
+  pipeline stage that trains it, the model its checkpoint fills, the recipe sections it reads);
+- ``SECTIONS``: the recipe sections it owns besides the core ones of :mod:`ovis.config` (name → dataclass,
+  in recipe order; a dataclass may declare ``RULES``, the values its keys may take).
+
+Importing this package installs :func:`method_sections` as the config layer's lookup of a method's
+sections (``ovis.config.use_method_sections``): the config layer, below this one, builds a recipe's
+method sections without importing any method. ``load_recipe`` and ``recipe_from_dict`` are re-exported
+here for callers that import nothing else of the methods layer (a notebook, a command line).
 
 ``ovis train`` (:mod:`ovis.methods.train`) resolves a recipe's training stage here; the engine receives
 the builder. A new method is a folder (a package) plus one line of ``METHOD_MODULES``
@@ -17,6 +24,7 @@ the builder. A new method is a folder (a package) plus one line of ``METHOD_MODU
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +32,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
 
-from ovis.config import Recipe
+from ovis.config import CORE_KEYS, Recipe, use_method_sections
+from ovis.config import load_recipe as load_recipe
+from ovis.config import recipe_from_dict as recipe_from_dict
 from ovis.registry import METHOD_MODULES
 from ovis.runs import STAGES, stage_sections
 
@@ -101,6 +111,12 @@ def method_module(method: str) -> ModuleType:
     if not isinstance(trained, dict) or not all(isinstance(st, TrainingStage) for st in trained.values()):
         missing.append("TRAINING_STAGES (a dict of name -> TrainingStage)")
         trained = {}
+    sections = getattr(module, "SECTIONS", None)
+    if not isinstance(sections, dict) or not all(isinstance(c, type) and dataclasses.is_dataclass(c)
+                                                 for c in sections.values()):
+        missing.append("SECTIONS (a dict of recipe section name -> dataclass)")
+    elif clash := [s for s in sections if s in CORE_KEYS or s == "sections"]:
+        raise ValueError(f"{where}: SECTIONS {clash} are core recipe keys (ovis.config.CORE_KEYS); name them otherwise")
     if missing:
         raise ValueError(f"{where} lacks {', '.join(missing)}")
     stray = [f"{name} (part_of={st.part_of!r})" for name, st in trained.items() if st.part_of not in stages]
@@ -119,6 +135,14 @@ def for_recipe(recipe: Recipe, stage: str | None = None) -> ModuleType:
         raise ValueError(f"recipe {recipe.name}: method {recipe.method!r} has no {stage} stage; "
                          f"its stages: {', '.join(module.PIPELINE_STAGES)}")
     return module
+
+
+def method_sections(method: str) -> dict[str, type]:
+    """The recipe sections ``method`` owns (its ``SECTIONS``), in recipe order."""
+    return dict(method_module(method).SECTIONS)
+
+
+use_method_sections(method_sections)
 
 
 def pipeline_stages(method: str) -> tuple[str, ...]:

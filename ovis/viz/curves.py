@@ -24,7 +24,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from ovis.config import Recipe, RecipeError, load_recipe
+from ovis.config import Recipe, RecipeError
 from ovis.eval.reference import (
     PAPER_AP50,
     PAPER_AR_BY_PROTOCOL,
@@ -37,6 +37,7 @@ from ovis.eval.reference import (
 )
 from ovis.io import atomic_path, write_text_atomic
 from ovis.locks import folder_lock
+from ovis.methods import load_recipe
 from ovis.protocols import get_protocol
 from ovis.runs import STAGES, RunLayout, default_run_dir, mark_stage_done, stage_done
 

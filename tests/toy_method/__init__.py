@@ -28,8 +28,10 @@ from ovis.methods import TrainingStage
 from ovis.methods.train import run_training
 from ovis.runs import RunLayout, mark_stage_done, stage_dir, stage_done
 
+from .config import SECTIONS as SECTIONS  # the recipe sections the toy owns: teacher, held_out
+from .config import HeldOutConfig
+
 PIPELINE_STAGES = ("teacher", "eval")
-HELD_OUT = {"n": 8, "seed": 1}  # SquareDataset arguments of the eval images (training draws seed 0)
 CATEGORIES = [{"id": 1, "name": "left"}, {"id": 2, "name": "right"}]  # SquareNet's classes 0 and 1
 
 
@@ -49,13 +51,14 @@ def run_teacher(recipe: Recipe, run_dir: str | Path, launcher: str | None = None
                         partition=partition)["teacher"]
 
 
-def predict(run_dir: str | Path) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor, torch.Tensor]:
-    """The held-out images, their true boxes, and the trained net's boxes (pixels, x1 y1 x2 y2) and class
-    probabilities."""
+def predict(run_dir: str | Path, held_out: HeldOutConfig) -> tuple[list[torch.Tensor], list[torch.Tensor],
+                                                                   torch.Tensor, torch.Tensor]:
+    """The held-out images (the recipe's ``held_out`` section), their true boxes, and the trained net's boxes
+    (pixels, x1 y1 x2 y2) and class probabilities."""
     net = SquareNet()
     net.load_state_dict(load_checkpoint(RunLayout(run_dir).checkpoint("teacher"), keys=("model",))["model"])
     net.eval()
-    images, boxes = zip(*SquareDataset(**HELD_OUT).items, strict=True)
+    images, boxes = zip(*SquareDataset(n=held_out.n, seed=held_out.seed).items, strict=True)
     with torch.no_grad():
         out = net.head(torch.cat([net.pool(net.backbone(im[None])) for im in images]))
     sizes = torch.tensor([[im.shape[2], im.shape[1]] * 2 for im in images], dtype=torch.float32)
@@ -64,7 +67,7 @@ def predict(run_dir: str | Path) -> tuple[list[torch.Tensor], list[torch.Tensor]
 
 def teacher_figures(recipe: Recipe, run_dir: str | Path, n: int = 4) -> list[Figure]:
     """[the first ``n`` held-out images with the true box (green) and the predicted one (red)]."""
-    images, boxes, pred, _ = predict(run_dir)
+    images, boxes, pred, _ = predict(run_dir, recipe.held_out)
     fig = Figure(figsize=(2.5 * n, 2.5))
     for ax, img, box, p in zip(fig.subplots(1, n, squeeze=False)[0], images, boxes, pred, strict=False):
         ax.imshow(img.permute(1, 2, 0).clamp(0, 1).numpy())
@@ -86,7 +89,7 @@ def run_eval(recipe: Recipe, run_dir: str | Path, force: bool = False, stream: C
     out = stage_dir(run_dir, "eval")
     if not force and stage_done(run_dir, "eval", recipe):
         return json.loads((out / "metrics.json").read_text())
-    images, boxes, pred, probs = predict(run_dir)
+    images, boxes, pred, probs = predict(run_dir, recipe.held_out)
     gt = {"images": [{"id": i, "width": im.shape[2], "height": im.shape[1], "file_name": f"{i}.png"}
                      for i, im in enumerate(images, 1)],
           "annotations": [{"id": i, "image_id": i, "category_id": 1 + int((b[0] + b[2]) / 2 >= im.shape[2] / 2),

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 from ovis.config import Recipe
 from ovis.data.dataset import CaptionImages, StudentDataset, collate_fn
 from ovis.methods import TrainingStage
+from ovis.methods.cpl.config import SECTIONS as SECTIONS  # the recipe sections CPL owns
 from ovis.methods.cpl.datasets import aspect_ratios, train_dataset
 from ovis.methods.cpl.evaluation import EVAL_SETTINGS, run_eval
 from ovis.methods.cpl.figures import student_figures, teacher_figures

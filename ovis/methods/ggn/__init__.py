@@ -31,6 +31,7 @@ from torch import nn
 from ovis.config import Recipe
 from ovis.engine.train import TrainTask
 from ovis.methods import TrainingStage
+from ovis.methods.ggn.config import SECTIONS as SECTIONS  # the recipe sections GGN and OLN own
 from ovis.methods.ggn.datasets import aspect_ratios, split_file, train_dataset
 from ovis.methods.ggn.evaluation import comparison_table, evaluate_models, run_eval, side_by_side
 from ovis.methods.ggn.extract import extract_shard, grouping_params
