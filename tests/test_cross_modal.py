@@ -9,10 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ovis.config import ModelConfig, load_recipe
+from ovis.config import ModelConfig
 from ovis.data.captions import Vocabulary
 from ovis.data.coco import ann_to_mask
 from ovis.data.splits import run_splits_stage
+from ovis.methods import load_recipe
 from ovis.models.detector import build_detector
 from ovis.pseudo.cross_modal import (
     PseudoLabeler,

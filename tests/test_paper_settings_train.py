@@ -17,11 +17,11 @@ from test_protocols_uvo import _video_data
 from test_recipes_build import FAST, LOSS_KEYS, PARAMS_M, single_process  # noqa: F401 (a fixture)
 from torch.utils.data import Subset
 
-from ovis.config import load_recipe
 from ovis.data.dataset import CocoDetection
 from ovis.data.splits import write_splits
 from ovis.engine.train import TrainTask, train
 from ovis.io import write_json_atomic
+from ovis.methods import load_recipe
 from ovis.models.detector import build_detector
 
 TRAIN = COCO_MINI / "annotations" / "instances_train2017.json"

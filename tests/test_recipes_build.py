@@ -19,11 +19,11 @@ import torch
 from conftest import COCO_MINI
 from torch.utils.data import Subset
 
-from ovis.config import load_recipe
 from ovis.data.dataset import CocoDetection
 from ovis.data.splits import load_partition
 from ovis.engine.train import TrainTask, train
 from ovis.io import write_json_atomic
+from ovis.methods import load_recipe
 from ovis.models.detector import build_detector, set_class_embeddings
 from ovis.models.text import build_text_encoder
 
