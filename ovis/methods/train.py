@@ -23,7 +23,7 @@ from ovis.config import Recipe
 from ovis.engine import launch as engine_launch
 from ovis.engine import train as engine
 from ovis.methods import all_training_stages, task_builder, training_stage, training_stages
-from ovis.runs import RunLayout, inputs_changed, mark_stage_done, stage_done
+from ovis.methods.stage import execute
 
 ENTRY = "ovis.methods.train"  # the module torchrun workers run (this one; __name__ is __main__ there)
 
@@ -63,11 +63,11 @@ def run_training(recipe: Recipe, stage: str, run_dir: str | Path, force: bool = 
                  stream: Callable[[str], None] = print, stages: Sequence[str] | None = None,
                  outputs: Sequence[str] = (engine.FINAL, engine.METRICS), key: str = "result",
                  **launch_kw: Any) -> dict[str, dict]:
-    """Pipeline stage ``stage`` of a method that trains: each of ``stages`` (by default the training stages
-    ``recipe.method`` declares part of ``stage``) through :func:`train_stage`, each resuming from its
-    ``last.pth``; then ``stage`` is marked done with ``outputs`` (relative to its folder) and the results
-    under ``key`` in its ``stage.json``: the one result when ``stage`` trains only its namesake, else
-    ``{training stage: result}``.
+    """Pipeline stage ``stage`` of a method that trains, through :func:`ovis.methods.stage.execute`: each of
+    ``stages`` (by default the training stages ``recipe.method`` declares part of ``stage``) through
+    :func:`train_stage`, each resuming from its ``last.pth``; then ``stage`` is marked done with ``outputs``
+    (relative to its folder) and the results under ``key`` in its ``stage.json``: the one result when
+    ``stage`` trains only its namesake, else ``{training stage: result}``.
 
     Skipped when the stage is done for this recipe: the results are read back from its record, each with
     ``"skipped": True``; trained from scratch when ``force`` or when a file it read has changed since.
@@ -75,15 +75,16 @@ def run_training(recipe: Recipe, stage: str, run_dir: str | Path, force: bool = 
     run_dir = Path(run_dir)
     names = list(stages) if stages is not None else training_stages(stage, recipe.method)
     single = names == [stage]
-    force = force or inputs_changed(run_dir, stage, recipe)  # redo, do not resume
-    if not force and stage_done(run_dir, stage, recipe):
-        recorded = RunLayout(run_dir).record(stage)[key]
-        recorded = {stage: recorded} if single else recorded
+
+    def train(afresh: bool) -> dict[str, dict]:
+        return {name: train_stage(recipe, name, run_dir, afresh, stream, **launch_kw) for name in names}
+
+    def read(record: dict[str, Any]) -> dict[str, dict]:
+        recorded = {stage: record[key]} if single else record[key]
         return {k: {**v, "skipped": True} for k, v in recorded.items()}
-    results = {name: train_stage(recipe, name, run_dir, force, stream, **launch_kw) for name in names}
-    record: dict[str, Any] = {key: results[stage] if single else results}
-    mark_stage_done(run_dir, stage, recipe, list(outputs), **record)
-    return results
+
+    return execute(recipe, stage, run_dir, train, outputs=outputs, read=read, force=force,
+                   record=lambda results: {key: results[stage] if single else results})
 
 
 def main(argv: list[str] | None = None) -> int:
