@@ -51,6 +51,7 @@ from ovis.data.captions import (
 )
 from ovis.data.coco import CocoFormatError, ann_to_rle, load_coco, masks_to_rles, read_json
 from ovis.io import write_json_atomic
+from ovis.methods.stage import Pending, execute
 from ovis.models.text import TextEncoder
 from ovis.pseudo.detectors import class_embeddings, load_model, text_encoder
 from ovis.pseudo.shards import Shard, Sharding, resolve_shards
@@ -307,7 +308,9 @@ def run_pseudo(recipe: Recipe, run_dir: str | Path, shard: int | None = None, nu
     """Stage 02 (CPL): pseudo masks for this shard's train_base images with captions, then — once
     every shard is complete — the idempotent merge into ``pseudo/train_pseudo.json`` and
     ``pseudo/stats.json`` (stage marked done). Returns the stats, or the shard's progress when
-    other shards are still missing.
+    other shards are still missing. A stage of :func:`ovis.methods.stage.execute`: skipped when it
+    finished for this recipe (the stats read back), the shard labelled afresh when ``force`` or a
+    file it read changed, else resumed.
 
     Sharding: :func:`ovis.pseudo.shards.resolve_shards` (explicit, torch.distributed, torchrun, Slurm array,
     else one shard); shard ``s`` of ``n`` takes every n-th image. Each shard appends its images' labels to
@@ -316,36 +319,39 @@ def run_pseudo(recipe: Recipe, run_dir: str | Path, shard: int | None = None, nu
     torch.distributed, rank 0 merges after a barrier. ``labeler`` replaces the teacher (tests).
     """
     from ovis.engine.dist import barrier, get_rank
-    from ovis.runs import inputs_changed, stage_done
 
     run_dir = Path(run_dir)
     layout = RunLayout(run_dir)
-    force = force or inputs_changed(run_dir, "pseudo", recipe)  # redo, do not resume
-    if not force and stage_done(run_dir, "pseudo", recipe):
-        return json.loads(layout.pseudo_stats.read_text())
-    [(shard, num_shards)] = resolve_shards(shard, num_shards)
-    ids, captions = pseudo_image_ids(recipe, run_dir)
-    sharding = pseudo_sharding(recipe, run_dir, num_shards, ids)
-    part = sharding.shard(shard)
-    mine = part.image_ids
-    if force:
-        part.discard()
-    if part.finished() is not None:
-        stream(f"pseudo: shard {shard}/{num_shards}: {part.path.name} is complete, reused")
-    else:
-        _label_shard(recipe, run_dir, part, captions, stream, device, labeler)
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        barrier()
-        if get_rank() != 0:
-            return {"shard": shard, "num_shards": num_shards, "images": len(mine), "merged": False}
-    unfinished = sharding.unfinished()
-    if unfinished:
-        stream(f"pseudo: {num_shards - len(unfinished)}/{num_shards} shards complete; the last one to finish merges")
-        return {"shard": shard, "num_shards": num_shards, "images": len(mine), "merged": False}
-    stats = merge_pseudo(recipe, run_dir, num_shards)
-    stream(f"pseudo: {stats['pseudo_masks']} pseudo masks on {stats['images_with_words']} images; "
-           f"novel precision@0.5 {stats['novel_precision@0.5']}")
-    return stats
+
+    def label_and_merge(afresh: bool) -> dict | Pending[dict]:
+        [(s, n)] = resolve_shards(shard, num_shards)
+        ids, captions = pseudo_image_ids(recipe, run_dir)
+        sharding = pseudo_sharding(recipe, run_dir, n, ids)
+        part = sharding.shard(s)
+        progress = {"shard": s, "num_shards": n, "images": len(part.image_ids), "merged": False}
+        if afresh:
+            part.discard()
+        if part.finished() is not None:
+            stream(f"pseudo: shard {s}/{n}: {part.path.name} is complete, reused")
+        else:
+            _label_shard(recipe, run_dir, part, captions, stream, device, labeler)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            barrier()
+            if get_rank() != 0:
+                return Pending(progress)
+        unfinished = sharding.unfinished()
+        if unfinished:
+            stream(f"pseudo: {n - len(unfinished)}/{n} shards complete; the last one to finish merges")
+            return Pending(progress)
+        stats = merge_pseudo(recipe, run_dir, n)
+        stream(f"pseudo: {stats['pseudo_masks']} pseudo masks on {stats['images_with_words']} images; "
+               f"novel precision@0.5 {stats['novel_precision@0.5']}")
+        return stats
+
+    return execute(recipe, "pseudo", run_dir, label_and_merge, force=force,
+                   outputs=[layout.pseudo_gt.name, layout.pseudo_stats.name],
+                   read=lambda record: json.loads(layout.pseudo_stats.read_text()),
+                   record=lambda stats: {"pseudo_masks": stats["pseudo_masks"]})
 
 
 def _label_shard(recipe: Recipe, run_dir: Path, part: Shard, captions: Mapping[int, list[str]],
@@ -382,13 +388,11 @@ def _label_shard(recipe: Recipe, run_dir: Path, part: Shard, captions: Mapping[i
 
 
 def merge_pseudo(recipe: Recipe, run_dir: str | Path, num_shards: int) -> dict:
-    """Merge the shard files into ``train_pseudo.json`` + ``stats.json`` and mark the stage done.
+    """Merge the shard files into ``train_pseudo.json`` + ``stats.json``; returns the stats.
 
     Deterministic: annotations follow train_base's image order and each image's word order, ids
     continue after train_base's largest annotation id, so any sharding gives the same file.
     """
-    from ovis.runs import mark_stage_done
-
     run_dir = Path(run_dir)
     layout = RunLayout(run_dir)
     out = layout.stage("pseudo")
@@ -420,8 +424,6 @@ def merge_pseudo(recipe: Recipe, run_dir: str | Path, num_shards: int) -> dict:
     stats["num_shards"] = num_shards
     write_json_atomic(stats, layout.pseudo_stats)
     recipe.save(out)
-    mark_stage_done(run_dir, "pseudo", recipe, [layout.pseudo_gt.name, layout.pseudo_stats.name],
-                    pseudo_masks=stats["pseudo_masks"])
     return stats
 
 

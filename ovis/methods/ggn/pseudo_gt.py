@@ -16,9 +16,10 @@ from ovis.data.coco import ann_to_rle, load_coco, save_coco
 from ovis.io import write_json_atomic
 from ovis.methods.ggn.datasets import split_file, unseen_gt
 from ovis.methods.ggn.extract import extract_shard, sharding
+from ovis.methods.stage import Pending, execute
 from ovis.pseudo.grouping import Candidate, select_pseudo
 from ovis.pseudo.shards import resolve_shards
-from ovis.runs import RunLayout, inputs_changed, mark_stage_done, stage_done
+from ovis.runs import RunLayout
 
 
 def _rle_bytes(rle: dict) -> dict:
@@ -91,7 +92,6 @@ def merge_pseudo(recipe: Recipe, run_dir: str | Path, num_shards: int) -> dict |
         **_unseen_stats(recipe, run_dir, records, kept_by_image),
     }
     write_json_atomic(stats, layout.pseudo_stats)
-    mark_stage_done(run_dir, "pseudo", recipe, [layout.pseudo_gt.name, layout.pseudo_stats.name], stats=stats)
     return stats
 
 
@@ -120,26 +120,31 @@ def run_pseudo(recipe: Recipe, run_dir: str | Path, shard: int | None = None, nu
                force: bool = False, stream: Callable[[str], None] = print) -> dict:
     """Stage 02 (docs/ggn.md#32-grouping, docs/ggn.md#33-pseudo-gt): extract this process's shard(s), then merge once every shard exists.
 
-    Sharding: see :func:`resolve_shards`. Returns the merged stats (``pseudo/stats.json``), or
-    ``{"merged": False, "num_shards", "missing_shards"}`` while other shards are still running.
-    Skipped when the stage already finished for this recipe (unless ``force``, which re-extracts
-    this process's shards).
+    Sharding: see :func:`resolve_shards`. Returns the merged stats (``pseudo/stats.json``, also the record's
+    ``stats``), or ``{"merged": False, "num_shards", "missing_shards"}`` while other shards are still running.
+    A stage of :func:`ovis.methods.stage.execute`: skipped when it finished for this recipe (the stats read
+    back), this process's shards re-extracted when ``force`` or a file it read changed, else resumed.
     """
     run_dir = Path(run_dir)
-    force = force or inputs_changed(run_dir, "pseudo", recipe)  # redo, do not resume
-    if not force and stage_done(run_dir, "pseudo", recipe):
-        return json.loads(RunLayout(run_dir).pseudo_stats.read_text())
-    if not RunLayout(run_dir).checkpoint("teacher").is_file():
-        raise FileNotFoundError(f"{RunLayout(run_dir).checkpoint('teacher')} not found; run the teacher stage first")
-    plan = resolve_shards(shard, num_shards, recipe.pseudo.shards)
-    n = plan[0][1]
-    for s, _ in plan:
-        extract_shard(recipe, run_dir, s, n, force=force, stream=stream)
-    stats = merge_pseudo(recipe, run_dir, n)
-    if stats is None:
-        missing = sharding(recipe, run_dir, n).unfinished()
-        stream(f"pseudo: waiting for shard(s) {missing} of {n}; the last shard to finish merges")
-        return {"merged": False, "num_shards": n, "missing_shards": missing}
-    stream(f"pseudo: {stats['kept']} pseudo masks on {stats['images']} images "
-           f"({stats['seconds_per_image']:.2f} s/image); unseen recall@0.5 {stats['unseen_recall@0.5']}")
-    return stats
+    layout = RunLayout(run_dir)
+
+    def extract_and_merge(afresh: bool) -> dict | Pending[dict]:
+        if not layout.checkpoint("teacher").is_file():
+            raise FileNotFoundError(f"{layout.checkpoint('teacher')} not found; run the teacher stage first")
+        plan = resolve_shards(shard, num_shards, recipe.pseudo.shards)
+        n = plan[0][1]
+        for s, _ in plan:
+            extract_shard(recipe, run_dir, s, n, force=afresh, stream=stream)
+        stats = merge_pseudo(recipe, run_dir, n)
+        if stats is None:
+            missing = sharding(recipe, run_dir, n).unfinished()
+            stream(f"pseudo: waiting for shard(s) {missing} of {n}; the last shard to finish merges")
+            return Pending({"merged": False, "num_shards": n, "missing_shards": missing})
+        stream(f"pseudo: {stats['kept']} pseudo masks on {stats['images']} images "
+               f"({stats['seconds_per_image']:.2f} s/image); unseen recall@0.5 {stats['unseen_recall@0.5']}")
+        return stats
+
+    return execute(recipe, "pseudo", run_dir, extract_and_merge, force=force,
+                   outputs=[layout.pseudo_gt.name, layout.pseudo_stats.name],
+                   read=lambda record: json.loads(layout.pseudo_stats.read_text()),
+                   record=lambda stats: {"stats": stats})
