@@ -25,8 +25,9 @@ from ovis.eval import evaluate
 from ovis.eval.report import write_metrics
 from ovis.io import write_json_atomic
 from ovis.methods import TrainingStage
+from ovis.methods.stage import execute
 from ovis.methods.train import run_training
-from ovis.runs import RunLayout, mark_stage_done, stage_dir, stage_done
+from ovis.runs import RunLayout, stage_dir
 
 from .config import SECTIONS as SECTIONS  # the recipe sections the toy owns: teacher, held_out
 from .config import HeldOutConfig
@@ -84,11 +85,16 @@ def xywh(box: torch.Tensor) -> list[float]:
 
 
 def run_eval(recipe: Recipe, run_dir: str | Path, force: bool = False, stream: Callable[[str], None] = print) -> dict:
-    """Box AP of the trained net on the held-out images under ``recipe.eval.protocol``; marks the stage done."""
-    run_dir = Path(run_dir)
+    """Box AP of the trained net on the held-out images under ``recipe.eval.protocol``, a stage of
+    :func:`ovis.methods.stage.execute` (when done, its metrics read back)."""
     out = stage_dir(run_dir, "eval")
-    if not force and stage_done(run_dir, "eval", recipe):
-        return json.loads((out / "metrics.json").read_text())
+    return execute(recipe, "eval", run_dir, lambda afresh: _evaluate(run_dir, out, recipe, stream),
+                   outputs=["gt.json", "detections.json", "metrics.json", "metrics.md"], force=force,
+                   read=lambda record: json.loads((out / "metrics.json").read_text()))
+
+
+def _evaluate(run_dir: str | Path, out: Path, recipe: Recipe, stream: Callable[[str], None]) -> dict:
+    """The eval stage's work (:func:`run_eval`): ground truth, detections and metrics in ``out``."""
     images, boxes, pred, probs = predict(run_dir, recipe.held_out)
     gt = {"images": [{"id": i, "width": im.shape[2], "height": im.shape[1], "file_name": f"{i}.png"}
                      for i, im in enumerate(images, 1)],
@@ -103,6 +109,5 @@ def run_eval(recipe: Recipe, run_dir: str | Path, force: bool = False, stream: C
     write_json_atomic(detections, out / "detections.json")
     result = evaluate(recipe.eval.protocol, out / "gt.json", out / "detections.json", "bbox")
     write_metrics(result, out)
-    mark_stage_done(run_dir, "eval", recipe, ["gt.json", "detections.json", "metrics.json", "metrics.md"])
     stream(f"eval: box AP {result['metrics']['stats'][0]:.3f} on {len(images)} held-out images")
     return result

@@ -14,8 +14,10 @@ from torchvision.models.detection.roi_heads import RoIHeads
 from ovis.config import Recipe
 from ovis.data.dataset import CocoDetection
 from ovis.io import copy_atomic, write_json_atomic, write_text_atomic
+from ovis.methods.stage import execute
 from ovis.models.detector import set_class_embeddings
 from ovis.pseudo.detectors import class_embeddings, load_model, need_file
+from ovis.runs import DETECTIONS, RunLayout
 
 # setting name → split file (docs/protocols.md#41-open-vocabulary-ap); "constrained" in the name marks constrained runs
 EVAL_SETTINGS = {"generalized": "val.json", "constrained_novel": "val_novel.json", "constrained_base": "val_base.json"}
@@ -62,19 +64,23 @@ def run_eval(recipe: Recipe, run_dir: str | Path, force: bool = False, stream: C
     {"teacher": {iou_type: M}, "student": ...}, "base": ...}}`` (generalized at the top level),
     ``eval/metrics.md`` its AP50 table; ``eval/detections.json`` is the student's generalized run;
     ``eval/summary.json`` holds the returned rows ``{model, setting, iou_type, AP50_base,
-    AP50_novel, AP50_all, AP}``. ``eval.max_images`` evaluates the first N images of each file
-    (GT restricted to them)."""
+    AP50_novel, AP50_all, AP}``, read back from it when the stage is done (:func:`ovis.methods.stage.execute`).
+    ``eval.max_images`` evaluates the first N images of each file (GT restricted to them)."""
+    summary = RunLayout(run_dir).stage("eval") / "summary.json"
+    return execute(recipe, "eval", run_dir, lambda afresh: _evaluate(recipe, Path(run_dir), stream, device),
+                   force=force, outputs=[DETECTIONS, "metrics.json", "metrics.md", "summary.json"],
+                   read=lambda record: json.loads(summary.read_text()))
+
+
+def _evaluate(recipe: Recipe, run_dir: Path, stream: Callable[[str], None], device: str | None) -> list[dict]:
+    """The eval stage's work (:func:`run_eval`): every run's detections and metrics; returns the summary rows."""
     from ovis.engine.dist import resolve_device
     from ovis.engine.infer import run_inference
     from ovis.eval import evaluate
     from ovis.eval.report import write_metrics
-    from ovis.runs import DETECTIONS, RunLayout, mark_stage_done, stage_done
 
-    run_dir = Path(run_dir)
     layout = RunLayout(run_dir)
     out = layout.stage("eval")
-    if not force and stage_done(run_dir, "eval", recipe):
-        return json.loads((out / "summary.json").read_text())
     dev = resolve_device(device or recipe.launch.device)
     partition = layout.split("partition.json")
     rows: list[dict] = []
@@ -113,6 +119,5 @@ def run_eval(recipe: Recipe, run_dir: str | Path, force: bool = False, stream: C
     write_text_atomic(table, out / "metrics.md")
     write_json_atomic(rows, out / "summary.json")
     recipe.save(out)
-    mark_stage_done(run_dir, "eval", recipe, [DETECTIONS, "metrics.json", "metrics.md", "summary.json"])
     stream(table)
     return rows

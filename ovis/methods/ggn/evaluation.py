@@ -18,7 +18,8 @@ from ovis.io import copy_atomic, write_json_atomic
 from ovis.methods.ggn.datasets import split_file
 from ovis.methods.ggn.models import detectors, load_model
 from ovis.methods.ggn.workers import explain_broken_pool, single_threaded_children
-from ovis.runs import DETECTIONS, RunLayout, mark_stage_done, stage_done
+from ovis.methods.stage import execute
+from ovis.runs import DETECTIONS, RunLayout
 
 
 def side_by_side(results: list[dict], recipe: Recipe) -> dict:
@@ -38,25 +39,28 @@ def run_eval(recipe: Recipe, run_dir: str | Path, force: bool = False,
 
     Writes ``eval/<which>/detections.json``, ``eval/<which>/<iou_type>/metrics.{json,md}``,
     ``eval/detections.json`` (the student's) and ``eval/metrics.json`` (:func:`side_by_side`).
-    Returns one result dict per (model, iou type), with ``model`` added. No model has a
-    ``segm`` entry when ``model.mask`` is false.
+    Returns one result dict per (model, iou type), with ``model`` added, read back from those files when
+    the stage is done (:func:`ovis.methods.stage.execute`). No model has a ``segm`` entry when
+    ``model.mask`` is false.
     """
     run_dir = Path(run_dir)
     layout = RunLayout(run_dir)
     out = layout.stage("eval")
-    if not force and stage_done(run_dir, "eval", recipe):
-        return [json.loads((out / w / t / "metrics.json").read_text())
-                for w in detectors(recipe) for t in _iou_types(recipe)]
-    if len(_iou_types(recipe)) < len(recipe.eval.iou_types):
-        stream("eval: model.mask is false (boxes only): segm skipped")
-    results = evaluate_models(recipe, run_dir, detectors(recipe), out, stream)
-    outputs = [f"{w}/{DETECTIONS}" for w in detectors(recipe)]
-    outputs += [f"{r['model']}/{r['iou_type']}/metrics.json" for r in results]
-    copy_atomic(layout.detections("student"), layout.detections())
-    write_json_atomic(side_by_side(results, recipe), out / "metrics.json")
-    mark_stage_done(run_dir, "eval", recipe, outputs + [DETECTIONS, "metrics.json"])
-    stream(comparison_table(results, recipe))
-    return results
+    models, iou_types = detectors(recipe), _iou_types(recipe)
+    metrics = [f"{w}/{t}/metrics.json" for w in models for t in iou_types]  # the order evaluate_models gives
+
+    def evaluate_all(afresh: bool) -> list[dict]:
+        if len(iou_types) < len(recipe.eval.iou_types):
+            stream("eval: model.mask is false (boxes only): segm skipped")
+        results = evaluate_models(recipe, run_dir, models, out, stream)
+        copy_atomic(layout.detections("student"), layout.detections())
+        write_json_atomic(side_by_side(results, recipe), out / "metrics.json")
+        stream(comparison_table(results, recipe))
+        return results
+
+    return execute(recipe, "eval", run_dir, evaluate_all, force=force,
+                   outputs=[f"{w}/{DETECTIONS}" for w in models] + metrics + [DETECTIONS, "metrics.json"],
+                   read=lambda record: [json.loads((out / m).read_text()) for m in metrics])
 
 
 def _iou_types(recipe: Recipe) -> list[str]:
