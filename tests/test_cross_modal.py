@@ -14,6 +14,7 @@ from ovis.data.captions import Vocabulary
 from ovis.data.coco import ann_to_mask
 from ovis.data.splits import run_splits_stage
 from ovis.methods import load_recipe
+from ovis.methods.cpl import run_pseudo
 from ovis.models.detector import build_detector
 from ovis.pseudo.cross_modal import (
     PseudoLabeler,
@@ -23,7 +24,6 @@ from ovis.pseudo.cross_modal import (
     pseudo_image_ids,
     pseudo_sharding,
     pseudo_vocabulary,
-    run_pseudo,
     select_proposals,
 )
 

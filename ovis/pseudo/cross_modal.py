@@ -21,7 +21,7 @@ margin it does not depend on how many proposals resemble each other. Nothing is 
 
 Label = the word's category: the dataset category id (dataset vocabulary), or
 ``10000 + lvis_id`` (LVIS vocabulary, ``LVIS_ID_OFFSET``: never clashes with COCO's 1..90), with
-``lvis_id``, ``word`` and ``category_name`` recorded. The offline stage (:func:`run_pseudo`)
+``lvis_id``, ``word`` and ``category_name`` recorded. The offline pseudo stage of CPL
 writes ``pseudo/train_pseudo.json`` (train_base GT + pseudo annotations, the pseudo vocabulary
 as extra categories and as ``pseudo_vocabulary`` = its category ids in classifier order) and
 ``pseudo/stats.json``; :class:`PseudoLabeler` is the same computation for online use.
@@ -51,10 +51,9 @@ from ovis.data.captions import (
 )
 from ovis.data.coco import CocoFormatError, ann_to_rle, load_coco, masks_to_rles, read_json
 from ovis.io import write_json_atomic
-from ovis.methods.stage import Pending, execute
 from ovis.models.text import TextEncoder
 from ovis.pseudo.detectors import class_embeddings, load_model, text_encoder
-from ovis.pseudo.shards import Shard, Sharding, resolve_shards
+from ovis.pseudo.shards import Shard, Sharding
 from ovis.runs import RunLayout, stage_hash
 
 if TYPE_CHECKING:
@@ -80,7 +79,7 @@ __all__ = [
     "pseudo_image_ids",
     "pseudo_vocabulary",
     "pseudo_sharding",
-    "run_pseudo",
+    "label_shard",
     "select_proposals",
 ]
 
@@ -302,59 +301,7 @@ def build_labeler(recipe: Recipe, run_dir: str | Path, device: str | torch.devic
     return PseudoLabeler(teacher, pseudo_vocabulary(recipe, run_dir).vocab, text_encoder(recipe))
 
 
-def run_pseudo(recipe: Recipe, run_dir: str | Path, shard: int | None = None, num_shards: int | None = None,
-               force: bool = False, stream: Callable[[str], None] = print, device: str | None = None,
-               labeler: PseudoLabeler | None = None) -> dict:
-    """Stage 02 (CPL): pseudo masks for this shard's train_base images with captions, then — once
-    every shard is complete — the idempotent merge into ``pseudo/train_pseudo.json`` and
-    ``pseudo/stats.json`` (stage marked done). Returns the stats, or the shard's progress when
-    other shards are still missing. A stage of :func:`ovis.methods.stage.execute`: skipped when it
-    finished for this recipe (the stats read back), the shard labelled afresh when ``force`` or a
-    file it read changed, else resumed.
-
-    Sharding: :func:`ovis.pseudo.shards.resolve_shards` (explicit, torch.distributed, torchrun, Slurm array,
-    else one shard); shard ``s`` of ``n`` takes every n-th image. Each shard appends its images' labels to
-    its progress file every minute and at the end writes ``pseudo/shards/labels.<s>-of-<n>.json``
-    (:func:`pseudo_sharding`); a re-run skips the images already done (for this recipe hash). Under
-    torch.distributed, rank 0 merges after a barrier. ``labeler`` replaces the teacher (tests).
-    """
-    from ovis.engine.dist import barrier, get_rank
-
-    run_dir = Path(run_dir)
-    layout = RunLayout(run_dir)
-
-    def label_and_merge(afresh: bool) -> dict | Pending[dict]:
-        [(s, n)] = resolve_shards(shard, num_shards)
-        ids, captions = pseudo_image_ids(recipe, run_dir)
-        sharding = pseudo_sharding(recipe, run_dir, n, ids)
-        part = sharding.shard(s)
-        progress = {"shard": s, "num_shards": n, "images": len(part.image_ids), "merged": False}
-        if afresh:
-            part.discard()
-        if part.finished() is not None:
-            stream(f"pseudo: shard {s}/{n}: {part.path.name} is complete, reused")
-        else:
-            _label_shard(recipe, run_dir, part, captions, stream, device, labeler)
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            barrier()
-            if get_rank() != 0:
-                return Pending(progress)
-        unfinished = sharding.unfinished()
-        if unfinished:
-            stream(f"pseudo: {n - len(unfinished)}/{n} shards complete; the last one to finish merges")
-            return Pending(progress)
-        stats = merge_pseudo(recipe, run_dir, n)
-        stream(f"pseudo: {stats['pseudo_masks']} pseudo masks on {stats['images_with_words']} images; "
-               f"novel precision@0.5 {stats['novel_precision@0.5']}")
-        return stats
-
-    return execute(recipe, "pseudo", run_dir, label_and_merge, force=force,
-                   outputs=[layout.pseudo_gt.name, layout.pseudo_stats.name],
-                   read=lambda record: json.loads(layout.pseudo_stats.read_text()),
-                   record=lambda stats: {"pseudo_masks": stats["pseudo_masks"]})
-
-
-def _label_shard(recipe: Recipe, run_dir: Path, part: Shard, captions: Mapping[int, list[str]],
+def label_shard(recipe: Recipe, run_dir: Path, part: Shard, captions: Mapping[int, list[str]],
                  stream: Callable[[str], None], device: str | None, labeler: PseudoLabeler | None) -> None:
     """Label the images of ``part`` that its progress file lacks, appending them to it every ``SAVE_EVERY_S``
     seconds, then finish the shard."""
@@ -517,7 +464,7 @@ def pseudo_stats(recipe: Recipe, run_dir: str | Path, pseudo: list[dict], words:
 def _load_pseudo(run_dir: Path) -> dict:
     path = RunLayout(run_dir).pseudo_gt
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found; run the pseudo stage first (run_pseudo)")
+        raise FileNotFoundError(f"{path} not found; run the pseudo stage first (ovis reproduce <recipe> --stages pseudo)")
     return json.loads(path.read_text())
 
 

@@ -34,6 +34,7 @@ from ovis.methods.cpl.evaluation import EVAL_SETTINGS, run_eval
 from ovis.methods.cpl.figures import student_figures, teacher_figures
 from ovis.methods.cpl.grounding import GROUNDING_CHECKPOINT, grounding_to_detector
 from ovis.methods.cpl.models import TEACHER_CHECKPOINT, grounding_model, student_model, teacher_model
+from ovis.methods.cpl.pseudo import run_pseudo
 from ovis.methods.cpl.training import StudentHook, run_student, run_teacher
 from ovis.models.grounding import GroundingModel
 from ovis.models.text import StaticTokenEmbedding, build_text_encoder
@@ -42,7 +43,6 @@ from ovis.pseudo.cross_modal import (
     pseudo_browser,
     pseudo_figures,
     pseudo_vocabulary,
-    run_pseudo,
 )
 from ovis.pseudo.detectors import (
     build_student,
