@@ -16,7 +16,7 @@ from ovis.config import load_recipe
 from ovis.eval import evaluate
 from ovis.eval.report import write_metrics
 from ovis.eval.synthetic import class_agnostic, synthetic_detections
-from ovis.runs import stage_hash
+from ovis.runs import RunLayout, stage_hash
 from ovis.viz.curves import (
     find_eval_results,
     load_metrics_jsonl,
@@ -190,7 +190,10 @@ def test_report_stage_marker_skip_and_rerun_on_new_logs(ggn_run, eval_results):
     assert "**Not comparable:**" in text and all(f"[{n}]({n})" in text for n in names)
     assert "| student | 400 |" in text and "| teacher | 300 |" in text
     marker = json.loads((out / "stage.json").read_text())
-    assert marker["recipe_hash"] == stage_hash(recipe, "curves") and set(marker["outputs"]) == {"report.md", *names}
+    assert marker["recipe_hash"] == stage_hash(recipe, "curves") and marker["outputs"] == ["report.md", *names]
+    read = {i[0] for i in marker["inputs"] if i[1] is not None}  # the files the report read (markers absent)
+    assert read == {"teacher/metrics.jsonl", "student/metrics.jsonl", "splits/partition.json",
+                    *(p.relative_to(ggn_run).as_posix() for p in RunLayout(ggn_run).eval_results())}
     mtime = report.stat().st_mtime_ns
     assert run_curves_stage(recipe, ggn_run) == report and report.stat().st_mtime_ns == mtime  # skipped
     with open(ggn_run / "student" / "metrics.jsonl", "a") as f:

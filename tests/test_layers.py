@@ -24,8 +24,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("io", ("ovis.io", "ovis.locks")),
     # the recipe schema, and the protocol and method names it checks
     ("config", ("ovis.config", "ovis.protocols", "ovis.registry")),
-    # run folders and stage markers (hashes of recipe sections)
-    ("runs", ("ovis.runs",)),
+    # run folders, stage markers (hashes of recipe sections) and a stage's lifecycle (skip, redo, mark done)
+    ("runs", ("ovis.runs", "ovis.stages")),
     # COCO files, datasets, splits, captions, demo data
     ("data", ("ovis.data",)),
     # evaluation under the named protocols (no torch)

@@ -199,17 +199,23 @@ def test_run_training_trains_records_skips_and_redoes_a_stage_whose_inputs_chang
 def test_splits_stage_reruns_when_a_source_file_changes(tmp_path):
     recipe = load_recipe("demo_ggn", {**tiny.GGN, "data.root": str(tmp_path / "data")})
     run = tmp_path / "run"
-    run_splits_stage(recipe, run)
-    inputs = json.loads((run / "splits" / "stage.json").read_text())["inputs"]
+    counts = run_splits_stage(recipe, run)
+    record = RunLayout(run).record("splits")
     val = tmp_path / "data" / "annotations" / "instances_val.json"
-    assert sorted(Path(i[0]).name for i in inputs) == ["instances_train.json", "instances_val.json"]
+    assert sorted(Path(i[0]).name for i in record["inputs"]) == ["instances_train.json", "instances_val.json"]
+    assert record["counts"] == counts and record["outputs"] == sorted(counts) + ["partition.json"]
     assert stage_done(run, "splits", recipe)
+    written = RunLayout(run).split("val.json").stat().st_mtime_ns
+    assert run_splits_stage(recipe, run) == counts  # skipped: the counts read back
+    assert RunLayout(run).split("val.json").stat().st_mtime_ns == written
     coco = json.loads(val.read_text())
     coco["annotations"] = coco["annotations"][1:]
     val.write_text(json.dumps(coco))
     assert not stage_done(run, "splits", recipe)
-    run_splits_stage(recipe, run)
-    assert stage_done(run, "splits", recipe)
+    resplit = run_splits_stage(recipe, run)
+    assert resplit["val.json"]["annotations"] == counts["val.json"]["annotations"] - 1
+    assert len(json.loads(RunLayout(run).split("val.json").read_text())["annotations"]) == len(coco["annotations"])
+    assert stage_done(run, "splits", recipe) and RunLayout(run).record("splits")["counts"] == resplit
 
 
 def _hold(folder: Path) -> subprocess.Popen:

@@ -34,6 +34,8 @@ from ovis.data.uvo import frames_as_coco, is_video_file
 from ovis.io import write_json_atomic
 from ovis.locks import FolderInUse, folder_lock
 from ovis.protocols import Protocol, get_protocol, protocol_names
+from ovis.runs import RunLayout
+from ovis.stages import execute
 
 if TYPE_CHECKING:
     from ovis.config import DataConfig, Recipe
@@ -441,29 +443,29 @@ def check_data_files(data: DataConfig) -> None:
 
 
 def run_splits_stage(recipe: Recipe, run_dir: str | Path, force: bool = False) -> dict[str, dict[str, int]]:
-    """Stage 00: generate the demo data if the recipe asks for it, then write ``<run_dir>/splits/``.
-
-    Skips the work when the stage already finished for this recipe hash (unless ``force``).
-    """
-    from ovis.runs import RunLayout, mark_stage_done, stage_done
-
-    layout = RunLayout(run_dir)
-    out = layout.stage("splits")
-    if not force and stage_done(run_dir, "splits", recipe):
-        return layout.record("splits")["counts"]
+    """Stage 00: generate the demo data if the recipe asks for it, then write ``<run_dir>/splits/``; return
+    ``{file: counts}``. A stage of :func:`ovis.stages.execute` whose inputs are the source annotation and
+    caption files: skipped (the counts read back) when it finished for this recipe and none of them changed
+    since, unless ``force``."""
     data = recipe.data
-    if data.demo:
-        from ovis.data.synthetic import generate_for
-
-        generate_for(data)
     train, val, captions = data.path(data.train_instances), data.path(data.val_instances), data.path(data.train_captions)
     caption_set = data.path(data.caption_set)
-    table = write_splits(recipe.splits.protocol, train, val, out, captions, caption_set, data.path(data.caption_set_images))
-    recipe.save(out)
-    # the source files are inputs: the stage re-runs when one of them changes
-    inputs = [p.resolve() for p in (train, val, captions, caption_set) if p is not None]
-    mark_stage_done(run_dir, "splits", recipe, sorted(table) + ["partition.json"], inputs, counts=table)
-    return table
+    out = RunLayout(run_dir).stage("splits")
+
+    def split(afresh: bool) -> dict[str, dict[str, int]]:  # every run writes the splits afresh
+        if data.demo:
+            from ovis.data.synthetic import generate_for
+
+            generate_for(data)
+        table = write_splits(recipe.splits.protocol, train, val, out, captions, caption_set,
+                             data.path(data.caption_set_images))
+        recipe.save(out)
+        return table
+
+    return execute(recipe, "splits", run_dir, split, force=force,
+                   outputs=lambda table: sorted(table) + ["partition.json"],
+                   inputs=[p.resolve() for p in (train, val, captions, caption_set) if p is not None],
+                   read=lambda record: record["counts"], record=lambda table: {"counts": table})
 
 
 def format_counts(table: dict[str, dict[str, int]]) -> str:

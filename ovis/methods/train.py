@@ -23,7 +23,7 @@ from ovis.config import Recipe
 from ovis.engine import launch as engine_launch
 from ovis.engine import train as engine
 from ovis.methods import all_training_stages, task_builder, training_stage, training_stages
-from ovis.methods.stage import execute
+from ovis.stages import execute
 
 ENTRY = "ovis.methods.train"  # the module torchrun workers run (this one; __name__ is __main__ there)
 
@@ -63,7 +63,7 @@ def run_training(recipe: Recipe, stage: str, run_dir: str | Path, force: bool = 
                  stream: Callable[[str], None] = print, stages: Sequence[str] | None = None,
                  outputs: Sequence[str] = (engine.FINAL, engine.METRICS), key: str = "result",
                  **launch_kw: Any) -> dict[str, dict]:
-    """Pipeline stage ``stage`` of a method that trains, through :func:`ovis.methods.stage.execute`: each of
+    """Pipeline stage ``stage`` of a method that trains, through :func:`ovis.stages.execute`: each of
     ``stages`` (by default the training stages ``recipe.method`` declares part of ``stage``) through
     :func:`train_stage`, each resuming from its ``last.pth``; then ``stage`` is marked done with ``outputs``
     (relative to its folder) and the results under ``key`` in its ``stage.json``: the one result when

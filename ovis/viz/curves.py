@@ -39,7 +39,8 @@ from ovis.io import atomic_path, write_text_atomic
 from ovis.locks import folder_lock
 from ovis.methods import load_recipe
 from ovis.protocols import get_protocol
-from ovis.runs import STAGES, RunLayout, default_run_dir, mark_stage_done, stage_done
+from ovis.runs import STAGES, RunLayout, default_run_dir
+from ovis.stages import execute
 
 BASE_COLOR = "tab:blue"
 NOVEL_COLOR = "tab:orange"
@@ -543,18 +544,17 @@ def _training_table(summaries: Mapping[str, Mapping]) -> list[str]:
     return _table(header, rows)
 
 
-def write_report(run_dir: str | Path, recipe: Recipe, smooth_window: int = 20) -> Path:
+def write_report(run_dir: str | Path, recipe: Recipe, smooth_window: int = 20) -> list[str]:
     """Write `<run_dir>/curves/`: `training.png` (when a stage logged metrics), `ar_vs_k_<label>.png`
-    / `ap50_<label>.png` per evaluation result, `report.md` (recipe and hash, stages, final losses
-    and speed, ours-vs-paper table, links to the PNGs) and the stage marker; all atomically.
-    Returns the report path."""
+    / `ap50_<label>.png` per evaluation result and `report.md` (recipe and hash, stages, final losses
+    and speed, ours-vs-paper table, links to the PNGs), all atomically. Returns the files written,
+    `report.md` first (the stage's outputs; `run_curves_stage` marks it done)."""
     run = Path(run_dir)
     if not run.is_dir():
         raise FileNotFoundError(f"run dir {run} does not exist; run the earlier stages first or pass the right run_dir")
     layout = RunLayout(run)
     out = layout.stage("curves")
     out.mkdir(parents=True, exist_ok=True)
-    inputs = _report_inputs(run)
     logs = find_training_logs(run)
     results = find_eval_results(run)
     pngs: list[str] = []
@@ -586,20 +586,19 @@ def write_report(run_dir: str | Path, recipe: Recipe, smooth_window: int = 20) -
                   + ".", ""]
     lines += [paper_table(results, recipe), "## Figures", ""]
     lines += [f"- [{name}]({name})" for name in pngs] or ["No figures: nothing logged or evaluated yet."]
-    report = write_text_atomic("\n".join(lines) + "\n", layout.report)
+    write_text_atomic("\n".join(lines) + "\n", layout.report)
     recipe.save(out)
-    mark_stage_done(run, "curves", recipe, [layout.report.name, *pngs], inputs=inputs)
-    return report
+    return [layout.report.name, *pngs]
 
 
 def run_curves_stage(recipe: Recipe, run_dir: str | Path, force: bool = False, smooth_window: int = 20) -> Path:
-    """Stage 05: write the curves report (see `write_report`) and return its path. Skips the work
-    when the stage finished for this recipe hash and no training log or metrics file changed since
-    (unless `force`)."""
+    """Stage 05: write the curves report (see `write_report`) and return its path. A stage of
+    `ovis.stages.execute` whose inputs are the training logs, evaluation results and the other stages'
+    markers: skipped when it finished for this recipe hash and none of them changed since (unless `force`)."""
     run = Path(run_dir)
-    if not force and stage_done(run, "curves", recipe):
-        return RunLayout(run).report
-    return write_report(run, recipe, smooth_window)
+    execute(recipe, "curves", run, lambda afresh: write_report(run, recipe, smooth_window), force=force,
+            outputs=lambda files: files, inputs=_report_inputs(run), read=lambda record: record["outputs"])
+    return RunLayout(run).report
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,9 +25,9 @@ from ovis.eval import evaluate
 from ovis.eval.report import write_metrics
 from ovis.io import write_json_atomic
 from ovis.methods import TrainingStage
-from ovis.methods.stage import execute
 from ovis.methods.train import run_training
 from ovis.runs import RunLayout, stage_dir
+from ovis.stages import execute
 
 from .config import SECTIONS as SECTIONS  # the recipe sections the toy owns: teacher, held_out
 from .config import HeldOutConfig
@@ -86,7 +86,7 @@ def xywh(box: torch.Tensor) -> list[float]:
 
 def run_eval(recipe: Recipe, run_dir: str | Path, force: bool = False, stream: Callable[[str], None] = print) -> dict:
     """Box AP of the trained net on the held-out images under ``recipe.eval.protocol``, a stage of
-    :func:`ovis.methods.stage.execute` (when done, its metrics read back)."""
+    :func:`ovis.stages.execute` (when done, its metrics read back)."""
     out = stage_dir(run_dir, "eval")
     return execute(recipe, "eval", run_dir, lambda afresh: _evaluate(run_dir, out, recipe, stream),
                    outputs=["gt.json", "detections.json", "metrics.json", "metrics.md"], force=force,

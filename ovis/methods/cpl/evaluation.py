@@ -14,10 +14,10 @@ from torchvision.models.detection.roi_heads import RoIHeads
 from ovis.config import Recipe
 from ovis.data.dataset import CocoDetection
 from ovis.io import copy_atomic, write_json_atomic, write_text_atomic
-from ovis.methods.stage import execute
 from ovis.models.detector import set_class_embeddings
 from ovis.pseudo.detectors import class_embeddings, load_model, need_file
 from ovis.runs import DETECTIONS, RunLayout
+from ovis.stages import execute
 
 # setting name → split file (docs/protocols.md#41-open-vocabulary-ap); "constrained" in the name marks constrained runs
 EVAL_SETTINGS = {"generalized": "val.json", "constrained_novel": "val_novel.json", "constrained_base": "val_base.json"}
@@ -64,7 +64,7 @@ def run_eval(recipe: Recipe, run_dir: str | Path, force: bool = False, stream: C
     {"teacher": {iou_type: M}, "student": ...}, "base": ...}}`` (generalized at the top level),
     ``eval/metrics.md`` its AP50 table; ``eval/detections.json`` is the student's generalized run;
     ``eval/summary.json`` holds the returned rows ``{model, setting, iou_type, AP50_base,
-    AP50_novel, AP50_all, AP}``, read back from it when the stage is done (:func:`ovis.methods.stage.execute`).
+    AP50_novel, AP50_all, AP}``, read back from it when the stage is done (:func:`ovis.stages.execute`).
     ``eval.max_images`` evaluates the first N images of each file (GT restricted to them)."""
     summary = RunLayout(run_dir).stage("eval") / "summary.json"
     return execute(recipe, "eval", run_dir, lambda afresh: _evaluate(recipe, Path(run_dir), stream, device),

@@ -1,6 +1,6 @@
 """CPL's pseudo stage (docs/cpl.md#23-pseudo-labels): each shard's captioned images labelled by the frozen
 teacher (:func:`ovis.pseudo.cross_modal.label_shard`), then the merge once every shard is complete, as one
-stage of :func:`ovis.methods.stage.execute`."""
+stage of :func:`ovis.stages.execute`."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import torch
 
 from ovis.config import Recipe
 from ovis.engine.dist import barrier, get_rank
-from ovis.methods.stage import Pending, execute
 from ovis.pseudo.cross_modal import PseudoLabeler, label_shard, merge_pseudo, pseudo_image_ids, pseudo_sharding
 from ovis.pseudo.shards import resolve_shards
 from ovis.runs import RunLayout
+from ovis.stages import Pending, execute
 
 
 def run_pseudo(recipe: Recipe, run_dir: str | Path, shard: int | None = None, num_shards: int | None = None,
@@ -24,7 +24,7 @@ def run_pseudo(recipe: Recipe, run_dir: str | Path, shard: int | None = None, nu
     """Stage 02 (CPL): pseudo masks for this shard's train_base images with captions, then — once
     every shard is complete — the idempotent merge into ``pseudo/train_pseudo.json`` and
     ``pseudo/stats.json`` (stage marked done). Returns the stats, or the shard's progress when
-    other shards are still missing. A stage of :func:`ovis.methods.stage.execute`: skipped when it
+    other shards are still missing. A stage of :func:`ovis.stages.execute`: skipped when it
     finished for this recipe (the stats read back), the shard labelled afresh when ``force`` or a
     file it read changed, else resumed.
 

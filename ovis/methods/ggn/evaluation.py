@@ -18,8 +18,8 @@ from ovis.io import copy_atomic, write_json_atomic
 from ovis.methods.ggn.datasets import split_file
 from ovis.methods.ggn.models import detectors, load_model
 from ovis.methods.ggn.workers import explain_broken_pool, single_threaded_children
-from ovis.methods.stage import execute
 from ovis.runs import DETECTIONS, RunLayout
+from ovis.stages import execute
 
 
 def side_by_side(results: list[dict], recipe: Recipe) -> dict:
@@ -40,7 +40,7 @@ def run_eval(recipe: Recipe, run_dir: str | Path, force: bool = False,
     Writes ``eval/<which>/detections.json``, ``eval/<which>/<iou_type>/metrics.{json,md}``,
     ``eval/detections.json`` (the student's) and ``eval/metrics.json`` (:func:`side_by_side`).
     Returns one result dict per (model, iou type), with ``model`` added, read back from those files when
-    the stage is done (:func:`ovis.methods.stage.execute`). No model has a ``segm`` entry when
+    the stage is done (:func:`ovis.stages.execute`). No model has a ``segm`` entry when
     ``model.mask`` is false.
     """
     run_dir = Path(run_dir)

@@ -16,10 +16,10 @@ from ovis.data.coco import ann_to_rle, load_coco, save_coco
 from ovis.io import write_json_atomic
 from ovis.methods.ggn.datasets import split_file, unseen_gt
 from ovis.methods.ggn.extract import extract_shard, sharding
-from ovis.methods.stage import Pending, execute
 from ovis.pseudo.grouping import Candidate, select_pseudo
 from ovis.pseudo.shards import resolve_shards
 from ovis.runs import RunLayout
+from ovis.stages import Pending, execute
 
 
 def _rle_bytes(rle: dict) -> dict:
@@ -122,7 +122,7 @@ def run_pseudo(recipe: Recipe, run_dir: str | Path, shard: int | None = None, nu
 
     Sharding: see :func:`resolve_shards`. Returns the merged stats (``pseudo/stats.json``, also the record's
     ``stats``), or ``{"merged": False, "num_shards", "missing_shards"}`` while other shards are still running.
-    A stage of :func:`ovis.methods.stage.execute`: skipped when it finished for this recipe (the stats read
+    A stage of :func:`ovis.stages.execute`: skipped when it finished for this recipe (the stats read
     back), this process's shards re-extracted when ``force`` or a file it read changed, else resumed.
     """
     run_dir = Path(run_dir)

@@ -1,12 +1,12 @@
-"""ovis.methods.stage.execute: one pipeline stage's skip-or-run, its done-marker and its record."""
+"""ovis.stages.execute: one pipeline stage's skip-or-run, its done-marker and its record."""
 
 from __future__ import annotations
 
 import pytest
 
 from ovis.methods import load_recipe
-from ovis.methods.stage import Pending, execute
 from ovis.runs import RunLayout, mark_stage_done, stage_done
+from ovis.stages import Pending, execute
 
 
 class Stage:
@@ -97,3 +97,29 @@ def test_a_pending_stage_returns_its_result_unmarked(run):
     assert stage(recipe) == {"n": 1}
     assert not RunLayout(run_dir).marker("pseudo").exists()
     assert stage(recipe) == {"n": 2}
+
+
+def test_outputs_from_the_result_and_inputs_are_recorded(run):
+    run_dir, recipe = run
+    source = run_dir / "source.json"
+    source.write_text("{}")
+    calls = []
+
+    def stage(force: bool = False):
+        def write(afresh: bool) -> list[str]:
+            calls.append(afresh)
+            out = RunLayout(run_dir).stage("pseudo")
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "a.txt").write_text("a")
+            return ["a.txt"]
+
+        return execute(recipe, "pseudo", run_dir, write, outputs=lambda written: written, inputs=[source],
+                       read=lambda record: record["outputs"], force=force)
+
+    assert stage() == ["a.txt"]
+    record = RunLayout(run_dir).record("pseudo")
+    assert record["outputs"] == ["a.txt"]
+    assert [i[0] for i in record["inputs"]] == sorted([source.as_posix(), "splits/train_base.json"])
+    assert stage() == ["a.txt"] and calls == [False]  # read back
+    source.write_text('{"changed": true}')  # a source file the stage read: redone afresh
+    assert stage() == ["a.txt"] and calls == [False, True]
