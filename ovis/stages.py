@@ -1,4 +1,4 @@
-"""One pipeline stage's lifecycle (issue #16): :func:`execute` decides whether the stage runs, runs it and
+"""One pipeline stage's lifecycle: :func:`execute` decides whether the stage runs, runs it and
 records that it finished. Every stage goes through it: splits, curves, and each method's ``run_*`` (training,
 pseudo, eval).
 
