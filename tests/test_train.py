@@ -222,6 +222,23 @@ def test_the_engine_command_line_takes_its_task_from_the_caller(tmp_path, capsys
     assert final["recipe_hash"] == load_recipe(recipe_path).hash(("teacher",))
 
 
+def test_the_engine_command_imports_the_task_before_it_reads_the_recipe(tmp_path):
+    # a method's recipe sections are known once its package is imported: here by the task's module, in a
+    # fresh process that has not imported ovis.methods otherwise
+    recipe_path = Recipe(name="toy", sections={"teacher": _cfg(max_iter=2)}).save(tmp_path)
+    (tmp_path / "my_tasks.py").write_text("import ovis.methods  # declares the recipes' sections\n"
+                                          "from toy_task import toy_task\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "ovis.engine.train", "--recipe", str(recipe_path), "--stage", "teacher",
+           "--run-dir", str(tmp_path / "run"), "--device", "cpu", "--no-progress",
+           "--task", f"{tmp_path / 'my_tasks.py'}:toy_task"]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    final = torch.load(tmp_path / "run" / "teacher" / "model_final.pth", weights_only=True)
+    assert final["iteration"] == 2
+
+
 def test_stage_seeds_the_initial_weights_whatever_ran_before(tmp_path):
     recipe = Recipe(name="toy", sections={"teacher": _cfg(max_iter=2, seed=5)})
     spec = f"{Path(__file__).with_name('toy_task.py')}:unseeded_task"

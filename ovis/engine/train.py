@@ -22,9 +22,11 @@ dict of scalar losses, summed for backward. The dataset's items go through ``col
 The engine knows no method: :func:`run_stage` receives the task builder (and the recipe sections
 its checkpoint depends on) from the layer above, whose registry names each method's tasks
 (``ovis train`` resolves them there and calls :func:`main` with its resolver). Without a resolver the
-command line needs ``--task``::
+command line needs ``--task``, whose module is imported before the recipe is read; a recipe's method
+sections are known once its method's package (``ovis.methods.<name>``) is imported, by the task's module
+or as the task itself::
 
-    python -m ovis.engine.train --recipe toy.yaml --stage teacher --task my_tasks.py:teacher_task
+    python -m ovis.engine.train --recipe demo_ggn --stage baseline --task ovis.methods.ggn:baseline_task
 """
 
 from __future__ import annotations
@@ -736,9 +738,11 @@ def main(argv: list[str] | None = None, resolve: Resolver | None = None, stages:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     try:
+        # a task given by name is imported first: its method's package declares the recipe's sections
+        build = None if resolve else load_task_builder(args.task)
         recipe = load_recipe(args.recipe, args.overrides)
         run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(recipe)
-        spec = resolve(recipe, args.stage, args.task) if resolve else StageSpec(load_task_builder(args.task))
+        spec = resolve(recipe, args.stage, args.task) if resolve else StageSpec(build)
         run_stage(recipe, args.stage, run_dir, spec.build, device=args.device or recipe.launch.device,
                   resume=not args.no_resume, progress=not args.no_progress, sections=spec.sections, config=spec.config)
     except (ValueError, FileNotFoundError, FolderInUse) as e:  # recipe, task spec, missing inputs, a run dir in use
