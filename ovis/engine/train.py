@@ -738,11 +738,11 @@ def main(argv: list[str] | None = None, resolve: Resolver | None = None, stages:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     try:
-        # a task given by name is imported first: its method's package declares the recipe's sections
-        build = None if resolve else load_task_builder(args.task)
+        if resolve is None:  # the task is imported first: its method's package declares the recipe's sections
+            named = StageSpec(load_task_builder(args.task))
         recipe = load_recipe(args.recipe, args.overrides)
         run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(recipe)
-        spec = resolve(recipe, args.stage, args.task) if resolve else StageSpec(build)
+        spec = named if resolve is None else resolve(recipe, args.stage, args.task)
         run_stage(recipe, args.stage, run_dir, spec.build, device=args.device or recipe.launch.device,
                   resume=not args.no_resume, progress=not args.no_progress, sections=spec.sections, config=spec.config)
     except (ValueError, FileNotFoundError, FolderInUse) as e:  # recipe, task spec, missing inputs, a run dir in use
