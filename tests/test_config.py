@@ -4,6 +4,9 @@ sections did not change."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import yaml
 
@@ -183,3 +186,13 @@ def test_stage_hashes_of_unchanged_sections_are_kept(name):
     if name in GROUNDING:  # the teacher stage's checkpoints, grounding's and the teacher's, keep theirs
         assert training_stage("grounding").recipe_hash(r) == GROUNDING[name]
         assert training_stage("teacher").recipe_hash(r) == UNCHANGED[name]["teacher"]
+
+
+def test_reading_a_recipe_imports_no_torch():
+    # every notebook and command reads its recipe first; the splits and curves notebooks need no torch
+    code = ("import sys\nfrom ovis.methods import load_recipe\n"
+            "for name in ('demo_cpl', 'demo_ggn', 'oln_box_coco'):\n    load_recipe(name)\n"
+            "print(sorted(m for m in ('torch', 'torchvision') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"

@@ -119,6 +119,10 @@ def test_the_registry_names_the_third_method_and_checks_what_it_provides(toy: Pa
     half.PIPELINE_STAGES = ("eval", "teacher")  # type: ignore[attr-defined]
     with pytest.raises(ValueError, match="PIPELINE_STAGES must be a non-empty tuple of pipeline stages in the order"):
         method_module("half")
+    half.PIPELINE_STAGES = ("teacher", "eval")  # type: ignore[attr-defined]
+    half.teacher_figures = half.run_teacher  # type: ignore[attr-defined]
+    with pytest.raises(ValueError, match=r"method 'half' \(half_method\) lacks SECTIONS"):
+        method_module("half")
 
 
 def test_the_hooks_the_registry_checks_are_those_the_notebooks_call() -> None:

@@ -194,7 +194,7 @@ def test_task_spec_errors_are_clear(capsys):
 def test_the_engine_names_a_task_builder_by_module_for_other_processes():
     from ovis.methods import ggn
 
-    assert task_spec(ggn.baseline_task) == "ovis.methods.ggn:baseline_task"
+    assert task_spec(ggn.baseline_task) == "ovis.methods.ggn.method:baseline_task"
     assert load_task_builder(task_spec(ggn.baseline_task)) is ggn.baseline_task
     from_file = load_task_builder(f"{Path(__file__).with_name('toy_task.py')}:toy_task")
     for unnamed in (from_file, lambda recipe, run_dir, stage: None):  # a torchrun worker could not import them

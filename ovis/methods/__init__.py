@@ -96,11 +96,15 @@ class TrainingStage:
         return recipe.hash(self.sections)
 
 
-def method_module(method: str) -> ModuleType:
-    """The module implementing ``method``'s stages, checked to provide what the pipeline calls."""
+def _import(method: str) -> ModuleType:
     if method not in METHOD_MODULES:
         raise ValueError(f"unknown method {method!r}; known: {', '.join(METHOD_MODULES)}")
-    module = importlib.import_module(METHOD_MODULES[method], __name__)
+    return importlib.import_module(METHOD_MODULES[method], __name__)
+
+
+def method_module(method: str) -> ModuleType:
+    """The module implementing ``method``'s stages, checked to provide what the pipeline calls."""
+    module = _import(method)
     where = f"method {method!r} ({module.__name__})"
     stages = getattr(module, "PIPELINE_STAGES", None)
     if not isinstance(stages, tuple) or not stages or list(stages) != [s for s in STAGES if s in stages]:
@@ -111,18 +115,13 @@ def method_module(method: str) -> ModuleType:
     if not isinstance(trained, dict) or not all(isinstance(st, TrainingStage) for st in trained.values()):
         missing.append("TRAINING_STAGES (a dict of name -> TrainingStage)")
         trained = {}
-    sections = getattr(module, "SECTIONS", None)
-    if not isinstance(sections, dict) or not all(isinstance(c, type) and dataclasses.is_dataclass(c)
-                                                 for c in sections.values()):
-        missing.append("SECTIONS (a dict of recipe section name -> dataclass)")
-    elif clash := [s for s in sections if s in CORE_KEYS or s == "sections"]:
-        raise ValueError(f"{where}: SECTIONS {clash} are core recipe keys (ovis.config.CORE_KEYS); name them otherwise")
     if missing:
         raise ValueError(f"{where} lacks {', '.join(missing)}")
     stray = [f"{name} (part_of={st.part_of!r})" for name, st in trained.items() if st.part_of not in stages]
     if stray:
         raise ValueError(f"{where}: training stage(s) {', '.join(stray)} of a pipeline stage it does not run "
                          f"(PIPELINE_STAGES: {', '.join(stages)})")
+    method_sections(method)  # SECTIONS checked as a recipe reads them
     return module
 
 
@@ -138,8 +137,18 @@ def for_recipe(recipe: Recipe, stage: str | None = None) -> ModuleType:
 
 
 def method_sections(method: str) -> dict[str, type]:
-    """The recipe sections ``method`` owns (its ``SECTIONS``), in recipe order."""
-    return dict(method_module(method).SECTIONS)
+    """The recipe sections ``method`` owns (its ``SECTIONS``), in recipe order. Reads only ``SECTIONS``: a
+    package that loads its stages on first use (``ovis.methods.cpl``) is read without importing torch."""
+    module = _import(method)
+    sections = getattr(module, "SECTIONS", None)
+    if not isinstance(sections, dict) or not all(isinstance(c, type) and dataclasses.is_dataclass(c)
+                                                 for c in sections.values()):
+        raise ValueError(f"method {method!r} ({module.__name__}) lacks SECTIONS (a dict of recipe section name -> "
+                         "dataclass)")
+    if clash := [s for s in sections if s in CORE_KEYS or s == "sections"]:
+        raise ValueError(f"method {method!r} ({module.__name__}): SECTIONS {clash} are core recipe keys "
+                         "(ovis.config.CORE_KEYS); name them otherwise")
+    return dict(sections)
 
 
 use_method_sections(method_sections)
