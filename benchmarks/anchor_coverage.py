@@ -21,7 +21,7 @@ import torch
 from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import box_iou
 
-from ovis.config import load_recipe
+from ovis.methods import load_recipe
 from ovis.models.detector import build_detector
 
 

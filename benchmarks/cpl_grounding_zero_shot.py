@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
-from ovis.config import load_recipe
 from ovis.data.dataset import CocoDetection
 from ovis.engine.train import load_checkpoint
+from ovis.methods import load_recipe
 from ovis.methods.cpl import GROUNDING_CHECKPOINT, grounding_to_detector
 from ovis.models.detector import build_detector
 from ovis.pseudo.detectors import class_embeddings, read_partition

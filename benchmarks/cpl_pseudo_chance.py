@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from pycocotools import mask as mask_utils
 
-from ovis.config import load_recipe
 from ovis.data.captions import find_words
+from ovis.methods import load_recipe
 from ovis.pseudo.cross_modal import (
     MASK_THRESHOLD,
     build_labeler,

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
-from ovis.config import load_recipe
+from ovis.methods import load_recipe
 from ovis.models.backbones import IMAGENET_MEAN, IMAGENET_STD, build_trunk
 
 

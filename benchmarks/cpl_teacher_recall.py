@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 from torchvision.ops import box_iou
 
-from ovis.config import load_recipe
 from ovis.data.dataset import CocoDetection
+from ovis.methods import load_recipe
 from ovis.methods.cpl import class_embeddings, load_model
 from ovis.models.detector import set_class_embeddings
 

@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from ovis.config import load_recipe
+from ovis.methods import load_recipe
 from ovis.models.detector import build_detector
 
 

@@ -18,8 +18,7 @@ from __future__ import annotations
 
 from seed_study import parse_args, seed_runs
 
-from ovis.config import load_recipe
-from ovis.methods import ggn
+from ovis.methods import ggn, load_recipe
 from ovis.methods.train import run_stage
 
 SHARED = ("splits", "teacher", "pseudo")

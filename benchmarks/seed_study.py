@@ -8,7 +8,8 @@ import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from ovis.config import Recipe, load_recipe
+from ovis.config import Recipe
+from ovis.methods import load_recipe
 from ovis.runs import link_stages
 
 

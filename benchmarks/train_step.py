@@ -27,10 +27,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ovis.config import TrainConfig, load_recipe
+from ovis.config import TrainConfig
 from ovis.data.dataset import CocoDetection, collate_fn
 from ovis.data.synthetic import generate_demo_dataset
 from ovis.engine.train import TrainTask, train
+from ovis.methods import load_recipe
 from ovis.models.detector import build_detector
 
 
