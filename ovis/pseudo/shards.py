@@ -16,13 +16,29 @@ import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
+from ovis.config import Recipe
 from ovis.io import write_json_atomic, write_text_atomic
+from ovis.runs import RunLayout
+from ovis.stages import Pending, execute
 
-__all__ = ["Shard", "Sharding", "resolve_shards"]
+__all__ = ["Shard", "Sharding", "pseudo_stage", "resolve_shards"]
+
+T = TypeVar("T")
+
+
+def pseudo_stage(recipe: Recipe, run_dir: str | Path, run: Callable[[bool], dict | Pending[T]], *, force: bool,
+                 record: Callable[[dict], dict[str, Any]]) -> dict | T:
+    """A method's pseudo stage through :func:`ovis.stages.execute`: ``run(afresh)`` labels this process's
+    shards and merges once all are done, writing ``pseudo/train_pseudo.json`` and ``pseudo/stats.json``
+    (returning the stats, or ``Pending`` while shards are missing); a finished stage returns its stats read
+    back from ``stats.json``."""
+    layout = RunLayout(run_dir)
+    return execute(recipe, "pseudo", run_dir, run, force=force, outputs=[layout.pseudo_gt.name, layout.pseudo_stats.name],
+                   read=lambda _: json.loads(layout.pseudo_stats.read_text()), record=record)
 
 
 def resolve_shards(shard: int | None, num_shards: int | None, default_shards: int = 1) -> list[tuple[int, int]]:

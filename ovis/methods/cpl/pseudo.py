@@ -4,7 +4,6 @@ stage of :func:`ovis.stages.execute`."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,9 +12,8 @@ import torch
 from ovis.config import Recipe
 from ovis.engine.dist import barrier, get_rank
 from ovis.pseudo.cross_modal import PseudoLabeler, label_shard, merge_pseudo, pseudo_image_ids, pseudo_sharding
-from ovis.pseudo.shards import resolve_shards
-from ovis.runs import RunLayout
-from ovis.stages import Pending, execute
+from ovis.pseudo.shards import pseudo_stage, resolve_shards
+from ovis.stages import Pending
 
 
 def run_pseudo(recipe: Recipe, run_dir: str | Path, shard: int | None = None, num_shards: int | None = None,
@@ -35,7 +33,6 @@ def run_pseudo(recipe: Recipe, run_dir: str | Path, shard: int | None = None, nu
     torch.distributed, rank 0 merges after a barrier. ``labeler`` replaces the teacher (tests).
     """
     run_dir = Path(run_dir)
-    layout = RunLayout(run_dir)
 
     def label_and_merge(afresh: bool) -> dict | Pending[dict]:
         [(s, n)] = resolve_shards(shard, num_shards)
@@ -62,7 +59,5 @@ def run_pseudo(recipe: Recipe, run_dir: str | Path, shard: int | None = None, nu
                f"novel precision@0.5 {stats['novel_precision@0.5']}")
         return stats
 
-    return execute(recipe, "pseudo", run_dir, label_and_merge, force=force,
-                   outputs=[layout.pseudo_gt.name, layout.pseudo_stats.name],
-                   read=lambda record: json.loads(layout.pseudo_stats.read_text()),
-                   record=lambda stats: {"pseudo_masks": stats["pseudo_masks"]})
+    return pseudo_stage(recipe, run_dir, label_and_merge, force=force,
+                        record=lambda stats: {"pseudo_masks": stats["pseudo_masks"]})

@@ -4,7 +4,6 @@ base GT + the top-k candidates of each image that do not duplicate seen GT (gt_i
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,9 +16,9 @@ from ovis.io import write_json_atomic
 from ovis.methods.ggn.datasets import split_file, unseen_gt
 from ovis.methods.ggn.extract import extract_shard, sharding
 from ovis.pseudo.grouping import Candidate, select_pseudo
-from ovis.pseudo.shards import resolve_shards
+from ovis.pseudo.shards import pseudo_stage, resolve_shards
 from ovis.runs import RunLayout
-from ovis.stages import Pending, execute
+from ovis.stages import Pending
 
 
 def _rle_bytes(rle: dict) -> dict:
@@ -144,7 +143,4 @@ def run_pseudo(recipe: Recipe, run_dir: str | Path, shard: int | None = None, nu
                f"({stats['seconds_per_image']:.2f} s/image); unseen recall@0.5 {stats['unseen_recall@0.5']}")
         return stats
 
-    return execute(recipe, "pseudo", run_dir, extract_and_merge, force=force,
-                   outputs=[layout.pseudo_gt.name, layout.pseudo_stats.name],
-                   read=lambda record: json.loads(layout.pseudo_stats.read_text()),
-                   record=lambda stats: {"stats": stats})
+    return pseudo_stage(recipe, run_dir, extract_and_merge, force=force, record=lambda stats: {"stats": stats})
