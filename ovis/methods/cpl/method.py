@@ -83,7 +83,7 @@ __all__ = [
 ]
 
 # The training tasks TRAINING_STAGES declares, defined here so that their ``module:function`` specs (what a
-# torchrun worker imports) stay ``ovis.methods.cpl:<task>``.
+# torchrun worker imports) stay ``ovis.methods.cpl.method:<task>``.
 
 
 def grounding_task(recipe: Recipe, run_dir: str | Path, stage: str = "grounding") -> TrainTask:

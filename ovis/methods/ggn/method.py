@@ -83,7 +83,7 @@ __all__ = [
 ]
 
 # The training tasks TRAINING_STAGES declares, defined here so that their ``module:function`` specs (what a
-# torchrun worker imports) stay ``ovis.methods.ggn:<task>``.
+# torchrun worker imports) stay ``ovis.methods.ggn.method:<task>``.
 
 
 def teacher_task(recipe: Recipe, run_dir: str | Path, stage: str) -> TrainTask:
