@@ -26,7 +26,7 @@ command line needs ``--task``, whose module is imported before the recipe is rea
 sections are known once its method's package (``ovis.methods.<name>``) is imported, by the task's module
 or as the task itself::
 
-    python -m ovis.engine.train --recipe demo_ggn --stage baseline --task ovis.methods.ggn:baseline_task
+    python -m ovis.engine.train --recipe demo_ggn --stage teacher --task ovis.methods.ggn:teacher_task
 """
 
 from __future__ import annotations
