@@ -30,10 +30,10 @@ import numpy as np
 from seed_study import parse_args, seed_runs
 
 from ovis.data.coco import ann_to_rle, load_coco, save_coco
+from ovis.data.masks import mask_iou, match_counts
 from ovis.methods import ggn
 from ovis.methods.ggn.datasets import unseen_gt
 from ovis.methods.ggn.extract import sharding
-from ovis.methods.ggn.pseudo_gt import _hits
 from ovis.methods.train import run_stage
 from ovis.runs import RunLayout, link_stages
 
@@ -61,8 +61,8 @@ def pseudo_variants(recipe, run_dir: Path) -> dict[str, tuple[list[dict], dict[s
         gts = unseen.get(image_id, [])
         gt_rles = [ann_to_rle(a, h, w) for a in gts]
         mine = kept.get(image_id, [])
-        hits = _hits([ann_to_rle(a, h, w) for a in mine], gt_rles)
-        cand = _hits([c["segmentation"] for c in rec["candidates"]], gt_rles)
+        hits = mask_iou([ann_to_rle(a, h, w) for a in mine], gt_rles)
+        cand = mask_iou([c["segmentation"] for c in rec["candidates"]], gt_rles)
         best = [rec["candidates"][int(np.argmax(cand[:, j]))] for j in range(len(gts))
                 if cand.size and cand[:, j].max() >= IOU]
         per_image = {
@@ -73,10 +73,9 @@ def pseudo_variants(recipe, run_dir: Path) -> dict[str, tuple[list[dict], dict[s
             "unseen_gt": [{"segmentation": a["segmentation"], "area": float(a["area"]), "bbox": a["bbox"]} for a in gts],
         }
         for v, these in per_image.items():
-            iou = _hits([ann_to_rle(a, h, w) for a in these], gt_rles)
-            if iou.size:
-                covered[v] += int((iou >= IOU).any(axis=0).sum())
-                right[v] += int((iou >= IOU).any(axis=1).sum())
+            c, r = match_counts(mask_iou([ann_to_rle(a, h, w) for a in these], gt_rles), IOU)
+            covered[v] += c
+            right[v] += r
             anns[v] += [{"image_id": image_id, "segmentation": a["segmentation"], "area": a["area"],
                          "bbox": a["bbox"], "category_id": stats["pseudo_category_id"], "iscrowd": 0, "pseudo": True}
                         for a in these]

@@ -26,6 +26,7 @@ from ovis.data.coco import (
     validate_coco,
 )
 from ovis.data.dataset import CocoDetection, collate_fn
+from ovis.data.masks import mask_iou, match_counts
 from ovis.data.transforms import RandomHorizontalFlip
 from ovis.io import write_json_atomic, write_text_atomic
 
@@ -467,6 +468,53 @@ def test_masks_to_rles_matches_per_mask_encoding_and_is_json() -> None:
     assert masks_to_rles(np.zeros((0, 4, 4), bool)) == []
     with pytest.raises(ValueError, match=r"\[N, H, W\]"):
         masks_to_rles(masks[0])
+
+
+def _cols(x0: int, x1: int, h: int = 10, w: int = 10) -> dict:
+    """Compressed RLE (str counts) of the columns x0..x1 of an h×w image."""
+    m = np.zeros((h, w), bool)
+    m[:, x0:x1] = True
+    return mask_to_rle(m)
+
+
+def test_mask_iou_equals_pycocotools_plain_iou_even_for_a_crowd_gt() -> None:
+    dt = [_cols(0, 4), _cols(0, 8), _cols(2, 6), _cols(8, 10)]
+    dt[1] = {**dt[1], "counts": dt[1]["counts"].encode("ascii")}  # str and bytes counts alike
+    # a COCO crowd region: uncompressed RLE of columns 0..5 (column-major runs), iscrowd 1
+    crowd = {"id": 7, "image_id": 1, "iscrowd": 1, "segmentation": {"size": [10, 10], "counts": [0, 50, 50]}}
+    gt = [_cols(0, 4), ann_to_rle(crowd, 10, 10)]
+    iou = mask_iou(dt, gt)
+    assert iou.shape == (4, 2) and iou.dtype == np.float64
+    np.testing.assert_array_equal(iou, mask_utils.iou(dt, gt, [0, 0]))
+    np.testing.assert_allclose(iou, [[1, 0.8], [0.5, 5 / 8], [1 / 3, 0.5], [0, 0]])
+    # the crowd flag is not applied (callers drop crowd GT): pycocotools' crowd IoU is intersection / dt area
+    assert mask_utils.iou(dt, gt, [0, 1])[0, 1] == 1.0 != iou[0, 1]
+
+
+def test_mask_iou_with_an_empty_side_is_an_empty_matrix_of_zeros() -> None:
+    assert mask_iou([_cols(0, 4), _cols(2, 6)], []).shape == (2, 0)
+    assert mask_iou([], [_cols(0, 4)]).shape == (0, 1)
+    assert mask_iou([], []).shape == (0, 0)
+
+
+@pytest.mark.parametrize("dt, gt, match", [
+    ([_cols(0, 4)], [_cols(0, 4, w=12)], r"gt\[0\] has size \[10, 12\], not \[10, 10\]"),
+    ([_cols(0, 4), _cols(0, 4, h=9)], [], r"dt\[1\] has size \[9, 10\]"),
+    ([[[0, 0, 4, 0, 4, 10]]], [_cols(0, 4)], r"dt\[0\] must be a compressed RLE.*got list"),
+    ([_cols(0, 4)], [{"size": [10, 10], "counts": [0, 50, 50]}], r"gt\[0\] must be a compressed RLE"),
+])
+def test_mask_iou_refuses_masks_of_other_sizes_and_non_compressed_rles(dt, gt, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        mask_iou(dt, gt)
+
+
+def test_match_counts_are_gt_covered_and_detections_covering() -> None:
+    iou = np.array([[0.9, 0.6, 0.0], [0.5, 0.1, 0.0], [0.2, 0.49, 0.0], [0.0, 0.0, 0.0]])
+    assert match_counts(iou) == (2, 2)  # GT 0 and 1 covered; detections 0 and 1 cover some GT
+    assert match_counts(iou, 0.7) == (1, 1)
+    assert match_counts(np.zeros((3, 0))) == match_counts(np.zeros((0, 2))) == (0, 0)
+    with pytest.raises(ValueError, match=r"\[D, G\]"):
+        match_counts(np.zeros(3))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
-"""COCO segmentations ↔ masks: polygons, uncompressed and compressed RLE (pycocotools, no torch)."""
+"""COCO segmentations ↔ masks: polygons, uncompressed and compressed RLE, mask IoU (pycocotools, no torch)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -58,3 +59,32 @@ def masks_to_rles(masks: np.ndarray) -> list[dict]:
     for rle in rles:
         rle["counts"] = rle["counts"].decode("ascii")
     return rles
+
+
+def mask_iou(dt: Sequence[dict], gt: Sequence[dict]) -> np.ndarray:
+    """Mask IoU matrix float[len(dt), len(gt)] between compressed RLEs (``counts`` str or bytes) of one image:
+    pycocotools' ``mask.iou`` with every GT a plain object (iscrowd 0, intersection over union; drop crowd
+    regions beforehand). Zeros of that shape when either side is empty."""
+    size = None
+    for side, rles in (("dt", dt), ("gt", gt)):
+        for i, rle in enumerate(rles):
+            if not isinstance(rle, dict) or not isinstance(rle.get("counts"), (str, bytes)) or "size" not in rle:
+                raise ValueError(f"mask_iou: {side}[{i}] must be a compressed RLE dict with 'size' and str/bytes "
+                                 f"'counts' (see segmentation_to_rle), got {type(rle).__name__}")
+            if size is None:
+                size = list(rle["size"])
+            elif list(rle["size"]) != size:
+                raise ValueError(f"mask_iou: {side}[{i}] has size {list(rle['size'])}, not {size}: "
+                                 "all masks must belong to one image")
+    if not dt or not gt:
+        return np.zeros((len(dt), len(gt)))
+    return np.asarray(mask_utils.iou(list(dt), list(gt), [0] * len(gt))).reshape(len(dt), len(gt))
+
+
+def match_counts(iou: np.ndarray, thresh: float = 0.5) -> tuple[int, int]:
+    """Of an IoU matrix [D, G] (:func:`mask_iou`): (GT matched by some detection, detections matching some GT)
+    at IoU >= ``thresh`` — coverage and precision numerators."""
+    if iou.ndim != 2:
+        raise ValueError(f"match_counts expects an IoU matrix [D, G], got shape {iou.shape}")
+    hit = iou >= thresh
+    return int(hit.any(axis=0).sum()), int(hit.any(axis=1).sum())

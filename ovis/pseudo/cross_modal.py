@@ -40,7 +40,6 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
-from pycocotools import mask as mask_utils
 from torch import Tensor
 
 from ovis.data.captions import (
@@ -50,6 +49,7 @@ from ovis.data.captions import (
     lvis_matches,
 )
 from ovis.data.coco import CocoFormatError, ann_to_rle, load_coco, masks_to_rles, read_json
+from ovis.data.masks import mask_iou
 from ovis.io import write_json_atomic
 from ovis.models.text import TextEncoder
 from ovis.pseudo.detectors import class_embeddings, load_model, text_encoder
@@ -400,11 +400,8 @@ def gt_by_image_and_class(gt: Mapping, category_ids: set[int], image_ids: set[in
 
 def hits_gt(rles: Sequence[dict], gts: Sequence[dict], h: int, w: int, iou: float = 0.5) -> np.ndarray:
     """For each mask of ``rles`` (an image's RLEs): does it overlap one of the annotations ``gts`` at
-    mask IoU ≥ ``iou``? Bool ``[len(rles)]``; all False without ``gts``."""
-    if not gts or not len(rles):
-        return np.zeros(len(rles), bool)
-    ious = mask_utils.iou(list(rles), [ann_to_rle(g, h, w) for g in gts], [0] * len(gts))
-    return np.any(np.asarray(ious).reshape(len(rles), len(gts)) >= iou, axis=1)
+    mask IoU ≥ ``iou`` (:func:`~ovis.data.masks.mask_iou`)? Bool ``[len(rles)]``; all False without ``gts``."""
+    return np.any(mask_iou(rles, [ann_to_rle(g, h, w) for g in gts]) >= iou, axis=1)
 
 
 def pseudo_stats(recipe: Recipe, run_dir: str | Path, pseudo: list[dict], words: Mapping[int, list[str]],

@@ -8,10 +8,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from pycocotools import mask as mask_utils
 
 from ovis.config import Recipe
 from ovis.data.coco import ann_to_rle, load_coco, save_coco
+from ovis.data.masks import mask_iou, match_counts
 from ovis.io import write_json_atomic
 from ovis.methods.ggn.datasets import split_file, unseen_gt
 from ovis.methods.ggn.extract import extract_shard, sharding
@@ -19,18 +19,6 @@ from ovis.pseudo.grouping import Candidate, select_pseudo
 from ovis.pseudo.shards import pseudo_stage, resolve_shards
 from ovis.runs import RunLayout
 from ovis.stages import Pending
-
-
-def _rle_bytes(rle: dict) -> dict:
-    counts = rle["counts"]
-    return {"size": rle["size"], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
-
-
-def _hits(dt: list[dict], gt: list[dict]) -> np.ndarray:
-    """IoU matrix [len(dt), len(gt)] of RLE masks (empty when either side is)."""
-    if not dt or not gt:
-        return np.zeros((len(dt), len(gt)))
-    return np.asarray(mask_utils.iou([_rle_bytes(d) for d in dt], gt, [0] * len(gt))).reshape(len(dt), len(gt))
 
 
 def merge_pseudo(recipe: Recipe, run_dir: str | Path, num_shards: int) -> dict | None:
@@ -104,11 +92,10 @@ def _unseen_stats(recipe: Recipe, run_dir: Path, records: dict[int, dict], kept:
         h, w = sizes[image_id]
         gt = [ann_to_rle(a, h, w) for a in anns]
         n_gt += len(gt)
-        k = _hits([a["segmentation"] for a in kept[image_id]], gt)
-        c = _hits([c["segmentation"] for c in records[image_id]["candidates"]], gt)
-        hit_kept += int((k >= 0.5).any(axis=0).sum()) if k.size else 0
-        hit_cand += int((c >= 0.5).any(axis=0).sum()) if c.size else 0
-        kept_on += int((k >= 0.5).any(axis=1).sum()) if k.size else 0
+        covered, on = match_counts(mask_iou([a["segmentation"] for a in kept[image_id]], gt))
+        hit_kept += covered
+        kept_on += on
+        hit_cand += match_counts(mask_iou([c["segmentation"] for c in records[image_id]["candidates"]], gt))[0]
     return {"unseen_gt": n_gt,
             "unseen_recall@0.5": hit_kept / n_gt if n_gt else None,
             "unseen_recall@0.5_candidates": hit_cand / n_gt if n_gt else None,
