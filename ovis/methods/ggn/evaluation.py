@@ -14,10 +14,10 @@ from ovis.config import Recipe
 from ovis.data.coco import load_coco
 from ovis.data.dataset import CocoDetection
 from ovis.engine.dist import resolve_device
+from ovis.engine.workers import explain_broken_pool, single_threaded_children
 from ovis.io import copy_atomic, write_json_atomic
 from ovis.methods.ggn.datasets import split_file
 from ovis.methods.ggn.models import detectors, load_model
-from ovis.methods.ggn.workers import explain_broken_pool, single_threaded_children
 from ovis.runs import DETECTIONS, RunLayout
 from ovis.stages import execute
 

@@ -22,9 +22,9 @@ import torch
 from ovis.config import Recipe
 from ovis.data.coco import masks_to_rles
 from ovis.engine.dist import resolve_device, usable_cpus
+from ovis.engine.workers import explain_broken_pool, single_threaded_children, torch_threads
 from ovis.methods.ggn.datasets import pseudo_dataset, pseudo_dir
 from ovis.methods.ggn.models import load_model
-from ovis.methods.ggn.workers import explain_broken_pool, single_threaded_children, torch_threads
 from ovis.pseudo.grouping import Candidate, GroupingParams, group_affinity, gt_iou
 from ovis.pseudo.shards import Sharding
 from ovis.runs import RunLayout

@@ -1,5 +1,6 @@
-"""Process pools of the pseudo and eval stages: one BLAS/OpenMP thread per spawned worker, this process's
-torch threads while they run, and a clear error when a worker dies."""
+"""Process pools of the stages (GGN's grouping and inference, training stages under ``launch.workers``): one
+BLAS/OpenMP thread per spawned worker, this process's torch threads while they run, and a clear error when a
+worker dies."""
 
 from __future__ import annotations
 
