@@ -138,6 +138,16 @@ def test_training_summary_and_figure(ggn_run):
     assert smoothed[2] == pytest.approx(np.mean([_row(it, 0.01, 9.0)["total_loss"] for it in (20, 40, 60)]))
 
 
+def test_plot_training_skips_stages_without_a_log_and_says_so_when_none_has_one(ggn_run):
+    # the notebooks pass their method's stages: one of them (baseline here) may have logged nothing
+    fig = plot_training(ggn_run, ["baseline", "student"])
+    assert [ax.get_title().split(":")[0] for ax in fig.axes] == ["student", "student"]
+    (ax,) = plot_training(ggn_run, ["baseline", "oln"]).axes  # not an error: a placeholder naming them
+    assert [t.get_text() for t in ax.texts] == [f"no baseline|oln/metrics.jsonl under {ggn_run}"]
+    (ax,) = plot_training(ggn_run / "untrained").axes
+    assert [t.get_text() for t in ax.texts] == [f"no <stage>/metrics.jsonl under {ggn_run / 'untrained'}"]
+
+
 def test_paper_table_open_world_demo_says_not_comparable(eval_results):
     recipe = load_recipe("demo_ggn")
     results = [{**eval_results["ow_segm"], "label": "student/segm"},

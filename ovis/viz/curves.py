@@ -240,12 +240,18 @@ def plot_training(run_dir: str | Path, stages: Sequence[str] | None = None, smoo
     """One row per training stage: total loss (black) and each `loss_*` term against the iteration,
     smoothed (trailing mean over `smooth_window` logged lines, capped at a quarter of the lines so
     short runs keep their shape) over the raw values drawn faint, log-y when the values span a
-    decade or more; the learning rate in a narrow panel on the right."""
+    decade or more; the learning rate in a narrow panel on the right.
+
+    ``stages``: the stages to draw, those without a ``metrics.jsonl`` skipped (a method may not train
+    each of them); None: every stage with one (:func:`find_training_logs`). When none has a log the
+    figure says so in place of the plots, naming the stages asked for (not an error: a notebook
+    drawing before a submitted job has logged carries on)."""
     logs = find_training_logs(run_dir, stages)
     fig = Figure(figsize=(12.0, 3.3 * max(len(logs), 1)), layout="constrained")
     if not logs:
         ax = fig.subplots()
-        ax.text(0.5, 0.5, f"no <stage>/metrics.jsonl under {run_dir}", ha="center", va="center")
+        wanted = "|".join(stages) if stages else "<stage>"
+        ax.text(0.5, 0.5, f"no {wanted}/metrics.jsonl under {run_dir}", ha="center", va="center")
         ax.set_axis_off()
         return fig
     axes = fig.subplots(len(logs), 2, width_ratios=[3, 1], squeeze=False)
