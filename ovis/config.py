@@ -177,6 +177,8 @@ class LaunchConfig:
     cpus_per_task: int = 8  # slurm: CPU cores per GPU task (data-loading workers)
     mem_gb: int | None = None  # slurm: memory per node; None = the partition's default
     rdzv_endpoint: str | None = None  # torchrun with nodes > 1: HOST:PORT of the rendezvous node
+    # local on CPU: a pipeline stage's training stages in up to this many spawned one-thread processes
+    workers: int = 1
 
 
 # a method name -> the recipe sections it owns (section name -> dataclass), in recipe order
@@ -443,7 +445,7 @@ _RULES: dict[type, list[Rule]] = {
                  ("workers", lambda v: v >= 1, "≥ 1")],
     LaunchConfig: [("launcher", ("local", "torchrun", "slurm"), ""),
                    ("device", lambda v: v in ("auto", "cpu", "cuda") or v.startswith("cuda:"), "auto, cpu, cuda or cuda:N"),
-                   *[(k, lambda v: v >= 1, "≥ 1") for k in ("nproc", "nodes", "timeout_min", "cpus_per_task")],
+                   *[(k, lambda v: v >= 1, "≥ 1") for k in ("nproc", "nodes", "timeout_min", "cpus_per_task", "workers")],
                    ("mem_gb", positive_or_none, "≥ 1 or null")],
 }
 

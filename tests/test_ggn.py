@@ -19,10 +19,12 @@ from ovis.config import load_recipe
 from ovis.data.coco import ann_to_mask, load_coco
 from ovis.data.dataset import CocoDetection
 from ovis.data.splits import run_splits_stage
+from ovis.engine.launch import LaunchError
 from ovis.methods import all_training_stages, ggn, task_builder
 from ovis.methods.ggn import extract
+from ovis.methods.train import run_training
 
-TINY = tiny.GGN
+TINY = {**tiny.GGN, "launch.workers": 1}  # the run below trains in this process: the worker tests' reference
 
 
 def _recipe(root: Path, **extra):
@@ -291,6 +293,44 @@ def test_detectors_evaluated_in_worker_processes_give_the_same_files(run, tmp_pa
     assert sorted({r["model"] for r in results}) == sorted(ggn.MODELS[1:])
     for which in ggn.MODELS[1:]:
         assert (tmp_path / which / "detections.json").read_bytes() == (run_dir / "eval" / which / "detections.json").read_bytes()
+
+
+def _with_workers(recipe, n: int):
+    return dataclasses.replace(recipe, launch=dataclasses.replace(recipe.launch, workers=n))
+
+
+def _copy_until_pseudo(run_dir: Path, dst: Path) -> Path:
+    for stage in ("splits", "teacher", "pseudo"):
+        shutil.copytree(run_dir / stage, dst / stage)
+    return dst
+
+
+def test_detectors_trained_in_worker_processes_give_the_same_checkpoints(run, tmp_path):
+    """launch.workers=2: the four detectors trained in two spawned one-thread processes hold the very weights
+    the one-thread run in this process trained; the results keep their order, and the workers' log lines
+    reach the caller's stream, each under its training stage's name."""
+    run_dir, recipe = run
+    other = _copy_until_pseudo(run_dir, tmp_path / "run")
+    lines: list[str] = []
+    results = ggn.run_student(_with_workers(recipe, 2), other, stream=lines.append)
+    assert list(results) == list(ggn.MODELS[1:]) and not any(r["skipped"] for r in results.values())
+    for which in results:
+        mine, theirs = (torch.load(d / which / "model_final.pth", weights_only=True)["model"] for d in (other, run_dir))
+        assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
+        assert any(line.startswith(f"{which}: trained 2 iterations") for line in lines)
+    assert ggn.run_student(recipe, other, stream=_quiet) == {k: {**v, "skipped": True} for k, v in results.items()}
+
+
+def test_a_training_stage_failing_in_a_worker_is_named_and_the_others_keep_their_checkpoints(run, tmp_path):
+    run_dir, recipe = run
+    other = _copy_until_pseudo(run_dir, tmp_path / "run")
+    (other / "oln").mkdir()
+    (other / "oln" / "model_final.pth").write_bytes(b"\x00not a checkpoint")
+    with pytest.raises(LaunchError, match=r"training stage 'oln' failed in a launch\.workers process: CheckpointError: "
+                                          r"cannot read checkpoint .*oln/model_final\.pth"):
+        run_training(_with_workers(recipe, 2), "student", other, stream=_quiet, stages=["baseline", "oln"])
+    assert (other / "baseline" / "model_final.pth").is_file()
+    assert not (other / "student" / "stage.json").exists()
 
 
 def test_models_load_in_eval_mode(run):

@@ -167,13 +167,14 @@ def launch(recipe: str | Path | Recipe, stage: str, run_dir: str | Path | None =
            task: TaskBuilder | str | None = None, overrides: list[str] | dict[str, Any] | None = None,
            stream: Callable[[str], None] = print, device: str | None = None, resume: bool = True,
            cluster: str = "slurm", sections: tuple[str, ...] | None = None, config: str | None = None,
-           entry: str | None = None) -> TrainResult | submitit.Job:
+           entry: str | None = None, progress: bool = True) -> TrainResult | submitit.Job:
     """Train ``stage`` of ``recipe`` into ``<run_dir>/<stage>/`` (default run dir ``runs/<recipe name>``).
 
     ``task`` is the task builder or its ``module:function`` spec; ``sections`` and ``config`` as in
     :class:`ovis.engine.train.StageSpec`. ``entry`` is the module the torchrun workers run (default
     the engine's command line, which hashes the stage by its name and cannot take ``sections`` or
-    ``config``); the method layer passes its own, which resolves them the same way.
+    ``config``); the method layer passes its own, which resolves them the same way. ``progress``: the
+    ``local`` launcher's progress bar on stderr (its log lines come all the same).
     Unset arguments come from the recipe's ``launch`` section. Returns the :class:`TrainResult`
     for ``local`` and ``torchrun`` (raising :class:`LaunchError` with the output's tail when the
     child fails), and the submitted ``submitit.Job`` for ``slurm`` (``job.result()`` waits for the
@@ -193,7 +194,8 @@ def launch(recipe: str | Path | Recipe, stage: str, run_dir: str | Path | None =
         if (nproc or 1) > 1 or nodes > 1:
             raise ValueError(f"launcher='local' runs one process; use launcher='torchrun' for nproc={nproc}, nodes={nodes}")
         build = load_task_builder(task) if isinstance(task, str) else task
-        return run_stage(rec, stage, run_dir, build, device=device, resume=resume, sections=sections, config=config)
+        return run_stage(rec, stage, run_dir, build, device=device, resume=resume, progress=progress, sections=sections,
+                         config=config)
     nproc = nproc or cfg.nproc
     out_dir = RunLayout(run_dir).folder(stage)
     if launcher == "torchrun":

@@ -3,8 +3,9 @@
 The method layer's side of :mod:`ovis.engine.train`: the registry (:mod:`ovis.methods`) resolves a
 recipe's stage into a task builder, the recipe sections its checkpoint hashes and its ``TrainConfig``
 section, which the engine receives. The methods' notebook stages train through :func:`run_training`
-(one pipeline stage: its training stages, skipped when done, then its marker) and :func:`train_stage`;
-torchrun workers run this module's :func:`main`, so they resolve a stage as their launcher did.
+(one pipeline stage: its training stages, skipped when done, then its marker; on CPU in up to
+``launch.workers`` processes at once, :func:`train_in_workers`) and :func:`train_stage`; torchrun workers
+run this module's :func:`main`, so they resolve a stage as their launcher did.
 
 Command line (also ``ovis train``)::
 
@@ -14,14 +15,21 @@ Command line (also ``ovis train``)::
 
 from __future__ import annotations
 
+import logging
+import multiprocessing as mp
+import queue
 import sys
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from ovis.config import Recipe
 from ovis.engine import launch as engine_launch
 from ovis.engine import train as engine
+from ovis.engine.dist import resolve_device
+from ovis.engine.workers import explain_broken_pool, single_threaded_children
+from ovis.locks import folder_lock
 from ovis.methods import all_training_stages, task_builder, training_stage, training_stages
 from ovis.stages import execute
 
@@ -71,12 +79,15 @@ def run_training(recipe: Recipe, stage: str, run_dir: str | Path, force: bool = 
 
     Skipped when the stage is done for this recipe: the results are read back from its record, each with
     ``"skipped": True``; trained from scratch when ``force`` or when a file it read has changed since.
+    The training stages train one after another, or in :func:`training_workers` processes at once.
     Returns ``{training stage: {"stage", "final", "iteration", "skipped", "seconds"}}``."""
     run_dir = Path(run_dir)
     names = list(stages) if stages is not None else training_stages(stage, recipe.method)
     single = names == [stage]
 
     def train(afresh: bool) -> dict[str, dict]:
+        if (workers := training_workers(recipe, len(names), launch_kw)) > 1:
+            return train_in_workers(recipe, stage, names, run_dir, afresh, stream, workers, **launch_kw)
         return {name: train_stage(recipe, name, run_dir, afresh, stream, **launch_kw) for name in names}
 
     def read(record: dict[str, Any]) -> dict[str, dict]:
@@ -85,6 +96,83 @@ def run_training(recipe: Recipe, stage: str, run_dir: str | Path, force: bool = 
 
     return execute(recipe, stage, run_dir, train, outputs=outputs, read=read, force=force,
                    record=lambda results: {key: results[stage] if single else results})
+
+
+def training_workers(recipe: Recipe, n_stages: int, launch_kw: dict[str, Any]) -> int:
+    """How many processes train ``n_stages`` independent training stages: ``launch.workers``, at most one per
+    stage, with the local launcher (of ``recipe`` unless ``launch_kw`` names one) on CPU; else 1."""
+    workers = min(recipe.launch.workers, n_stages)
+    if workers == 1 or (launch_kw.get("launcher") or recipe.launch.launcher) != "local":
+        return 1  # the device is not resolved then: a Slurm job's GPUs are not on the machine that submits it
+    return workers if resolve_device(launch_kw.get("device") or recipe.launch.device).type == "cpu" else 1
+
+
+def train_in_workers(recipe: Recipe, stage: str, names: Sequence[str], run_dir: Path, force: bool,
+                     stream: Callable[[str], None], workers: int, **launch_kw: Any) -> dict[str, dict]:
+    """:func:`train_stage` for each of ``names`` in ``workers`` spawned processes with one BLAS/OpenMP/torch
+    thread each (the checkpoints equal a one-thread run's in this process), without progress bars; their
+    log lines reach ``stream`` prefixed with the training stage's name. Every stage runs to its end before
+    the first failure (in ``names`` order) is raised, naming its stage: the others keep their checkpoints.
+    Returns ``{name: result}`` in ``names`` order."""
+    stream(f"{stage}: training {', '.join(names)} in {workers} worker processes (launch.workers)")
+    ctx = mp.get_context("spawn")
+    # this process holds the run folder while the workers train: their run_stage's lock joins it, as
+    # descendants do ($OVIS_HELD_LOCKS), where two siblings would each find the other in the way
+    with (folder_lock(run_dir), ctx.Manager() as manager, single_threaded_children(),
+          ProcessPoolExecutor(workers, mp_context=ctx) as pool,
+          explain_broken_pool(f"{stage}: a training worker process died", "lower launch.workers")):
+        lines = manager.Queue()
+        futures = {name: pool.submit(_train_in_worker, recipe, name, run_dir, force, lines, launch_kw) for name in names}
+        try:
+            while True:
+                finished = all(f.done() for f in futures.values())  # before the read: then no line can come after it
+                try:
+                    stream(lines.get(timeout=0.2))
+                except queue.Empty:
+                    if finished:
+                        break
+        except BaseException:  # an interrupt: the stages not started yet do not start
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        failed = [e for f in futures.values() if (e := f.exception()) is not None]
+        if failed:
+            for other in failed[1:]:
+                failed[0].add_note(str(other))
+            raise failed[0]
+        return {name: f.result() for name, f in futures.items()}
+
+
+class _LineHandler(logging.Handler):
+    """Log records as lines to a callable."""
+
+    def __init__(self, stream: Callable[[str], None]):
+        super().__init__(logging.INFO)
+        self.stream = stream
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream(self.format(record))
+
+
+def _train_in_worker(recipe: Recipe, name: str, run_dir: Path, force: bool, lines: Any,
+                     launch_kw: dict[str, Any]) -> dict:
+    """:func:`train_stage` of ``name`` in a worker of :func:`train_in_workers`: its stream and ovis's log
+    lines go to the ``lines`` queue prefixed with ``name``; a failure comes back as a ``LaunchError`` naming
+    it (whatever the original exception needs to be rebuilt in another process)."""
+
+    def put(line: str) -> None:
+        lines.put(line if line.startswith(f"{name}:") else f"{name}: {line}")
+
+    log = logging.getLogger("ovis")
+    handler = _LineHandler(put)
+    log.addHandler(handler)  # instead of the engine's stderr handler, which no one reads here
+    log.setLevel(logging.INFO)
+    try:
+        return train_stage(recipe, name, run_dir, force, put, progress=False, **launch_kw)
+    except Exception as e:
+        raise engine_launch.LaunchError(f"training stage {name!r} failed in a launch.workers process: "
+                                        f"{type(e).__name__}: {e}") from e
+    finally:
+        log.removeHandler(handler)
 
 
 def main(argv: list[str] | None = None) -> int:
