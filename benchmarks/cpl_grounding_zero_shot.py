@@ -20,6 +20,7 @@ import json
 from pathlib import Path
 
 import torch
+from gt_box_scores import best_class, gt_box_logits
 
 from ovis.data.dataset import CocoDetection
 from ovis.engine.train import load_checkpoint
@@ -60,15 +61,9 @@ def main() -> None:
         keep = torch.tensor([c in label for c in cats], dtype=torch.bool)
         if not keep.any():
             continue
-        h, w = image.shape[-2:]
-        scale = min(recipe.model.min_size / min(h, w), recipe.model.max_size / max(h, w))
-        with torch.no_grad():
-            images, _ = model.transform([image])
-            _, feats = model.roi_heads.box_features(model.backbone(images.tensors), [target["boxes"][keep] * scale],
-                                                    images.image_sizes)
-            logits, _ = model.roi_heads.box_predictor(feats)
-        best = (logits[:, 1:].argmax(1) + 1).tolist()
-        best_novel = (logits[:, first_novel:].argmax(1) + first_novel).tolist()
+        logits = gt_box_logits(model, image, target["boxes"][keep], recipe.model)
+        best = best_class(logits).tolist()
+        best_novel = best_class(logits, first_novel).tolist()
         for cat, b, bn in zip([c for c in cats if c in label], best, best_novel):
             side = "novel" if cat in novel else "base"
             counts[side][0] += int(b == label[cat])

@@ -21,6 +21,7 @@ import json
 from pathlib import Path
 
 import torch
+from gt_box_scores import best_class, gt_box_logits, resize_scale
 from torchvision.ops import box_iou
 
 from ovis.data.dataset import CocoDetection
@@ -56,18 +57,13 @@ def main() -> None:
         with torch.no_grad():
             out = model([image])[0]
         # proposals live in the resized image; scale them back to the original pixels
-        h, w = image.shape[-2:]
-        scale = min(recipe.model.min_size / min(h, w), recipe.model.max_size / max(h, w))
-        props = proposals[0] / scale
+        props = proposals[0] / resize_scale(image, recipe.model)
         n_props += len(props)
         gt = target["boxes"]
         gt_total += len(gt)
         rpn_hits += int((box_iou(gt, props).max(1).values >= 0.5).sum()) if len(props) else 0
-        with torch.no_grad():  # the GT boxes as RoIs, in the resized image
-            images, _ = model.transform([image])
-            _, feats = model.roi_heads.box_features(model.backbone(images.tensors), [gt * scale], images.image_sizes)
-            logits, _ = model.roi_heads.box_predictor(feats)
-        gt_named += int((logits[:, 1:].argmax(1) + 1 == target["labels"]).sum())
+        logits = gt_box_logits(model, image, gt, recipe.model)
+        gt_named += int((best_class(logits) == target["labels"]).sum())
         gt_background += int((logits.argmax(1) == 0).sum())
         if len(out["boxes"]):
             iou = box_iou(gt, out["boxes"])
