@@ -54,8 +54,9 @@ def test_long_cpl_demo_changes_only_data_scale_resolution_and_schedules():
         ("model", "min_size"), ("model", "max_size"), ("model", "anchor_sizes"),
         ("grounding", "max_iter"), ("grounding", "steps"), ("grounding", "checkpoint_period"),
         ("grounding", "cache_features"), ("teacher", "max_iter"), ("teacher", "steps"),
-        ("teacher", "checkpoint_period"), ("pseudo", "max_images"), ("student", "max_iter"),
-        ("student", "steps"), ("student", "uncertainty_train_iter"), ("student", "checkpoint_period")}
+        ("teacher", "checkpoint_period"), ("student", "max_iter"),
+        ("student", "steps"), ("student", "uncertainty_train_iter"), ("student", "checkpoint_period"),
+        ("eval", "max_images")}
     assert long["model"]["anchor_sizes"] == [2 * a for a in short["model"]["anchor_sizes"]]  # objects twice as large
     assert long["data"]["root"] != short["data"]["root"]  # its 1200 images do not replace the 240 of make demo
 
