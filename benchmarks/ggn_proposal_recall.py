@@ -1,0 +1,89 @@
+"""Where do a GGN run's detectors lose unseen objects: the RPN's ranking or the RoI head's? (GGN/OLN diagnostic.)
+
+For each trained detector of a finished GGN run, on the images of ``splits/val.json``: the share of the
+unseen classes' non-crowd GT boxes (``partition.json``'s ``novel``) that some box hits at IoU ≥ 0.5 among
+
+- ``rpn100`` / ``rpn1000``: the RPN's first 100 / 1000 proposals, in the order it ranks them (by objectness;
+  OLN's RPN keeps every level's top-k without NMS, a Mask R-CNN RPN after NMS);
+- ``det100``: the first 100 final detections;
+
+and ``score_spread``: the median over images of the span (highest − lowest) of the final detections' scores,
+how much the scores rank the boxes at all.
+
+A detector whose ``rpn1000`` is high but ``det100`` low loses objects in its RoI head or its scoring.
+
+    python benchmarks/ggn_proposal_recall.py --run-dir runs/demo_ggn [--recipe demo_ggn] [--models baseline,oln_baseline]
+
+Last line: ``<model>_rpn100=… <model>_rpn1000=… <model>_det100=… <model>_score_spread=…`` (% and score) for each
+model, then ``unseen_gt=…``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchvision.ops import box_iou
+
+from ovis.data.dataset import CocoDetection
+from ovis.methods import load_recipe
+from ovis.methods.ggn import MODELS, load_model
+
+CUTS = (("rpn100", "rpn", 100), ("rpn1000", "rpn", 1000), ("det100", "det", 100))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run-dir", type=Path, default=Path("runs/demo_ggn"))
+    ap.add_argument("--recipe", default="demo_ggn")
+    ap.add_argument("--models", default="baseline,oln_baseline", help="comma-separated detectors of the run")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="the overrides the run was made with")
+    args = ap.parse_args(argv)
+    models = args.models.split(",")
+    if bad := [m for m in models if m not in MODELS or m == "teacher"]:
+        raise SystemExit(f"--models: {bad} are not detectors; use some of {[m for m in MODELS if m != 'teacher']}")
+    recipe = load_recipe(args.recipe, args.overrides)
+    partition = json.loads((args.run_dir / "splits" / "partition.json").read_text())
+    unseen = {c["id"] if isinstance(c, dict) else int(c) for c in partition["novel"]}
+    ds = CocoDetection(args.run_dir / "splits" / "val.json", recipe.data.path(recipe.data.val_images),
+                       with_masks=False, drop_crowd=True)
+    figures: list[str] = []
+    n_gt = 0
+    for which in models:
+        model = load_model(recipe, args.run_dir, which)
+        hits = {name: 0 for name, _, _ in CUTS}
+        spreads = []
+        n_gt = 0
+        for i in range(len(ds)):
+            image, target = ds[i]
+            keep = torch.tensor([ds.label_to_cat_id[int(label)] in unseen for label in target["labels"]], dtype=torch.bool)
+            gt = target["boxes"][keep]
+            if not len(gt):
+                continue
+            n_gt += len(gt)
+            with torch.no_grad():
+                images, _ = model.transform([image])
+                proposals, _ = model.rpn(images, model.backbone(images.tensors))
+                scale = image.shape[-2] / images.image_sizes[0][0]  # back to the image's own pixels
+                det = model([image])[0]
+                boxes = {"rpn": proposals[0][:, :4] * scale, "det": det["boxes"]}
+            if len(det["scores"]):
+                spreads.append(float(det["scores"].max() - det["scores"].min()))
+            for name, source, k in CUTS:
+                if len(boxes[source]):
+                    hits[name] += int((box_iou(gt, boxes[source][:k]).max(1).values >= 0.5).sum())
+        spread = float(np.median(spreads)) if spreads else float("nan")
+        print(f"{which}: unseen GT boxes hit at IoU 0.5 (%): "
+              + ", ".join(f"{k} {100 * v / max(n_gt, 1):.1f}" for k, v in hits.items())
+              + f"; median score span {spread:.3f}", flush=True)
+        figures += [f"{which}_{k}={100 * v / max(n_gt, 1):.1f}" for k, v in hits.items()] + [f"{which}_score_spread={spread:.3f}"]
+    print(" ".join(figures) + f" unseen_gt={n_gt}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
