@@ -8,14 +8,16 @@ unseen classes' non-crowd GT boxes (``partition.json``'s ``novel``) that some bo
 - ``det100``: the first 100 final detections;
 
 and ``score_spread``: the median over images of the span (highest − lowest) of the final detections' scores,
-how much the scores rank the boxes at all.
+how much the scores rank the boxes at all. For an OLN detector, whose proposals carry their objectness,
+``objectness_hit`` / ``objectness_bg``: the median objectness of the proposals that hit any GT box (seen or
+unseen) at IoU ≥ 0.5 and of those that overlap none above 0.1, how far the RPN tells objects from background.
 
 A detector whose ``rpn1000`` is high but ``det100`` low loses objects in its RoI head or its scoring.
 
     python benchmarks/ggn_proposal_recall.py --run-dir runs/demo_ggn [--recipe demo_ggn] [--models baseline,oln_baseline]
 
 Last line: ``<model>_rpn100=… <model>_rpn1000=… <model>_det100=… <model>_score_spread=…`` (% and score) for each
-model, then ``unseen_gt=…``.
+model (OLN's also ``<model>_objectness_hit=… <model>_objectness_bg=…``), then ``unseen_gt=…``.
 """
 
 from __future__ import annotations
@@ -56,19 +58,25 @@ def main(argv: list[str] | None = None) -> int:
     for which in models:
         model = load_model(recipe, args.run_dir, which)
         hits = {name: 0 for name, _, _ in CUTS}
-        spreads = []
+        spreads: list[float] = []
+        objectness: dict[str, list[float]] = {"hit": [], "bg": []}
         n_gt = 0
         for i in range(len(ds)):
             image, target = ds[i]
             keep = torch.tensor([ds.label_to_cat_id[int(label)] in unseen for label in target["labels"]], dtype=torch.bool)
+            with torch.no_grad():
+                images, _ = model.transform([image])
+                proposals, _ = model.rpn(images, model.backbone(images.tensors))
+                scale = image.shape[-2] / images.image_sizes[0][0]  # back to the image's own pixels
+            if proposals[0].shape[1] == 5 and len(target["boxes"]):  # OLN: (box, objectness)
+                best = box_iou(proposals[0][:, :4] * scale, target["boxes"]).max(1).values
+                objectness["hit"] += proposals[0][best >= 0.5, 4].tolist()
+                objectness["bg"] += proposals[0][best <= 0.1, 4].tolist()
             gt = target["boxes"][keep]
             if not len(gt):
                 continue
             n_gt += len(gt)
             with torch.no_grad():
-                images, _ = model.transform([image])
-                proposals, _ = model.rpn(images, model.backbone(images.tensors))
-                scale = image.shape[-2] / images.image_sizes[0][0]  # back to the image's own pixels
                 det = model([image])[0]
                 boxes = {"rpn": proposals[0][:, :4] * scale, "det": det["boxes"]}
             if len(det["scores"]):
@@ -81,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
               + ", ".join(f"{k} {100 * v / max(n_gt, 1):.1f}" for k, v in hits.items())
               + f"; median score span {spread:.3f}", flush=True)
         figures += [f"{which}_{k}={100 * v / max(n_gt, 1):.1f}" for k, v in hits.items()] + [f"{which}_score_spread={spread:.3f}"]
+        if objectness["hit"] and objectness["bg"]:
+            figures += [f"{which}_objectness_{k}={float(np.median(v)):.3f}" for k, v in objectness.items()]
     print(" ".join(figures) + f" unseen_gt={n_gt}")
     return 0
 
