@@ -24,3 +24,13 @@ def test_training_stages_go_to_workers_only_with_the_local_launcher_on_cpu():
     assert training_workers(load_recipe("demo_ggn", ["launch.workers=1"]), 4, {}) == 1
     # not resolved for a cluster launcher (no CUDA here: resolving "cuda" would raise)
     assert training_workers(load_recipe("demo_ggn", ["launch.workers=3", "launch.device=cuda"]), 4, {"launcher": "slurm"}) == 1
+
+
+def test_a_dead_worker_pool_is_explained_with_its_setting():
+    from concurrent.futures.process import BrokenProcessPool
+
+    from ovis.engine.workers import explain_broken_pool
+
+    with pytest.raises(RuntimeError, match=r"^student: a training worker process died\. .*__main__.*lower launch\.workers$"):
+        with explain_broken_pool("student: a training worker process died", "lower launch.workers"):
+            raise BrokenProcessPool("gone")

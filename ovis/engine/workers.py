@@ -31,9 +31,9 @@ def single_threaded_children() -> Iterator[None]:
 
 
 @contextmanager
-def explain_broken_pool(what: str = "pseudo: a grouping worker process died",
-                        remedy: str = "lower pseudo.workers (0: group in this process)") -> Iterator[None]:
-    """A pool's worker dying inside the block raises a RuntimeError that names the two usual causes."""
+def explain_broken_pool(what: str, remedy: str) -> Iterator[None]:
+    """A pool's worker dying inside the block raises a RuntimeError that says ``what`` died, names the two
+    usual causes and ends with ``remedy`` (the setting to lower)."""
     try:
         yield
     except BrokenProcessPool as e:

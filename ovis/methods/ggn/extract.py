@@ -137,7 +137,8 @@ def extract_shard(recipe: Recipe, run_dir: str | Path, shard: int, num_shards: i
         # spawned, not forked, so that their BLAS pools start single-threaded.
         pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) if workers > 0 else None
         pending: deque[tuple[Future, tuple]] = deque()
-        with (single_threaded_children() if pool else nullcontext(), pool or nullcontext(), explain_broken_pool(),
+        died = explain_broken_pool("pseudo: a grouping worker process died", "lower pseudo.workers (0: group in this process)")
+        with (single_threaded_children() if pool else nullcontext(), pool or nullcontext(), died,
               torch_threads(max(1, usable_cpus() - workers)) if pool and device.type == "cpu" else nullcontext()):
             for image_id in todo:
                 image, target = ds[index[image_id]]
