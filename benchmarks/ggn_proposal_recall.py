@@ -64,21 +64,23 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(len(ds)):
             image, target = ds[i]
             keep = torch.tensor([ds.label_to_cat_id[int(label)] in unseen for label in target["labels"]], dtype=torch.bool)
-            with torch.no_grad():
+            with torch.no_grad():  # the model's own forward, keeping its proposals; boxes back in the image's pixels
                 images, _ = model.transform([image])
-                proposals, _ = model.rpn(images, model.backbone(images.tensors))
-                scale = image.shape[-2] / images.image_sizes[0][0]  # back to the image's own pixels
+                features = model.backbone(images.tensors)
+                proposals, _ = model.rpn(images, features)
+                detections, _ = model.roi_heads(features, proposals, images.image_sizes)
+                size = [tuple(image.shape[-2:])]
+                det = model.transform.postprocess(detections, images.image_sizes, size)[0]
+                rpn = model.transform.postprocess([{"boxes": proposals[0][:, :4]}], images.image_sizes, size)[0]["boxes"]
             if proposals[0].shape[1] == 5 and len(target["boxes"]):  # OLN: (box, objectness)
-                best = box_iou(proposals[0][:, :4] * scale, target["boxes"]).max(1).values
+                best = box_iou(rpn, target["boxes"]).max(1).values
                 objectness["hit"] += proposals[0][best >= 0.5, 4].tolist()
                 objectness["bg"] += proposals[0][best <= 0.1, 4].tolist()
             gt = target["boxes"][keep]
             if not len(gt):
                 continue
             n_gt += len(gt)
-            with torch.no_grad():
-                det = model([image])[0]
-                boxes = {"rpn": proposals[0][:, :4] * scale, "det": det["boxes"]}
+            boxes = {"rpn": rpn, "det": det["boxes"]}
             if len(det["scores"]):
                 spreads.append(float(det["scores"].max() - det["scores"].min()))
             for name, source, k in CUTS:
