@@ -78,8 +78,9 @@ class DataConfig:
         return p if p.is_absolute() else Path(self.root) / p
 
 
-# data keys left out of Recipe.to_dict (and so of every hash) while they are None
-OPTIONAL_DATA_KEYS = ("caption_set", "caption_set_images")
+# keys left out of Recipe.to_dict (and so of every hash) while they are None, by section: settings added
+# after runs existed, so that a recipe that does not use them keeps its hash
+OPTIONAL_KEYS = {"data": ("caption_set", "caption_set_images"), "model": ("oln_objectness_neg_pos_ub",)}
 
 
 @dataclass
@@ -123,6 +124,8 @@ class ModelConfig:
     box_smooth_l1_beta: float = 1.0  # RoI box loss: smooth-L1 beta (maskrcnn-benchmark 1.0; 0 = L1 as mmdet)
     c4_pooler_resolution: int = 14  # R-C4 RoIAlign size before res5 (14 as maskrcnn-benchmark; masks are 2x res5 output)
     mask: bool = True  # mask branch (False: boxes only, e.g. OLN-Box)
+    # OLN heads: at most this many objectness negatives per positive in an image (mmdet's neg_pos_ub); null = unbounded (upstream)
+    oln_objectness_neg_pos_ub: float | None = None
     input_format: str = "rgb"  # rgb (torchvision ImageNet mean/std) | bgr255 (maskrcnn-benchmark/caffe checkpoints)
     stride_in_1x1: bool = False  # bottleneck stride on the 1x1 conv (MSRA/caffe ResNet, maskrcnn-benchmark)
     decoder_channels: int = 256  # affinity network (UperNet) width
@@ -233,8 +236,8 @@ class Recipe:
                              f"section {name!r}; its own sections: {', '.join(sections) or 'none'}")
 
     def to_dict(self) -> dict[str, Any]:
-        """All sections as one mapping (the method's beside the core ones), less the data keys of
-        ``OPTIONAL_DATA_KEYS`` that are None (so the hash of a recipe that does not use them is the one it
+        """All sections as one mapping (the method's beside the core ones), less the keys of
+        ``OPTIONAL_KEYS`` that are None (so the hash of a recipe that does not use them is the one it
         had before they existed)."""
         out: dict[str, Any] = {}
         for key, value in dataclasses.asdict(self).items():
@@ -242,9 +245,10 @@ class Recipe:
                 out.update(value)
             else:
                 out[key] = value
-        for key in OPTIONAL_DATA_KEYS:
-            if out["data"][key] is None:
-                del out["data"][key]
+        for section, keys in OPTIONAL_KEYS.items():
+            for key in keys:
+                if out[section][key] is None:
+                    del out[section][key]
         return out
 
     def hash(self, sections: tuple[str, ...] | None = None) -> str:
@@ -436,7 +440,8 @@ _RULES: dict[type, list[Rule]] = {
         ("background_weight", lambda v: math.isfinite(v) and v >= 0, "a finite number ≥ 0"),
         ("box_smooth_l1_beta", lambda v: math.isfinite(v) and v >= 0, "a finite number ≥ 0"),
         ("embedding_temperature", lambda v: math.isfinite(v) and v > 0, "a finite number > 0"),
-        ("mask_logits_init_std", lambda v: v is None or (math.isfinite(v) and v > 0), "a finite number > 0 or null"),
+        *[(k, lambda v: v is None or (math.isfinite(v) and v > 0), "a finite number > 0 or null")
+          for k in ("mask_logits_init_std", "oln_objectness_neg_pos_ub")],
     ],
     TrainConfig: [("amp", ("none", "bf16", "fp16"), "")],
     EvalConfig: [("protocol", protocol_names("eval"), ""),

@@ -17,6 +17,7 @@ from ovis.models.heads import (
     OLNRegionProposalNetwork,
     OLNRPNHead,
     background_weighted_ce,
+    bound_negatives,
     centerness_targets,
     paired_iou,
 )
@@ -138,6 +139,49 @@ def test_oln_rpn_losses_use_centerness_and_iou():
     assert 0 < losses["loss_rpn_box_reg"].item() < 10
     sum(losses.values()).backward()
     assert features["0"].grad.abs().sum() > 0
+
+
+def test_bound_negatives_keeps_a_random_subset_of_neg_pos_ub_per_positive():
+    pos = torch.zeros(200)
+    pos[:3] = 1
+    neg = torch.zeros(200)
+    neg[50:150] = 1
+    torch.manual_seed(0)
+    kept = bound_negatives(pos, neg, 1.0)
+    assert kept.sum() == 3 and bool((kept <= neg).all())  # as many as positives, all of them negatives
+    assert bound_negatives(pos, neg, 2.5).sum() == 7  # int(2.5 * 3)
+    assert bound_negatives(torch.zeros(200), neg, 1.0).sum() == 1  # no positive counts as one
+    assert torch.equal(bound_negatives(pos, neg, 40.0), neg)  # fewer negatives than the bound: all kept
+
+
+def test_oln_rpn_objectness_neg_pos_ub_bounds_the_negatives_in_the_loss():
+    anchors = AnchorGenerator(((32,),), ((1.0,),))
+    torch.manual_seed(0)
+    rpn = OLNRegionProposalNetwork(anchors, OLNRPNHead(8, 1), dict(training=1000, testing=1000),
+                                   objectness_neg_pos_ub=1.0).train()
+    with torch.no_grad():  # every anchor's objectness logit is 0.4: a negative's error is sigmoid(0.4), whichever
+        rpn.head.cls_logits.weight.zero_()
+        rpn.head.cls_logits.bias.fill_(0.4)
+    images = ImageList(torch.zeros(1, 3, 64, 64), [(64, 64)])
+    features = {"0": torch.randn(1, 8, 16, 16)}
+    gt = torch.tensor([[8.0, 8.0, 40.0, 40.0]])
+    _, losses = rpn(images, features, [{"boxes": gt, "labels": torch.tensor([1])}])
+    grid = rpn.anchor_generator(images, [features["0"]])[0]
+    iou = box_ops.box_iou(grid, gt)[:, 0]
+    pos = iou >= 0.3
+    s = torch.tensor(0.4).sigmoid()
+    err_pos = (s - centerness_targets(grid[pos], gt.expand(int(pos.sum()), 4))).abs()
+    n = int(pos.sum())
+    assert 0 < n < int((iou < 0.1).sum())  # unbounded, the sample would hold more negatives than positives
+    assert torch.isclose(losses["loss_objectness"], (err_pos.sum() + n * s) / (2 * n))
+
+
+def test_oln_objectness_neg_pos_ub_reaches_the_rpn_and_must_be_positive():
+    cfg = dict(arch="fpn", heads="oln", classifier="agnostic", aspect_ratios=[1.0])
+    assert build_detector(tiny(**cfg)).rpn.objectness_neg_pos_ub is None  # upstream: unbounded
+    assert build_detector(tiny(**cfg, oln_objectness_neg_pos_ub=1.0)).rpn.objectness_neg_pos_ub == 1.0
+    with pytest.raises(ValueError, match=r"model.oln_objectness_neg_pos_ub=0.0: must be > 0 \(or null for no bound\)"):
+        build_detector(tiny(**cfg, oln_objectness_neg_pos_ub=0.0))
 
 
 def test_oln_rpn_features_are_l2_normalised():

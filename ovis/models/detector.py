@@ -85,6 +85,9 @@ def _check(cfg: ModelConfig) -> None:
         raise ValueError(f"model.mask_logits_init_std={cfg.mask_logits_init_std}: must be > 0 (or null for Kaiming)")
     if cfg.arch == "fpn" and len(cfg.anchor_sizes) != len(FPN_LEVELS) + 1:
         raise ValueError(f"model.anchor_sizes: FPN needs one size per level (5: P2..P6), got {cfg.anchor_sizes}")
+    if cfg.oln_objectness_neg_pos_ub is not None and not cfg.oln_objectness_neg_pos_ub > 0:
+        raise ValueError(f"model.oln_objectness_neg_pos_ub={cfg.oln_objectness_neg_pos_ub}: must be > 0 "
+                         "(or null for no bound)")
     if cfg.heads == "oln" and len(cfg.aspect_ratios) != 1:
         raise ValueError(f"model.aspect_ratios: OLN uses one anchor per location, got {cfg.aspect_ratios}")
 
@@ -191,6 +194,7 @@ def build_detector(
             anchors,
             rpn_head,
             dict(training=cfg.rpn_pre_nms_top_n_train, testing=cfg.rpn_pre_nms_top_n_test),
+            objectness_neg_pos_ub=cfg.oln_objectness_neg_pos_ub,
         )
     if cfg.input_format == "bgr255":
         model.transform = BGR255Transform(cfg.min_size, cfg.max_size, list(BGR255_MEAN), [1.0, 1.0, 1.0])

@@ -382,12 +382,26 @@ class OLNRPNHead(RPNHead):
         return logits, deltas
 
 
+def bound_negatives(pos: Tensor, neg: Tensor, neg_pos_ub: float) -> Tensor:
+    """One image's sampled negatives (0/1 mask ``neg``), a random ``int(neg_pos_ub · max(1, #pos))`` of them
+    kept when there are more: mmdet's ``RandomSampler`` upper bound."""
+    keep = int(neg_pos_ub * max(1, int(pos.sum())))
+    idx = torch.where(neg.bool())[0]
+    if len(idx) <= keep:
+        return neg
+    out = torch.zeros_like(neg)
+    out[idx[torch.randperm(len(idx), device=idx.device)[:keep]]] = 1
+    return out
+
+
 class OLNRegionProposalNetwork(RegionProposalNetwork):
     """OLN-RPN (docs/ggn.md#35-oln): centerness objectness (L1 on the sigmoid; assigner 0.3/0.1, 256 samples,
     positive fraction 1.0 filled with negatives), box branch trained with IoU loss ×10 (assigner
     0.7/0.3, 256 samples, 50 % positives), and **no NMS and no overall cap**: every level's top
     ``pre_nms_top_n`` anchors by objectness go on to the RoI head, as upstream (``_get_bboxes_single``
     returns them all). Returns proposals ``[n, 5]`` (box, objectness), sorted by objectness.
+    ``objectness_neg_pos_ub`` bounds the objectness sample's negatives per image at that many per
+    positive (at least one positive counted), as mmdet's ``RandomSampler(neg_pos_ub)``; None: unbounded.
     """
 
     def __init__(
@@ -396,6 +410,7 @@ class OLNRegionProposalNetwork(RegionProposalNetwork):
         head: nn.Module,
         pre_nms_top_n: dict[str, int],
         batch_size_per_image: int = 256,
+        objectness_neg_pos_ub: float | None = None,
     ) -> None:
         # nms_thresh and post_nms_top_n are unused: OLN proposals skip NMS and keep every level's top-k
         super().__init__(
@@ -405,6 +420,7 @@ class OLNRegionProposalNetwork(RegionProposalNetwork):
             OLN_OBJECTNESS_POS_IOU, OLN_OBJECTNESS_NEG_IOU, allow_low_quality_matches=False
         )
         self.objectness_sampler = det_utils.BalancedPositiveNegativeSampler(batch_size_per_image, 1.0)
+        self.objectness_neg_pos_ub = objectness_neg_pos_ub
 
     def forward(
         self, images: ImageList, features: dict[str, Tensor], targets: list[dict[str, Tensor]] | None = None
@@ -480,6 +496,8 @@ class OLNRegionProposalNetwork(RegionProposalNetwork):
 
         obj_labels, obj_gt = self._assign(anchors, targets, self.objectness_matcher)
         obj_pos, obj_neg = self.objectness_sampler(obj_labels)
+        if self.objectness_neg_pos_ub is not None:
+            obj_neg = [bound_negatives(p, n, self.objectness_neg_pos_ub) for p, n in zip(obj_pos, obj_neg)]
         pos = torch.cat(obj_pos).bool()
         sampled = pos | torch.cat(obj_neg).bool()
         target = all_anchors.new_zeros(len(all_anchors))
