@@ -33,7 +33,7 @@ test-slow: setup
 
 bench: setup
 	for script in benchmarks/*.py; do \
-	  case $$script in */cpl_pseudo_chance.py|*/cpl_shape_from_scratch.py|*/cpl_teacher_recall.py|*/cpl_seed_margin.py|*/cpl_grounding_zero_shot.py|*/ggn_seed_margin.py|*/ggn_pseudo_ceiling.py|*/ggn_proposal_recall.py|*/seed_study.py|*/gt_box_scores.py) continue;; esac; $(VENV)/bin/python $$script || exit 1; done
+	  case $$script in */cpl_pseudo_chance.py|*/cpl_shape_from_scratch.py|*/cpl_teacher_recall.py|*/cpl_seed_margin.py|*/cpl_grounding_zero_shot.py|*/ggn_seed_margin.py|*/ggn_pseudo_ceiling.py|*/ggn_proposal_recall.py|*/ggn_oln_ranker.py|*/seed_study.py|*/gt_box_scores.py) continue;; esac; $(VENV)/bin/python $$script || exit 1; done
 	# the scripts below read a CPL / GGN run, made with the threads `ovis demo` gives each run (same numbers)
 	export OMP_NUM_THREADS=$$($(VENV)/bin/python -c "from ovis.demo import threads_per_run; print(threads_per_run(2))"); \
 	$(OVIS) reproduce demo_cpl --stages splits,teacher,pseudo && \
@@ -46,7 +46,19 @@ bench: setup
 	$(VENV)/bin/python benchmarks/ggn_seed_margin.py --run-dir runs/demo_ggn --seeds 0,1,2 && \
 	$(VENV)/bin/python benchmarks/ggn_pseudo_ceiling.py --run-dir runs/demo_ggn --seeds 0,1,2 && \
 	$(OVIS) reproduce demo_ggn --stages student && \
-	$(VENV)/bin/python benchmarks/ggn_proposal_recall.py --run-dir runs/demo_ggn
+	$(VENV)/bin/python benchmarks/ggn_proposal_recall.py --run-dir runs/demo_ggn && \
+	$(VENV)/bin/python benchmarks/ggn_oln_ranker.py --run-dir runs/demo_ggn && \
+	$(VENV)/bin/python benchmarks/ggn_seed_margin.py --run-dir runs/demo_ggn --seeds 0 --out runs/demo_ggn/oln_bound_480 \
+	  $(OLN_480) --set model.oln_objectness_neg_pos_ub=1 && \
+	$(VENV)/bin/python benchmarks/ggn_seed_margin.py --run-dir runs/demo_ggn --seeds 0 --out runs/demo_ggn/oln_480 $(OLN_480) && \
+	for d in oln_bound_480 oln_480; do \
+	  bound=$$([ $$d = oln_bound_480 ] && echo "--set model.oln_objectness_neg_pos_ub=1"); \
+	  $(VENV)/bin/python benchmarks/ggn_proposal_recall.py --run-dir runs/demo_ggn/$$d/seed0 $(OLN_480) $$bound && \
+	  $(VENV)/bin/python benchmarks/ggn_oln_ranker.py --run-dir runs/demo_ggn --oln-dir runs/demo_ggn/$$d/seed0 $(OLN_480) $$bound || exit 1; \
+	done
+
+# the OLN study's detectors: four times demo_ggn's student schedule (benchmarks/README.md, ggn_seed_margin with the bound)
+OLN_480 = --set student.max_iter=480 --set=student.steps=[384] --set student.checkpoint_period=240
 
 # CPL at the budget where its effect shows (about 45 min on one core: the run, then three students)
 bench-long: setup
