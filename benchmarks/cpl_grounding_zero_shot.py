@@ -61,7 +61,7 @@ def main() -> None:
         keep = torch.tensor([c in label for c in cats], dtype=torch.bool)
         if not keep.any():
             continue
-        logits = gt_box_logits(model, image, target["boxes"][keep], recipe.model)
+        logits = gt_box_logits(model, image, target["boxes"][keep])
         best = best_class(logits).tolist()
         best_novel = best_class(logits, first_novel).tolist()
         for cat, b, bn in zip([c for c in cats if c in label], best, best_novel):

@@ -21,7 +21,8 @@ import json
 from pathlib import Path
 
 import torch
-from gt_box_scores import best_class, gt_box_logits, resize_scale
+from gt_box_scores import best_class, gt_box_logits
+from torchvision.models.detection.transform import resize_boxes
 from torchvision.ops import box_iou
 
 from ovis.data.dataset import CocoDetection
@@ -56,13 +57,13 @@ def main() -> None:
         proposals.clear()
         with torch.no_grad():
             out = model([image])[0]
-        # proposals live in the resized image; scale them back to the original pixels
-        props = proposals[0] / resize_scale(image, recipe.model)
+        # proposals live in the resized image; back to the original pixels as torchvision's postprocess does
+        props = resize_boxes(proposals[0], list(model.transform([image])[0].image_sizes[0]), list(image.shape[-2:]))
         n_props += len(props)
         gt = target["boxes"]
         gt_total += len(gt)
         rpn_hits += int((box_iou(gt, props).max(1).values >= 0.5).sum()) if len(props) else 0
-        logits = gt_box_logits(model, image, gt, recipe.model)
+        logits = gt_box_logits(model, image, gt)
         gt_named += int((best_class(logits) == target["labels"]).sum())
         gt_background += int((logits.argmax(1) == 0).sum())
         if len(out["boxes"]):

@@ -5,24 +5,17 @@ itself."""
 from __future__ import annotations
 
 import torch
-
-from ovis.config import ModelConfig
-
-
-def resize_scale(image: torch.Tensor, cfg: ModelConfig) -> float:
-    """The factor ``model.transform`` resizes ``image`` (``C×H×W``) by under ``cfg.min_size`` / ``cfg.max_size``."""
-    h, w = image.shape[-2:]
-    return min(cfg.min_size / min(h, w), cfg.max_size / max(h, w))
+from torchvision.models.detection.transform import resize_boxes
 
 
 @torch.no_grad()
-def gt_box_logits(model: torch.nn.Module, image: torch.Tensor, boxes: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
+def gt_box_logits(model: torch.nn.Module, image: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
     """``model``'s box-predictor class logits (``N×(1+classes)``, column 0 background) for ``boxes`` (``N×4``,
-    the original image's pixels) as RoIs: the image transformed and through the backbone, the boxes scaled to
-    the resized image."""
+    the original image's pixels) as RoIs: the image transformed and through the backbone, the boxes resized
+    with it (torchvision's ``resize_boxes``)."""
     images, _ = model.transform([image])
-    _, feats = model.roi_heads.box_features(model.backbone(images.tensors), [boxes * resize_scale(image, cfg)],
-                                            images.image_sizes)
+    boxes = resize_boxes(boxes, list(image.shape[-2:]), list(images.image_sizes[0]))
+    _, feats = model.roi_heads.box_features(model.backbone(images.tensors), [boxes], images.image_sizes)
     logits, _ = model.roi_heads.box_predictor(feats)
     return logits
 
