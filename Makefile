@@ -48,9 +48,9 @@ bench: setup
 	$(OVIS) reproduce demo_ggn --stages student && \
 	$(VENV)/bin/python benchmarks/ggn_proposal_recall.py --run-dir runs/demo_ggn && \
 	$(VENV)/bin/python benchmarks/ggn_oln_ranker.py --run-dir runs/demo_ggn && \
-	$(VENV)/bin/python benchmarks/ggn_seed_margin.py --run-dir runs/demo_ggn --seeds 0 --out runs/demo_ggn/oln_bound_480 \
+	$(VENV)/bin/python benchmarks/ggn_seed_margin.py --run-dir runs/demo_ggn --seeds 0,1,2 --out runs/demo_ggn/oln_bound_480 \
 	  $(OLN_480) --set model.oln_objectness_neg_pos_ub=1 && \
-	$(VENV)/bin/python benchmarks/ggn_seed_margin.py --run-dir runs/demo_ggn --seeds 0 --out runs/demo_ggn/oln_480 $(OLN_480) && \
+	$(VENV)/bin/python benchmarks/ggn_seed_margin.py --run-dir runs/demo_ggn --seeds 0,1,2 --out runs/demo_ggn/oln_480 $(OLN_480) && \
 	for d in oln_bound_480 oln_480; do \
 	  bound=$$([ $$d = oln_bound_480 ] && echo "--set model.oln_objectness_neg_pos_ub=1"); \
 	  $(VENV)/bin/python benchmarks/ggn_proposal_recall.py --run-dir runs/demo_ggn/$$d/seed0 $(OLN_480) $$bound && \

@@ -27,10 +27,8 @@ import json
 from pathlib import Path
 
 import torch
-from PIL import Image
 from torchvision.models.detection.transform import resize_boxes
 from torchvision.ops import box_iou
-from torchvision.transforms.functional import to_tensor
 
 from ovis.data.coco import ann_to_rle, load_coco
 from ovis.data.masks import mask_iou, match_counts
@@ -39,6 +37,7 @@ from ovis.methods.ggn import load_model
 from ovis.methods.ggn.datasets import unseen_gt
 from ovis.methods.ggn.extract import sharding
 from ovis.runs import RunLayout
+from ovis.viz.draw import load_image
 
 IOU = 0.5
 RANKINGS = ("pa", "oln", "r", "c")
@@ -76,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"{args.run_dir}: the pseudo stage's candidate shards are missing or stale")
     model = load_model(recipe, args.oln_dir or args.run_dir, "oln_baseline")
     unseen, _ = unseen_gt(recipe, args.run_dir, set(records))
-    files = {im["id"]: im["file_name"] for im in load_coco(recipe.data.path(recipe.data.train_instances))["images"]}
+    infos = {im["id"]: im for im in load_coco(recipe.data.path(recipe.data.train_instances))["images"]}
     root = recipe.data.path(recipe.data.train_images)
     covered, right, kept = (dict.fromkeys(RANKINGS, 0) for _ in range(3))
     n_gt = 0
@@ -87,8 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         if not cands:
             continue
         xywh = torch.tensor([c["bbox"] for c in cands], dtype=torch.float)
-        r, c = oln_scores(model, to_tensor(Image.open(root / files[image_id]).convert("RGB")),
-                          torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1))
+        image = torch.from_numpy(load_image(root, infos[image_id]).transpose(2, 0, 1).copy()).float().div_(255)
+        r, c = oln_scores(model, image, torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1))
         pa = torch.tensor([x["score"] for x in cands])
         order = {"pa": torch.arange(len(cands)), "oln": torch.argsort(-(pa / 2 + r + r * c), stable=True),
                  "r": torch.argsort(-r, stable=True), "c": torch.argsort(-c, stable=True)}
