@@ -214,6 +214,46 @@ def test_caption_dataset_skips_uncaptioned_images_and_samples_captions(tmp_path)
         CaptionImages(ann, root, {"abc": ["x"]})
 
 
+def test_caption_dataset_decode_once_returns_each_image_and_flip_decoded_once(tmp_path, monkeypatch):
+    ann, root = _write_coco(tmp_path, {1: (30, 40), 3: (50, 25)})
+    captions = {"1": ["a cat", "one cat", "the cat"], "3": ["a tree", "one tree"]}
+    plain = CaptionImages(ann, root, captions, min_size=60, max_size=100, flip_prob=0.5)
+    once = CaptionImages(ann, root, captions, min_size=60, max_size=100, flip_prob=0.5, decode_once=True)
+    loads: list[int] = []
+    real = CaptionImages.load_image
+    monkeypatch.setattr(CaptionImages, "load_image", lambda self, i: loads.append(i) or real(self, i))
+    seen: set[tuple[int, bool]] = set()
+    for seed in range(12):
+        for index in (0, 1):
+            torch.manual_seed(seed)
+            ref_image, ref = plain[index]
+            torch.manual_seed(seed)
+            image, target = once[index]
+            key = (target["image_id"], target["flipped"])
+            assert {k: target[k] for k in ("image_id", "caption", "flipped")} == \
+                {k: ref[k] for k in ("image_id", "caption", "flipped")}  # the same random draws
+            assert image.shape == ref_image.shape and ref["decoded"]
+            assert target["decoded"] == (key not in seen)
+            if target["decoded"]:
+                assert torch.equal(image, ref_image)
+            seen.add(key)
+    assert len(seen) == 4  # both images, each plain and mirrored
+    assert len(loads) == 24 + 4  # the plain dataset decodes every visit, decode_once each (image, flip) once
+
+
+def test_grounding_model_refuses_undecoded_images_whose_maps_are_not_cached(encoder):
+    images, targets = _squares()
+    model = _frozen(encoder).train()
+    model.cache_backbone()
+    named = [dict(t, flipped=False, decoded=i != 1) for i, t in enumerate(targets)]
+    with pytest.raises(ValueError, match=r"images \[1\] came without their pixels .* not cached"):
+        model(images, named)
+    model(images, [dict(t, decoded=True) for t in named])  # caches all four
+    model(images, named)  # now image 1's map is there
+    with pytest.raises(ValueError, match=r"images \[1\] came without their pixels"):
+        model.eval()(images, named)  # eval mode never uses the cache
+
+
 def test_grounding_task_trains_with_the_engine(tmp_path):
     pytest.importorskip("ovis.engine.train")
     from ovis.engine.train import TrainTask, train
@@ -314,9 +354,10 @@ def test_grounding_task_with_cached_features_trains_as_without(tmp_path):
         task = grounding_task(recipe, run_dir)
         result = train(task, tmp_path / f"grounding_{cache}", device="cpu", progress=False)
         finals[cache] = torch.load(result.final, map_location="cpu", weights_only=True)["model"]
-        if cache:  # 6 iterations × 2 images visit all 4 images, some mirrored
+        if cache:  # 6 iterations × 2 images visit all 4 images, some mirrored; each decoded once
             keys = task.model._feature_cache
             assert keys and {i for i, _ in keys} == {1, 2, 3, 4} and len(keys) <= 8
+            assert task.dataset._decoded == set(keys)
     assert set(finals[True]) == set(finals[False])
     for key in finals[False]:
         torch.testing.assert_close(finals[True][key], finals[False][key], rtol=1e-5, atol=1e-6)

@@ -200,12 +200,15 @@ def collate_fn(
 class CaptionImages(Dataset):
     """Images of a COCO instances JSON paired with one of their captions.
 
-    Items: ``(image float32 [3, H, W] RGB in 0..1, {"image_id": int, "caption": str, "flipped": bool})``; the
-    caption is drawn uniformly from the image's list on every access with torch's RNG (the
-    training loop seeds each item). Images without a caption are skipped. ``captions`` maps image
+    Items: ``(image float32 [3, H, W] RGB in 0..1, {"image_id": int, "caption": str, "flipped": bool,
+    "decoded": bool})``; the caption is drawn uniformly from the image's list on every access with torch's
+    RNG (the training loop seeds each item). Images without a caption are skipped. ``captions`` maps image
     id (int, or str as in ``splits/captions.json``) to captions. ``min_size`` rescales the shorter
     side to that many pixels, with the longer side capped at ``max_size`` (torchvision's detection
-    rule); ``flip_prob`` mirrors the image left-right.
+    rule); ``flip_prob`` mirrors the image left-right. ``decode_once``: an image this dataset object has
+    already returned with the same flip comes back undecoded, an uninitialised tensor of its size with
+    ``decoded`` False, for a model that keeps each image's features after its first visit
+    (:meth:`ovis.models.grounding.GroundingModel.cache_backbone`); the random draws are the same.
     """
 
     def __init__(
@@ -216,12 +219,14 @@ class CaptionImages(Dataset):
         min_size: int | None = None,
         max_size: int | None = None,
         flip_prob: float = 0.0,
+        decode_once: bool = False,
     ) -> None:
         if not 0.0 <= flip_prob <= 1.0:
             raise ValueError(f"flip_prob must be in [0, 1], got {flip_prob}")
         self.ann_file = Path(ann_file)
         self.image_root = Path(image_root)
         self.min_size, self.max_size, self.flip_prob = min_size, max_size, flip_prob
+        self._decoded: set[tuple[int, bool]] | None = set() if decode_once else None
         coco = load_coco(ann_file)
         self.captions: dict[int, list[str]] = {}
         for key, caps in captions.items():
@@ -251,23 +256,34 @@ class CaptionImages(Dataset):
         return load_rgb(self.image_root / info["file_name"], (info["width"], info["height"]),
                         f"{self.ann_file}: image {image_id}")
 
+    def _size(self, image_id: int) -> tuple[int, int]:
+        """(h, w) of the image as returned: its JSON size rescaled by ``min_size`` / ``max_size``."""
+        h, w = self._images[image_id]["height"], self._images[image_id]["width"]
+        if not self.min_size:
+            return h, w
+        scale = self.min_size / min(h, w)
+        if self.max_size:
+            scale = min(scale, self.max_size / max(h, w))
+        return max(1, round(h * scale)), max(1, round(w * scale))
+
     def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Any]]:
         image_id = self.ids[index]
-        image = self.load_image(image_id)
-        if self.min_size:
-            h, w = image.shape[-2:]
-            scale = self.min_size / min(h, w)
-            if self.max_size:
-                scale = min(scale, self.max_size / max(h, w))
-            size = (max(1, round(h * scale)), max(1, round(w * scale)))
-            if size != (h, w):
-                image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
         flipped = bool(self.flip_prob > 0 and torch.rand(()) < self.flip_prob)
-        if flipped:
-            image = image.flip(-1)
         caps = self.captions[image_id]
         caption = caps[int(torch.randint(len(caps), ()))]
-        return image, {"image_id": image_id, "caption": caption, "flipped": flipped}
+        key = (image_id, flipped)
+        if self._decoded is not None and key in self._decoded:
+            return torch.empty(3, *self._size(image_id)), {"image_id": image_id, "caption": caption,
+                                                           "flipped": flipped, "decoded": False}
+        image = self.load_image(image_id)  # its size checked against the JSON's
+        size = self._size(image_id)
+        if size != tuple(image.shape[-2:]):
+            image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
+        if flipped:
+            image = image.flip(-1)
+        if self._decoded is not None:
+            self._decoded.add(key)
+        return image, {"image_id": image_id, "caption": caption, "flipped": flipped, "decoded": True}
 
 
 class StudentDataset(Dataset):

@@ -196,7 +196,8 @@ class GroundingModel(nn.Module):
         and ``flipped``), so later visits skip the backbone. Only a frozen backbone gives the same map on
         every visit: at the first cached forward every backbone parameter must be frozen and BatchNorm
         fixed (``train_bn`` False), else ValueError. Each map is computed for its image alone (padded to
-        its own multiple of 32), as at batch size 1; memory grows by one map per image and flip."""
+        its own multiple of 32), as at batch size 1; memory grows by one map per image and flip. A target
+        with ``decoded`` False (``CaptionImages(decode_once=True)``) needs its map cached, else ValueError."""
         self._feature_cache = {}
 
     def _check_frozen(self) -> None:
@@ -316,6 +317,12 @@ class GroundingModel(nn.Module):
                 raise ValueError(f"GroundingModel: the feature cache needs 'image_id' and 'flipped' in every target; "
                                  f"targets {unnamed} lack them")
             keys = [(int(t["image_id"]), bool(t["flipped"])) for t in targets]
+        cached = self._feature_cache if self.training and self._feature_cache is not None else {}
+        lost = [t.get("image_id", i) for i, t in enumerate(targets) if t.get("decoded") is False
+                and (keys is None or keys[i] not in cached)]
+        if lost:
+            raise ValueError(f"GroundingModel: images {lost} came without their pixels (CaptionImages decode_once) "
+                             "but their features are not cached; build the dataset afresh with the model")
         w2r, r2w = self.score_matrices(images, [t["caption"] for t in targets], keys)
         if self.training:
             return grounding_losses(w2r, r2w)

@@ -92,7 +92,7 @@ def grounding_task(recipe: Recipe, run_dir: str | Path, stage: str = "grounding"
     ``model.min_size``/``max_size``; model from ``model.backbone``, ``backbone_weights`` (BN trained
     only when there are none), ``text_encoder``, ``input_format``, ``stride_in_1x1``; optimiser
     settings from ``recipe.<stage>`` (``grounding``), whose ``cache_features`` keeps the frozen backbone's
-    maps (:meth:`GroundingModel.cache_backbone`). Batches are grouped by aspect ratio."""
+    maps (:meth:`GroundingModel.cache_backbone`) and decodes each image once. Batches are grouped by aspect ratio."""
     from ovis.engine.train import TrainTask
 
     cfg = getattr(recipe, stage, None)
@@ -106,8 +106,9 @@ def grounding_task(recipe: Recipe, run_dir: str | Path, stage: str = "grounding"
                                     f"(`ovis splits --recipe {recipe.name} --run-dir {run_dir}`) with data.train_captions set")
     captions = json.loads(captions_file.read_text())
     m = recipe.model
-    dataset = CaptionImages(ann_file, recipe.data.path(recipe.data.train_images), captions,
-                            min_size=m.min_size, max_size=m.max_size, flip_prob=cfg.flip_prob)
+    cache = bool(getattr(cfg, "cache_features", False))  # a GroundingConfig section
+    dataset = CaptionImages(ann_file, recipe.data.path(recipe.data.train_images), captions, min_size=m.min_size,
+                            max_size=m.max_size, flip_prob=cfg.flip_prob, decode_once=cache)
     encoder = build_text_encoder(m.text_encoder)
     if not isinstance(encoder, StaticTokenEmbedding):
         raise ValueError(f"model.text_encoder={m.text_encoder!r}: grounding needs static token embeddings; "
@@ -117,7 +118,7 @@ def grounding_task(recipe: Recipe, run_dir: str | Path, stage: str = "grounding"
     if m.embedding_dim is not None and m.embedding_dim != model.embedding_dim:
         raise ValueError(f"model.embedding_dim={m.embedding_dim} but text encoder {m.text_encoder!r} gives "
                          f"{model.embedding_dim}-d token embeddings; set model.embedding_dim: null")
-    if getattr(cfg, "cache_features", False):  # a GroundingConfig section
+    if cache:  # the dataset decodes each image (and flip) once, the model keeps its map
         model.cache_backbone()
     return TrainTask(model, dataset, cfg, aspect_ratios=dataset.aspect_ratios())
 
