@@ -48,17 +48,17 @@ bench: setup
 	$(OVIS) reproduce demo_ggn --stages student && \
 	$(VENV)/bin/python benchmarks/ggn_proposal_recall.py --run-dir runs/demo_ggn && \
 	$(VENV)/bin/python benchmarks/ggn_oln_ranker.py --run-dir runs/demo_ggn && \
-	$(VENV)/bin/python benchmarks/ggn_seed_margin.py --run-dir runs/demo_ggn --seeds 0,1,2 --out runs/demo_ggn/oln_bound_480 \
-	  $(OLN_480) --set model.oln_objectness_neg_pos_ub=1 && \
 	$(VENV)/bin/python benchmarks/ggn_seed_margin.py --run-dir runs/demo_ggn --seeds 0,1,2 --out runs/demo_ggn/oln_480 $(OLN_480) && \
-	for d in oln_bound_480 oln_480; do \
-	  bound=$$([ $$d = oln_bound_480 ] && echo "--set model.oln_objectness_neg_pos_ub=1"); \
-	  $(VENV)/bin/python benchmarks/ggn_proposal_recall.py --run-dir runs/demo_ggn/$$d/seed0 $(OLN_480) $$bound && \
-	  $(VENV)/bin/python benchmarks/ggn_oln_ranker.py --run-dir runs/demo_ggn --oln-dir runs/demo_ggn/$$d/seed0 $(OLN_480) $$bound || exit 1; \
-	done
+	$(VENV)/bin/python benchmarks/ggn_proposal_recall.py --run-dir runs/demo_ggn/oln_480/seed0 $(OLN_480) && \
+	$(VENV)/bin/python benchmarks/ggn_oln_ranker.py --run-dir runs/demo_ggn --oln-dir runs/demo_ggn/oln_480/seed0 $(OLN_480) && \
+	$(VENV)/bin/python benchmarks/ggn_seed_margin.py --run-dir runs/demo_ggn --seeds 0,1,2 --out runs/demo_ggn/oln_bound_480 $(OLN_480) $(BOUND) && \
+	$(VENV)/bin/python benchmarks/ggn_proposal_recall.py --run-dir runs/demo_ggn/oln_bound_480/seed0 $(OLN_480) $(BOUND) && \
+	$(VENV)/bin/python benchmarks/ggn_oln_ranker.py --run-dir runs/demo_ggn --oln-dir runs/demo_ggn/oln_bound_480/seed0 $(OLN_480) $(BOUND)
 
-# the OLN study's detectors: four times demo_ggn's student schedule (benchmarks/README.md, ggn_seed_margin with the bound)
+# the OLN study (benchmarks/README.md, ggn_seed_margin with the bound): four times demo_ggn's student
+# schedule, with and without OLN's objectness sample bounded at one negative per positive
 OLN_480 = --set student.max_iter=480 --set=student.steps=[384] --set student.checkpoint_period=240
+BOUND = --set model.oln_objectness_neg_pos_ub=1
 
 # CPL at the budget where its effect shows (about 45 min on one core: the run, then three students)
 bench-long: setup
