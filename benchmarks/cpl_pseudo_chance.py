@@ -20,10 +20,10 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 from pycocotools import mask as mask_utils
 
 from ovis.data.captions import find_words
+from ovis.data.dataset import load_rgb
 from ovis.methods import load_recipe
 from ovis.pseudo.cross_modal import (
     MASK_THRESHOLD,
@@ -35,7 +35,6 @@ from ovis.pseudo.cross_modal import (
     pseudo_vocabulary,
     select_proposals,
 )
-from ovis.viz.draw import load_image
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         words = [m for m in find_words(list(captions[image_id]), labeler.vocab) if pv.file_id(m.category_id) in novel_of]
         if not words:
             continue
-        image = torch.from_numpy(load_image(image_root, infos[image_id]).transpose(2, 0, 1).copy()).float().div_(255)
+        info = infos[image_id]
+        image = load_rgb(image_root / info["file_name"], (info["width"], info["height"]), f"image {image_id}")
         state, regions, boxes = labeler.proposals([image])
         _, pasted = labeler.masks(state, boxes)
         masks = (pasted[0]["masks"][:, 0] > MASK_THRESHOLD).numpy()

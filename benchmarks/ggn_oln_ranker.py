@@ -31,13 +31,13 @@ from torchvision.models.detection.transform import resize_boxes
 from torchvision.ops import box_iou
 
 from ovis.data.coco import ann_to_rle, load_coco
+from ovis.data.dataset import load_rgb
 from ovis.data.masks import mask_iou, match_counts
 from ovis.methods import load_recipe
 from ovis.methods.ggn import load_model
 from ovis.methods.ggn.datasets import unseen_gt
 from ovis.methods.ggn.extract import sharding
 from ovis.runs import RunLayout
-from ovis.viz.draw import load_image
 
 IOU = 0.5
 RANKINGS = ("pa", "oln", "r", "c")
@@ -86,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         if not cands:
             continue
         xywh = torch.tensor([c["bbox"] for c in cands], dtype=torch.float)
-        image = torch.from_numpy(load_image(root, infos[image_id]).transpose(2, 0, 1).copy()).float().div_(255)
+        info = infos[image_id]
+        image = load_rgb(root / info["file_name"], (info["width"], info["height"]), f"image {image_id}")
         r, c = oln_scores(model, image, torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1))
         pa = torch.tensor([x["score"] for x in cands])
         order = {"pa": torch.arange(len(cands)), "oln": torch.argsort(-(pa / 2 + r + r * c), stable=True),
