@@ -80,7 +80,8 @@ class DataConfig:
 
 # keys left out of Recipe.to_dict (and so of every hash) while they are None, by section: settings added
 # after runs existed, so that a recipe that does not use them keeps its hash
-OPTIONAL_KEYS = {"data": ("caption_set", "caption_set_images"), "model": ("oln_objectness_neg_pos_ub",)}
+OPTIONAL_KEYS = {"data": ("caption_set", "caption_set_images"), "model": ("oln_objectness_neg_pos_ub",),
+                 "pseudo": ("oln_ranker",)}
 
 
 @dataclass
@@ -247,7 +248,7 @@ class Recipe:
                 out[key] = value
         for section, keys in OPTIONAL_KEYS.items():
             for key in keys:
-                if out[section][key] is None:
+                if key in out.get(section, {}) and out[section][key] is None:  # a method's section may lack it
                     del out[section][key]
         return out
 

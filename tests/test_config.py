@@ -197,3 +197,21 @@ def test_reading_a_recipe_imports_no_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "[]"
+
+
+# whole-recipe hashes at 9922b2d, before pseudo.oln_ranker existed: a recipe that does not set it keeps its hash
+BEFORE_OLN_RANKER = {"demo_ggn": "70ef328f7e9d", "ggn_coco": "cf2d212aab4f", "oln_box_coco": "c2627eb9aae3",
+                     "demo_cpl": "f58d727ac960"}
+
+
+@pytest.mark.parametrize("name", sorted(BEFORE_OLN_RANKER))
+def test_a_recipe_without_the_oln_ranker_keeps_its_hash(name):
+    assert load_recipe(name).hash() == BEFORE_OLN_RANKER[name]
+
+
+def test_the_oln_ranker_is_a_path_or_null_and_changes_the_pseudo_stage():
+    r = load_recipe("demo_ggn", {"pseudo.oln_ranker": "oln/model_final.pth"})
+    assert r.pseudo.oln_ranker == "oln/model_final.pth" and load_recipe("demo_ggn").pseudo.oln_ranker is None
+    assert stage_hash(r, "pseudo") != stage_hash(load_recipe("demo_ggn"), "pseudo")
+    with pytest.raises(RecipeError, match="oln_ranker='' must be a checkpoint path or null"):
+        load_recipe("demo_ggn", {"pseudo.oln_ranker": ""})

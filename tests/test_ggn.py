@@ -14,15 +14,20 @@ import torch
 from matplotlib.figure import Figure
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
+from torchvision.models.detection.transform import resize_boxes
 
 from ovis.config import load_recipe
 from ovis.data.coco import ann_to_mask, load_coco
 from ovis.data.dataset import CocoDetection
 from ovis.data.splits import run_splits_stage
 from ovis.engine.launch import LaunchError
+from ovis.engine.train import CheckpointError
 from ovis.methods import all_training_stages, ggn, task_builder
 from ovis.methods.ggn import extract
+from ovis.methods.ggn.datasets import pseudo_dataset
+from ovis.methods.ggn.ranker import OlnRanker
 from ovis.methods.train import run_training
+from ovis.pseudo.grouping import build_grouping
 
 TINY = {**tiny.GGN, "launch.workers": 1}  # the run below trains in this process: the worker tests' reference
 
@@ -171,7 +176,7 @@ def test_interrupted_extraction_resumes_and_finished_images_are_skipped(run, tmp
     run_dir, recipe = run
     other = _copy_until_teacher(run_dir, tmp_path / "run")
     recipe1 = _recipe(Path(recipe.data.root).parent, **{"pseudo.save_every": 1})
-    real = extract.group_affinity  # what extract_shard calls
+    real = extract.build_grouping  # what extract_shard calls
     calls: list[int] = []
 
     def crash_on_third(affinity, params):
@@ -180,7 +185,7 @@ def test_interrupted_extraction_resumes_and_finished_images_are_skipped(run, tmp
         calls.append(1)
         return real(affinity, params)
 
-    monkeypatch.setattr(extract, "group_affinity", crash_on_third)
+    monkeypatch.setattr(extract, "build_grouping", crash_on_third)
     with pytest.raises(KeyboardInterrupt):
         ggn.run_pseudo(recipe1, other, stream=_quiet)
     partial = other / "pseudo/shards/candidates.0-of-1.partial.jsonl"
@@ -193,7 +198,7 @@ def test_interrupted_extraction_resumes_and_finished_images_are_skipped(run, tmp
         calls.append(1)
         return real(affinity, params)
 
-    monkeypatch.setattr(extract, "group_affinity", count)
+    monkeypatch.setattr(extract, "build_grouping", count)
     calls.clear()
     ggn.run_pseudo(recipe1, other, stream=_quiet)
     assert len(calls) == recipe.pseudo.max_images - 2
@@ -205,6 +210,65 @@ def test_interrupted_extraction_resumes_and_finished_images_are_skipped(run, tmp
     ggn.run_pseudo(recipe1, other, stream=messages.append)
     assert calls == [] and any("reused" in m for m in messages)
     assert (other / "pseudo/train_pseudo.json").is_file()
+
+
+def test_the_oln_ranker_ranks_every_candidate_before_the_nms(run, tmp_path):
+    run_dir, recipe = run
+    ckpt = run_dir / "oln_baseline/model_final.pth"
+    ranked = _recipe(Path(recipe.data.root).parent, **{"pseudo.oln_ranker": str(ckpt)})
+    other = _copy_until_teacher(run_dir, tmp_path / "run")
+    shutil.copytree(run_dir / "pseudo", other / "pseudo")  # the PA ranking's shards are not reused
+    messages: list[str] = []
+    stats = ggn.run_pseudo(ranked, other, stream=messages.append)
+    assert not any("reused" in m for m in messages) and stats["images"] == recipe.pseudo.max_images
+    records = extract.sharding(ranked, other, 1).records()
+    # the first image, by hand: the grouping's every candidate, scored pa / 2 + r + r · c, then the NMS
+    ds, ids = pseudo_dataset(recipe, run_dir)
+    image, _ = ds[0]
+    with torch.inference_mode():
+        aff = ggn.load_model(recipe, run_dir, "teacher")([image])[0][0].float().numpy()
+    params = ggn.grouping_params(recipe)
+    grouping = build_grouping(aff, params)
+    r, c = OlnRanker(ranked, ckpt).box_scores(image, torch.from_numpy(grouping.boxes))
+    expect = [x for x in grouping.select(params, grouping.score / 2 + (r + r * c).double().numpy()) if x.area > 0]
+    stored = records[ids[0]]["candidates"]
+    assert [x["bbox"] for x in stored] == [x.bbox for x in expect] and len(stored) > 0
+    assert [x["score"] for x in stored] == pytest.approx([x.score for x in expect], abs=1e-6)
+    assert (r > 0).all() and (r <= 1).all() and (c > 0).all() and (c <= 1).all()
+
+
+def test_the_oln_ranker_scores_a_box_by_its_best_anchor_and_alone(run):
+    run_dir, recipe = run
+    ranker = OlnRanker(recipe, run_dir / "oln_baseline/model_final.pth")
+    image, _ = pseudo_dataset(recipe, run_dir)[0][0]
+    model = ranker.model
+    with torch.no_grad():
+        images, _ = model.transform([image])
+        levels = list(model.backbone(images.tensors).values())
+        anchors = model.rpn.anchor_generator(images, levels)[0]
+        logits = torch.cat([o.permute(0, 2, 3, 1).reshape(-1) for o in model.rpn.head(levels)[0]])
+    h, w = images.image_sizes[0]
+    inside = torch.nonzero((anchors[:, :2] >= 0).all(1) & (anchors[:, 2] <= w) & (anchors[:, 3] <= h)).flatten()
+    pick = inside[torch.linspace(0, len(inside) - 1, 7).long()]
+    boxes = resize_boxes(anchors[pick], [h, w], list(image.shape[-2:]))  # back to the image's pixels
+    r, c = ranker.box_scores(image, boxes)
+    torch.testing.assert_close(c, logits[pick].sigmoid())  # an anchor's best anchor is itself
+    r_rev, c_rev = ranker.box_scores(image, boxes.flip(0))
+    torch.testing.assert_close(r_rev, r.flip(0))  # each box is scored on its own
+    torch.testing.assert_close(c_rev, c.flip(0))
+
+
+def test_the_oln_ranker_must_exist_and_fit_the_recipe(run, tmp_path):
+    run_dir, recipe = run
+    root = Path(recipe.data.root).parent
+    other = _copy_until_teacher(run_dir, tmp_path / "run")
+    missing = _recipe(root, **{"pseudo.oln_ranker": str(tmp_path / "nope.pth")})
+    with pytest.raises(FileNotFoundError, match=r"pseudo.oln_ranker='.*nope.pth': file not found .*\(ovis train --stage oln_baseline\)"):
+        ggn.run_pseudo(missing, other, stream=_quiet)
+    assert not (other / "pseudo").exists()  # nothing written
+    wrong = _recipe(root, **{"pseudo.oln_ranker": str(run_dir / "teacher/model_final.pth")})
+    with pytest.raises(CheckpointError, match="pseudo.oln_ranker: .*teacher/model_final.pth does not fit the recipe's model"):
+        ggn.run_pseudo(wrong, other, stream=_quiet)
 
 
 def test_baseline_sees_base_gt_only_and_student_sees_pseudo_gt_too(run):

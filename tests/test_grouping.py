@@ -12,6 +12,7 @@ from ovis.models.affinity import affinity_target, palette_from_masks
 from ovis.pseudo.grouping import (
     Candidate,
     GroupingParams,
+    build_grouping,
     group_affinity,
     gt_iou,
     select_pseudo,
@@ -90,6 +91,41 @@ def test_flat_affinity_yields_no_candidates_and_bad_input_is_named():
         GroupingParams(rank_method="area")
 
 
+def _busy_affinity() -> np.ndarray:
+    aff = _oracle(_rect_masks())
+    return np.clip(aff - 0.05 * np.sin(np.arange(aff.shape[1]) / 3.0)[None] ** 2, 0, 1)  # more superpixels
+
+
+def test_grouping_holds_every_filtered_candidate_and_selects_by_given_scores():
+    params = GroupingParams(top_n=50)
+    grouping = build_grouping(_busy_affinity(), params)
+    n = len(grouping)
+    assert n > len(grouping.select(params)) >= 3  # the NMS drops some
+    assert np.all(np.diff(grouping.score) <= 0)  # PA order
+    assert [c.score for c in grouping.select(params)] == [c.score for c in group_affinity(_busy_affinity(), params)]
+    # ranked by other scores: the reversed order; the NMS runs on it, and each candidate keeps its box
+    reverse = np.arange(n, dtype=float)
+    chosen = grouping.select(params, reverse)
+    assert [c.score for c in chosen] == sorted((c.score for c in chosen), reverse=True)
+    assert chosen[0].score == n - 1 and [c.rank for c in chosen] == list(range(len(chosen)))
+    for c in chosen:
+        i = int(c.score)
+        x0, y0, x1, y1 = grouping.boxes[i]
+        assert c.bbox == [x0, y0, x1 - x0, y1 - y0] and c.area == c.mask.sum()
+        ys, xs = np.nonzero(c.mask)
+        assert c.bbox == [xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1]
+    m = np.stack([c.mask for c in chosen]).reshape(len(chosen), -1).astype(float)
+    inter = m @ m.T
+    iou = inter / (m.sum(1)[:, None] + m.sum(1)[None] - inter)
+    np.fill_diagonal(iou, 0)
+    assert iou.max() <= params.nms_thresh + 1e-9
+    with pytest.raises(ValueError, match=f"scores must be {n} finite numbers"):
+        grouping.select(params, reverse[:-1])
+    with pytest.raises(ValueError, match="finite"):
+        grouping.select(params, np.full(n, np.nan))
+    assert build_grouping(np.ones((40, 50))) is None
+
+
 def test_gt_iou_is_max_mask_iou_per_candidate():
     gt = np.zeros((2, 4, 4), dtype=bool)
     gt[0, :2, :2] = True
@@ -149,6 +185,7 @@ def test_subtree_stats_equal_rasterised_candidates(join_thresh):
     pairs, weights = g._rag_boundary(labels, g.final_boundary(a, labels, params))
     tree = g._merge_tree(int(labels.max()), pairs, weights, join_thresh)
     stats = g._candidate_stats(labels, a, tree)
+    boxes = g._node_boxes(labels, tree)
     assert labels.max() >= 10 and len(tree.order) == len(tree.lo) - 1
     for node in tree.order.tolist():
         mask = np.isin(labels, tree.leaves[tree.lo[node]:tree.hi[node]])
@@ -160,6 +197,8 @@ def test_subtree_stats_equal_rasterised_candidates(join_thresh):
                   "inner_count": (band & mask).sum(), "inner_sum": a[band & mask].sum(), "frame_count": frame}
         for key, value in expect.items():
             assert stats[key][node] == pytest.approx(value, abs=1e-9), (node, key)
+        ys, xs = np.nonzero(mask)  # the node's box, merged up the tree
+        assert boxes[node].tolist() == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], node
 
 
 def test_coarse_spectral_solve_keeps_the_candidates_of_the_full_grid():

@@ -25,7 +25,7 @@ from scipy.sparse.linalg import LinearOperator, eigsh, splu
 from skimage.feature import peak_local_max
 from skimage.segmentation import find_boundaries, watershed
 
-__all__ = ["Candidate", "GroupingParams", "group_affinity", "gt_iou", "select_pseudo"]
+__all__ = ["Candidate", "Grouping", "GroupingParams", "build_grouping", "group_affinity", "gt_iou", "select_pseudo"]
 
 RANK_METHODS = ("boundary_minus_interior", "boundary", "ncut")
 
@@ -74,12 +74,61 @@ class Candidate:
     area: int
 
 
+@dataclass
+class Grouping:
+    """Every candidate of one affinity map that passes the filters, best PA score first, before NMS.
+
+    Candidates are merge-tree nodes (``nodes``); ``score`` is the PA confidence (1 − ranking score) and
+    ``boxes`` the tight pixel box ``[x0, y0, x1, y1)`` of each (``x1 − x0`` = the mask's width). Small
+    enough to return from a worker process: the masks are rasterised only for the kept candidates.
+    """
+
+    labels: np.ndarray  # int [H, W] superpixels 1..K
+    tree: _Tree
+    area: np.ndarray  # [N+1] pixel count of each tree node
+    nodes: np.ndarray  # [C] candidate node ids
+    score: np.ndarray  # [C] PA confidence, non-increasing
+    boxes: np.ndarray  # [C, 4] float64
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+    def select(self, params: GroupingParams = GroupingParams(), scores: np.ndarray | None = None) -> list[Candidate]:
+        """The first ``params.top_n`` candidates after NMS, ranked by ``scores`` [C] (higher first; ties keep
+        the PA order) or, without them, by the PA score. A candidate's ``score`` is the one it was ranked by."""
+        if scores is None:
+            scores = self.score
+        scores = np.asarray(scores, dtype=np.float64)
+        if scores.shape != self.score.shape or not np.isfinite(scores).all():
+            raise ValueError(f"Grouping.select: scores must be {len(self)} finite numbers, got shape {scores.shape}")
+        order = np.argsort(-scores, kind="stable")
+        kept = _nms(self.tree, self.area, self.nodes[order], params.nms_thresh, params.top_n)
+        index = {int(node): int(i) for i, node in zip(order.tolist(), self.nodes[order].tolist())}
+        n_sp = int(self.labels.max())
+        out = []
+        for rank, node in enumerate(kept):
+            lut = np.zeros(n_sp + 1, dtype=bool)
+            lut[self.tree.leaves[self.tree.lo[node]:self.tree.hi[node]]] = True
+            x0, y0, x1, y1 = self.boxes[index[node]].tolist()
+            out.append(Candidate(lut[self.labels], float(scores[index[node]]), rank, [x0, y0, x1 - x0, y1 - y0],
+                                 int(self.area[node])))
+        return out
+
+
 def group_affinity(affinity: np.ndarray, params: GroupingParams = GroupingParams()) -> list[Candidate]:
-    """Ranked candidate masks from one affinity map ``affinity`` [H, W] in [0, 1] (best first).
+    """Ranked candidate masks from one affinity map ``affinity`` [H, W] in [0, 1] (best first), ranked by
+    the PA score: :func:`build_grouping` then :meth:`Grouping.select`.
 
     Returns at most ``params.top_n`` candidates; an empty list when the map yields fewer than two
     superpixels (upstream: "less than 2 markers").
     """
+    grouping = build_grouping(affinity, params)
+    return grouping.select(params) if grouping is not None else []
+
+
+def build_grouping(affinity: np.ndarray, params: GroupingParams = GroupingParams()) -> Grouping | None:
+    """Every filtered candidate of ``affinity`` [H, W] in [0, 1] with its PA score and box (docs/ggn.md#32-grouping,
+    steps 1–9), or None when the map yields fewer than two superpixels."""
     a = np.asarray(affinity, dtype=np.float64)
     if a.ndim != 2 or a.shape[0] < 2 or a.shape[1] < 2:
         raise ValueError(f"group_affinity: affinity must be a 2-D map of at least 2×2 pixels, got shape {a.shape}")
@@ -88,7 +137,7 @@ def group_affinity(affinity: np.ndarray, params: GroupingParams = GroupingParams
     labels = superpixels(a, params)
     n_sp = int(labels.max())
     if n_sp < 2:
-        return []
+        return None
     boundary = final_boundary(a, labels, params)
     pairs, weights = _rag_boundary(labels, boundary)
     tree = _merge_tree(n_sp, pairs, weights, params.join_thresh)
@@ -100,15 +149,8 @@ def group_affinity(affinity: np.ndarray, params: GroupingParams = GroupingParams
     score = _ranking_score(stats, params.rank_method)
     cand = np.flatnonzero(keep)
     cand = cand[np.argsort(score[cand], kind="stable")]
-    kept = _nms(tree, node_stats["area"], tree.order[cand], params.nms_thresh, params.top_n)
-    node_score = dict(zip(tree.order[cand].tolist(), score[cand].tolist()))
-    out = []
-    for rank, node in enumerate(kept):
-        lut = np.zeros(n_sp + 1, dtype=bool)
-        lut[tree.leaves[tree.lo[node]:tree.hi[node]]] = True
-        mask = lut[labels]
-        out.append(Candidate(mask, float(1.0 - node_score[node]), rank, _bbox(mask), int(node_stats["area"][node])))
-    return out
+    nodes = tree.order[cand]
+    return Grouping(labels, tree, node_stats["area"], nodes, 1.0 - score[cand], _node_boxes(labels, tree)[nodes])
 
 
 def superpixels(a: np.ndarray, params: GroupingParams = GroupingParams()) -> np.ndarray:
@@ -419,12 +461,17 @@ def _nms(tree: _Tree, area: np.ndarray, ranked: np.ndarray, thresh: float, top_n
     return kept
 
 
-def _bbox(mask: np.ndarray) -> list[float]:
-    ys = np.flatnonzero(mask.any(axis=1))
-    xs = np.flatnonzero(mask.any(axis=0))
-    if len(ys) == 0:
-        return [0.0, 0.0, 0.0, 0.0]
-    return [float(xs[0]), float(ys[0]), float(xs[-1] - xs[0] + 1), float(ys[-1] - ys[0] + 1)]
+def _node_boxes(labels: np.ndarray, tree: _Tree) -> np.ndarray:
+    """Tight box ``[x0, y0, x1, y1)`` of every tree node [N+1, 4]: its superpixels' boxes, merged up the tree."""
+    boxes = np.zeros((len(tree.lo), 4))
+    for label, sl in enumerate(ndi.find_objects(labels), start=1):
+        boxes[label] = sl[1].start, sl[0].start, sl[1].stop, sl[0].stop
+    n_sp = len(tree.leaves)
+    for node in range(n_sp + 1, len(boxes)):
+        u, v = tree.children[node]
+        boxes[node, :2] = np.minimum(boxes[u, :2], boxes[v, :2])
+        boxes[node, 2:] = np.maximum(boxes[u, 2:], boxes[v, 2:])
+    return boxes
 
 
 def gt_iou(candidate_masks: np.ndarray | Sequence[np.ndarray], seen_gt_masks: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:

@@ -31,6 +31,9 @@ class PseudoConfig:
     gt_iou_thresh: float = 0.5
     workers: int | None = None  # grouping processes (None: one per CPU core; 0: in the calling process)
     save_every: int = 20  # append finished images to the shard's progress file every K images
+    # upstream's oln_ranker_path: an OLN checkpoint (the recipe's model with OLN heads, trained on base GT)
+    # that re-ranks the candidates by pa / 2 + r + r · c before the NMS (ovis.methods.ggn.ranker); null: PA score
+    oln_ranker: str | None = None
 
     RULES: ClassVar[list[Rule]] = [
         ("max_images", positive_or_none, "≥ 1 or null"), ("shards", lambda v: v >= 1, "≥ 1"),
@@ -40,6 +43,7 @@ class PseudoConfig:
         ("edge_thresh", lambda v: -1 <= v <= 1, "in [-1, 1]"),
         *[(k, lambda v: v >= 1, "≥ 1") for k in ("n_eigenvectors", "seed_footprint", "top_n", "top_k", "save_every")],
         ("min_component_size", lambda v: v >= 0, "≥ 0"),
+        ("oln_ranker", lambda v: v is None or (isinstance(v, str) and v.strip() != ""), "a checkpoint path or null"),
     ]
 
 

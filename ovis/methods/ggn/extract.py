@@ -1,6 +1,6 @@
 """Pseudo masks, part 1 (docs/ggn.md#32-grouping): PA network → grouping → ranked candidate masks per
-training image, one shard of the images per process (``pseudo/shards/candidates.<s>-of-<n>.json``),
-resumable from its progress file."""
+training image (by the PA score, or by upstream's OLN ranker with ``pseudo.oln_ranker``), one shard of the
+images per process (``pseudo/shards/candidates.<s>-of-<n>.json``), resumable from its progress file."""
 
 from __future__ import annotations
 
@@ -25,7 +25,8 @@ from ovis.engine.dist import resolve_device, usable_cpus
 from ovis.engine.workers import explain_broken_pool, single_threaded_children, torch_threads
 from ovis.methods.ggn.datasets import pseudo_dataset, pseudo_dir
 from ovis.methods.ggn.models import load_model
-from ovis.pseudo.grouping import Candidate, GroupingParams, group_affinity, gt_iou
+from ovis.methods.ggn.ranker import OlnRanker
+from ovis.pseudo.grouping import Candidate, Grouping, GroupingParams, build_grouping, gt_iou
 from ovis.pseudo.shards import Sharding
 from ovis.runs import RunLayout
 
@@ -57,9 +58,14 @@ def _file_digest(path: Path) -> str:
 
 
 def _candidates_key(recipe: Recipe, run_dir: Path) -> str:
-    """What the stored candidates depend on: the teacher's weights and the grouping parameters."""
-    blob = json.dumps({"teacher": _file_digest(RunLayout(run_dir).checkpoint("teacher")),
-                       "grouping": dataclasses.asdict(grouping_params(recipe))}, sort_keys=True)
+    """What the stored candidates depend on: the teacher's weights, the grouping parameters and the OLN
+    ranker's weights, if any."""
+    key = {"teacher": _file_digest(RunLayout(run_dir).checkpoint("teacher")),
+           "grouping": dataclasses.asdict(grouping_params(recipe))}
+    ranker = recipe.pseudo.oln_ranker
+    if ranker is not None:  # absent otherwise: the key of a run without a ranker is the one it always had
+        key["oln_ranker"] = _file_digest(Path(ranker)) if Path(ranker).is_file() else f"missing:{ranker}"
+    blob = json.dumps(key, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -107,6 +113,7 @@ def extract_shard(recipe: Recipe, run_dir: str | Path, shard: int, num_shards: i
         ds.check_image_files(todo)
         device = resolve_device(recipe.launch.device, int(os.environ.get("LOCAL_RANK", "0")))
         model = load_model(recipe, run_dir, "teacher").to(device)
+        ranker = OlnRanker(recipe, recipe.pseudo.oln_ranker, device) if recipe.pseudo.oln_ranker else None
     part.begin(done)
     stream(f"shard {shard}/{num_shards}: {len(mine)} images, {len(done)} done before, {len(todo)} to extract")
 
@@ -118,9 +125,14 @@ def extract_shard(recipe: Recipe, run_dir: str | Path, shard: int, num_shards: i
         t_start = t_last = time.perf_counter()
         n_new = 0
 
-        def finish(image_id: int, cands: list[Candidate], gt_masks: np.ndarray, affinity_s: float) -> None:
+        def finish(grouping: Grouping | None, image_id: int, image: torch.Tensor, gt_masks: np.ndarray,
+                   affinity_s: float) -> None:
             # "seconds": wall time this image added to the shard (with a pool: throughput, not latency)
             nonlocal n_new, t_last
+            if grouping is None:
+                cands = []
+            else:
+                cands = grouping.select(params, ranker.scores(image, grouping) if ranker else None)
             now = time.perf_counter()
             rec = _record(image_id, cands, gt_masks, affinity_s, now - t_last)
             t_last = now
@@ -133,8 +145,9 @@ def extract_shard(recipe: Recipe, run_dir: str | Path, shard: int, num_shards: i
                 rate = (time.perf_counter() - t_start) / n_new
                 stream(f"shard {shard}/{num_shards}: {len(done)}/{len(mine)} images ({rate:.2f} s/image)")
 
-        # Workers run group_affinity only (their imports stay light: numpy, scipy, scikit-image); they are
-        # spawned, not forked, so that their BLAS pools start single-threaded.
+        # Workers run build_grouping only (their imports stay light: numpy, scipy, scikit-image); they are
+        # spawned, not forked, so that their BLAS pools start single-threaded. The ranking and the NMS happen
+        # here, where the OLN ranker's model is.
         pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) if workers > 0 else None
         pending: deque[tuple[Future, tuple]] = deque()
         died = explain_broken_pool("pseudo: a grouping worker process died", "lower pseudo.workers (0: group in this process)")
@@ -145,16 +158,16 @@ def extract_shard(recipe: Recipe, run_dir: str | Path, shard: int, num_shards: i
                 t0 = time.perf_counter()
                 with torch.inference_mode():
                     aff = model([image.to(device)])[0][0].float().cpu().numpy()
-                info = (image_id, target["masks"].numpy().astype(bool), time.perf_counter() - t0)
+                info = (image_id, image, target["masks"].numpy().astype(bool), time.perf_counter() - t0)
                 if pool is None:
-                    finish(info[0], group_affinity(aff, params), *info[1:])
+                    finish(build_grouping(aff, params), *info)
                     continue
-                pending.append((pool.submit(group_affinity, aff, params), info))
+                pending.append((pool.submit(build_grouping, aff, params), info))
                 while len(pending) > 2 * workers:  # bounded: affinity maps of big images are large
                     future, info = pending.popleft()
-                    finish(info[0], future.result(), *info[1:])
+                    finish(future.result(), *info)
             while pending:
                 future, info = pending.popleft()
-                finish(info[0], future.result(), *info[1:])
+                finish(future.result(), *info)
 
     return part.finish(done)

@@ -61,6 +61,12 @@ def load_model(recipe: Recipe, run_dir: str | Path, which: str) -> nn.Module:
     if not path.is_file():
         stage = "teacher" if which == "teacher" else "student"
         raise FileNotFoundError(f"{path} not found; run the {stage} stage first")
+    return load_file(recipe, path, which)
+
+
+def load_file(recipe: Recipe, path: Path, which: str) -> nn.Module:
+    """Model ``which`` (of ``MODELS``) from the checkpoint file ``path``, in eval mode on CPU; a
+    :class:`CheckpointError` when its weights do not fit the recipe's model."""
     model = bare_model(recipe, which)
     state = load_checkpoint(path, keys=("model",))
     try:
