@@ -47,16 +47,20 @@ bench: setup
 	$(VENV)/bin/python benchmarks/ggn_pseudo_ceiling.py --run-dir runs/demo_ggn --seeds 0,1,2 && \
 	$(OVIS) reproduce demo_ggn --stages student && \
 	$(VENV)/bin/python benchmarks/ggn_proposal_recall.py --run-dir runs/demo_ggn && \
-	$(VENV)/bin/python benchmarks/ggn_oln_ranker.py --run-dir runs/demo_ggn && \
+	$(VENV)/bin/python benchmarks/ggn_oln_ranker.py --run-dir runs/demo_ggn --oln runs/demo_ggn/oln_baseline/model_final.pth --out runs/demo_ggn/oln_ranker/demo && \
 	$(VENV)/bin/python benchmarks/ggn_seed_margin.py --run-dir runs/demo_ggn --seeds 0,1,2 --out runs/demo_ggn/oln_480 $(OLN_480) && \
 	$(VENV)/bin/python benchmarks/ggn_proposal_recall.py --run-dir runs/demo_ggn/oln_480/seed0 $(OLN_480) && \
-	$(VENV)/bin/python benchmarks/ggn_oln_ranker.py --run-dir runs/demo_ggn --oln-dir runs/demo_ggn/oln_480/seed0 $(OLN_480) && \
+	$(VENV)/bin/python benchmarks/ggn_oln_ranker.py --run-dir runs/demo_ggn --oln runs/demo_ggn/oln_480/seed0/oln_baseline/model_final.pth --out runs/demo_ggn/oln_ranker/oln_480 && \
 	$(VENV)/bin/python benchmarks/ggn_seed_margin.py --run-dir runs/demo_ggn --seeds 0,1,2 --out runs/demo_ggn/oln_bound_480 $(OLN_480) $(BOUND) && \
 	$(VENV)/bin/python benchmarks/ggn_proposal_recall.py --run-dir runs/demo_ggn/oln_bound_480/seed0 $(OLN_480) $(BOUND) && \
-	$(VENV)/bin/python benchmarks/ggn_oln_ranker.py --run-dir runs/demo_ggn --oln-dir runs/demo_ggn/oln_bound_480/seed0 $(OLN_480) $(BOUND)
+	$(VENV)/bin/python benchmarks/ggn_oln_ranker.py --run-dir runs/demo_ggn --out runs/demo_ggn/oln_ranker/bound_480 \
+	  $(foreach k,0 1 2,--oln runs/demo_ggn/oln_bound_480/seed$(k)/oln_baseline/model_final.pth) && \
+	$(VENV)/bin/python benchmarks/ggn_seed_margin.py --run-dir runs/demo_ggn/oln_ranker/bound_480/0 --seeds 0,1,2
 
 # the OLN study (benchmarks/README.md, ggn_seed_margin with the bound): four times demo_ggn's student
-# schedule, with and without OLN's objectness sample bounded at one negative per positive
+# schedule, with and without OLN's objectness sample bounded at one negative per positive; then each OLN
+# on base GT as upstream's ranker of the pseudo masks, and GGN trained on the pseudo masks of the first
+# bounded one
 OLN_480 = --set student.max_iter=480 --set=student.steps=[384] --set student.checkpoint_period=240
 BOUND = --set model.oln_objectness_neg_pos_ub=1
 

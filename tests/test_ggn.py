@@ -235,9 +235,22 @@ def test_the_oln_ranker_ranks_every_candidate_before_the_nms(run, tmp_path):
     assert [x["bbox"] for x in stored] == [x.bbox for x in expect] and len(stored) > 0
     assert [x["score"] for x in stored] == pytest.approx([x.score for x in expect], abs=1e-6)
     assert (r > 0).all() and (r <= 1).all() and (c > 0).all() and (c <= 1).all()
+    # done: skipped; a ranker file replaced since (here: rewritten): the candidates are extracted afresh
+    messages.clear()
+    assert ggn.run_pseudo(ranked, other, stream=messages.append) == stats and messages == []
+    copy = tmp_path / "ranker.pth"
+    shutil.copy(ckpt, copy)
+    moved = _recipe(Path(recipe.data.root).parent, **{"pseudo.oln_ranker": str(copy)})
+    ggn.run_pseudo(moved, other, stream=_quiet)
+    before = (other / "pseudo/train_pseudo.json").read_bytes()
+    copy.write_bytes(copy.read_bytes())
+    messages.clear()
+    ggn.run_pseudo(moved, other, stream=messages.append)
+    assert any("to extract" in m and "0 done before" in m for m in messages), messages
+    assert (other / "pseudo/train_pseudo.json").read_bytes() == before
 
 
-def test_the_oln_ranker_scores_a_box_by_its_best_anchor_and_alone(run):
+def test_the_oln_ranker_scores_a_box_by_its_best_anchor_and_alone(run, tmp_path):
     run_dir, recipe = run
     ranker = OlnRanker(recipe, run_dir / "oln_baseline/model_final.pth")
     image, _ = pseudo_dataset(recipe, run_dir)[0][0]
@@ -256,6 +269,14 @@ def test_the_oln_ranker_scores_a_box_by_its_best_anchor_and_alone(run):
     r_rev, c_rev = ranker.box_scores(image, boxes.flip(0))
     torch.testing.assert_close(r_rev, r.flip(0))  # each box is scored on its own
     torch.testing.assert_close(c_rev, c.flip(0))
+    # an OLN-Box checkpoint (no mask head, upstream's ranker) scores the same
+    state = torch.load(run_dir / "oln_baseline/model_final.pth", weights_only=True)
+    box_only = {k: v for k, v in state["model"].items() if "mask" not in k}
+    assert len(box_only) < len(state["model"])
+    torch.save({"model": box_only}, tmp_path / "oln_box.pth")
+    r_box, c_box = OlnRanker(recipe, tmp_path / "oln_box.pth").box_scores(image, boxes)
+    torch.testing.assert_close(r_box, r)
+    torch.testing.assert_close(c_box, c)
 
 
 def test_the_oln_ranker_must_exist_and_fit_the_recipe(run, tmp_path):

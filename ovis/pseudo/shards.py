@@ -31,14 +31,14 @@ T = TypeVar("T")
 
 
 def pseudo_stage(recipe: Recipe, run_dir: str | Path, run: Callable[[bool], dict | Pending[T]], *, force: bool,
-                 record: Callable[[dict], dict[str, Any]]) -> dict | T:
+                 record: Callable[[dict], dict[str, Any]], inputs: Iterable[str | Path] = ()) -> dict | T:
     """A method's pseudo stage through :func:`ovis.stages.execute`: ``run(afresh)`` labels this process's
     shards and merges once all are done, writing ``pseudo/train_pseudo.json`` and ``pseudo/stats.json``
     (returning the stats, or ``Pending`` while shards are missing); a finished stage returns its stats read
-    back from ``stats.json``."""
+    back from ``stats.json``. ``inputs``: files outside the run that it reads (it runs afresh when one changes)."""
     layout = RunLayout(run_dir)
     return execute(recipe, "pseudo", run_dir, run, force=force, outputs=[layout.pseudo_gt.name, layout.pseudo_stats.name],
-                   read=lambda _: json.loads(layout.pseudo_stats.read_text()), record=record)
+                   read=lambda _: json.loads(layout.pseudo_stats.read_text()), record=record, inputs=list(inputs))
 
 
 def resolve_shards(shard: int | None, num_shards: int | None, default_shards: int = 1) -> list[tuple[int, int]]:

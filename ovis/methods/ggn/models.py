@@ -16,6 +16,7 @@ from ovis.runs import RunLayout
 
 MODELS = ("teacher", "baseline", "student", "oln", "oln_baseline")
 OLN_VARIANTS = ("oln", "oln_baseline")  # a Mask R-CNN run's OLN models, with and without pseudo GT
+MASK_HEAD = ("roi_heads.mask_head.", "roi_heads.mask_predictor.")  # a detector's mask-head weights
 
 
 def affinity_net(recipe: Recipe, weights: str | None) -> AffinityNet:
@@ -64,13 +65,18 @@ def load_model(recipe: Recipe, run_dir: str | Path, which: str) -> nn.Module:
     return load_file(recipe, path, which)
 
 
-def load_file(recipe: Recipe, path: Path, which: str) -> nn.Module:
+def load_file(recipe: Recipe, path: Path, which: str, boxes_only: bool = False) -> nn.Module:
     """Model ``which`` (of ``MODELS``) from the checkpoint file ``path``, in eval mode on CPU; a
-    :class:`CheckpointError` when its weights do not fit the recipe's model."""
+    :class:`CheckpointError` when its weights do not fit the recipe's model. ``boxes_only``: a detector
+    without its mask head (a checkpoint's mask-head weights, if any, are left out)."""
+    if boxes_only:
+        recipe = dataclasses.replace(recipe, model=dataclasses.replace(recipe.model, mask=False))
     model = bare_model(recipe, which)
-    state = load_checkpoint(path, keys=("model",))
+    state = load_checkpoint(path, keys=("model",))["model"]
+    if boxes_only:
+        state = {k: v for k, v in state.items() if not k.startswith(MASK_HEAD)}
     try:
-        model.load_state_dict(state["model"])
+        model.load_state_dict(state)
     except RuntimeError as e:
         raise CheckpointError(f"{path} does not fit the recipe's model ({recipe.name}): {' '.join(str(e).split())[:300]}; "
                            "was it trained with another recipe? Re-run the stage") from None

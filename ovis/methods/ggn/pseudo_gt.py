@@ -109,7 +109,8 @@ def run_pseudo(recipe: Recipe, run_dir: str | Path, shard: int | None = None, nu
     Sharding: see :func:`resolve_shards`. Returns the merged stats (``pseudo/stats.json``, also the record's
     ``stats``), or ``{"merged": False, "num_shards", "missing_shards"}`` while other shards are still running.
     A stage of :func:`ovis.stages.execute`: skipped when it finished for this recipe (the stats read
-    back), this process's shards re-extracted when ``force`` or a file it read changed, else resumed.
+    back), this process's shards re-extracted when ``force`` or a file it read (the PA network, the OLN
+    ranker ``pseudo.oln_ranker``) changed, else resumed.
     """
     run_dir = Path(run_dir)
     layout = RunLayout(run_dir)
@@ -130,4 +131,6 @@ def run_pseudo(recipe: Recipe, run_dir: str | Path, shard: int | None = None, nu
                f"({stats['seconds_per_image']:.2f} s/image); unseen recall@0.5 {stats['unseen_recall@0.5']}")
         return stats
 
-    return pseudo_stage(recipe, run_dir, extract_and_merge, force=force, record=lambda stats: {"stats": stats})
+    ranker = recipe.pseudo.oln_ranker
+    return pseudo_stage(recipe, run_dir, extract_and_merge, force=force, record=lambda stats: {"stats": stats},
+                        inputs=[Path(ranker).resolve()] if ranker else [])

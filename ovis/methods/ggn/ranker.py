@@ -21,8 +21,9 @@ from ovis.pseudo.grouping import Grouping
 
 
 class OlnRanker:
-    """An OLN detector (the recipe's model with OLN heads, as a run's ``oln_baseline``) loaded from the
-    checkpoint file ``path``, scoring boxes as upstream's ``pa_lib/oln_ranker.py`` does."""
+    """An OLN-Box detector (the recipe's model with OLN heads and no mask head) loaded from the checkpoint
+    file ``path``, scoring boxes as upstream's ``pa_lib/oln_ranker.py`` does. The file may hold a mask head
+    too (a Mask R-CNN run's ``oln_baseline``); it is not used."""
 
     def __init__(self, recipe: Recipe, path: str | Path, device: torch.device | str = "cpu"):
         path = Path(path)
@@ -31,7 +32,7 @@ class OlnRanker:
                 f"pseudo.oln_ranker={str(path)!r}: file not found (from {Path.cwd()}). Train an OLN on base GT first "
                 "(ovis train --stage oln_baseline) and set pseudo.oln_ranker to its model_final.pth")
         try:
-            self.model = load_file(recipe, path, "oln_baseline").to(device)
+            self.model = load_file(recipe, path, "oln_baseline", boxes_only=True).to(device)
         except CheckpointError as e:
             raise CheckpointError(f"pseudo.oln_ranker: {e}") from None
         self.device = torch.device(device)
