@@ -24,6 +24,7 @@ from ovis.engine.launch import LaunchError
 from ovis.engine.train import CheckpointError
 from ovis.methods import all_training_stages, ggn, task_builder
 from ovis.methods.ggn import extract
+from ovis.methods.ggn import ranker as ranker_module
 from ovis.methods.ggn.datasets import pseudo_dataset
 from ovis.methods.ggn.ranker import OlnRanker
 from ovis.methods.train import run_training
@@ -250,7 +251,7 @@ def test_the_oln_ranker_ranks_every_candidate_before_the_nms(run, tmp_path):
     assert (other / "pseudo/train_pseudo.json").read_bytes() == before
 
 
-def test_the_oln_ranker_scores_a_box_by_its_best_anchor_and_alone(run, tmp_path):
+def test_the_oln_ranker_scores_a_box_by_its_best_anchor_and_alone(run, tmp_path, monkeypatch):
     run_dir, recipe = run
     ranker = OlnRanker(recipe, run_dir / "oln_baseline/model_final.pth")
     image, _ = pseudo_dataset(recipe, run_dir)[0][0]
@@ -269,6 +270,9 @@ def test_the_oln_ranker_scores_a_box_by_its_best_anchor_and_alone(run, tmp_path)
     r_rev, c_rev = ranker.box_scores(image, boxes.flip(0))
     torch.testing.assert_close(r_rev, r.flip(0))  # each box is scored on its own
     torch.testing.assert_close(c_rev, c.flip(0))
+    monkeypatch.setattr(ranker_module, "IOU_BLOCK", 1)  # one box's IoUs at a time: the same
+    torch.testing.assert_close(ranker.box_scores(image, boxes)[1], c)
+    assert [len(t) for t in ranker.box_scores(image, boxes[:0])] == [0, 0]
     # an OLN-Box checkpoint (no mask head, upstream's ranker) scores the same
     state = torch.load(run_dir / "oln_baseline/model_final.pth", weights_only=True)
     box_only = {k: v for k, v in state["model"].items() if "mask" not in k}

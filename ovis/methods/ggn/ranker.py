@@ -19,6 +19,8 @@ from ovis.methods.ggn.models import load_file
 from ovis.models.heads import OLNRegionProposalNetwork, OLNRoIHeads
 from ovis.pseudo.grouping import Grouping
 
+IOU_BLOCK = 1 << 24  # at most this many box-anchor IoUs in memory (a COCO image has ~10⁵ anchors)
+
 
 class OlnRanker:
     """An OLN-Box detector (the recipe's model with OLN heads and no mask head) loaded from the checkpoint
@@ -45,6 +47,8 @@ class OlnRanker:
         proposals of score 1 to OLN's box head, whose score is the geometric mean of the proposal's score
         and its IoU estimate. c: the RPN objectness (centerness) of the anchor with the highest IoU to the box.
         """
+        if len(boxes) == 0:
+            return torch.zeros(0), torch.zeros(0)
         transform = cast(GeneralizedRCNNTransform, self.model.transform)
         backbone = cast(nn.Module, self.model.backbone)
         rpn = cast(OLNRegionProposalNetwork, self.model.rpn)
@@ -56,7 +60,8 @@ class OlnRanker:
         objectness, _ = rpn.head(levels)
         anchors = rpn.anchor_generator(images, levels)[0]
         flat = torch.cat([o.permute(0, 2, 3, 1).reshape(-1) for o in objectness])  # the anchors' order: level, y, x
-        c = flat[box_iou(boxes, anchors).argmax(1)].sigmoid()
+        step = max(1, IOU_BLOCK // len(anchors))
+        c = flat[torch.cat([box_iou(b, anchors).argmax(1) for b in boxes.split(step)])].sigmoid()
         _, feats = roi_heads.box_features(features, [boxes], images.image_sizes)
         iou_logits, _ = roi_heads.box_predictor(feats)
         return iou_logits.flatten().sigmoid().sqrt().cpu(), c.cpu()
