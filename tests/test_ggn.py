@@ -222,6 +222,7 @@ def test_the_oln_ranker_ranks_every_candidate_before_the_nms(run, tmp_path):
     messages: list[str] = []
     stats = ggn.run_pseudo(ranked, other, stream=messages.append)
     assert not any("reused" in m for m in messages) and stats["images"] == recipe.pseudo.max_images
+    assert any(f"ranked by the OLN ranker {ckpt}" in m for m in messages) and stats["oln_ranker"] == str(ckpt)
     records = extract.sharding(ranked, other, 1).records()
     # the first image, by hand: the grouping's every candidate, scored pa / 2 + r + r · c, then the NMS
     ds, ids = pseudo_dataset(recipe, run_dir)

@@ -115,7 +115,9 @@ def extract_shard(recipe: Recipe, run_dir: str | Path, shard: int, num_shards: i
         model = load_model(recipe, run_dir, "teacher").to(device)
         ranker = OlnRanker(recipe, recipe.pseudo.oln_ranker, device) if recipe.pseudo.oln_ranker else None
     part.begin(done)
-    stream(f"shard {shard}/{num_shards}: {len(mine)} images, {len(done)} done before, {len(todo)} to extract")
+    ranking = f"OLN ranker {recipe.pseudo.oln_ranker}" if recipe.pseudo.oln_ranker else "PA score"
+    stream(f"shard {shard}/{num_shards}: {len(mine)} images, {len(done)} done before, {len(todo)} to extract "
+           f"(ranked by the {ranking})")
 
     if todo:
         index = {image_id: k for k, image_id in enumerate(ds.ids)}

@@ -74,7 +74,7 @@ def merge_pseudo(recipe: Recipe, run_dir: str | Path, num_shards: int) -> dict |
         "kept_per_image": len(pseudo_anns) / max(1, len(recs)),
         "seconds_per_image": float(np.mean([r["seconds"] for r in recs])) if recs else 0.0,
         "affinity_s_per_image": float(np.mean([r["affinity_s"] for r in recs])) if recs else 0.0,
-        "top_n": p.top_n, "top_k": p.top_k, "gt_iou_thresh": p.gt_iou_thresh,
+        "top_n": p.top_n, "top_k": p.top_k, "gt_iou_thresh": p.gt_iou_thresh, "oln_ranker": p.oln_ranker,
         "pseudo_category_id": pseudo_cat, "shards": num_shards,
         **_unseen_stats(recipe, run_dir, records, kept_by_image),
     }
