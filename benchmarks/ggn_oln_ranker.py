@@ -1,108 +1,68 @@
-"""Would upstream's OLN ranker keep better pseudo masks than the PA score? (GGN acceptance diagnostic.)
+"""Do upstream's OLN ranker's pseudo masks cover more unseen objects than the PA ranking's? (GGN acceptance.)
 
-GGN keeps, per training image, the first ``pseudo.top_k`` grouping candidates in the PA network's ranking
-that do not duplicate a seen GT object (docs/ggn.md#33-pseudo-gt). Upstream's optional learned ranker
-(docs/ggn.md#32-grouping, "Optional learned ranker") ranks them instead by ``pa_score / 2 + r + r · c``
-with a trained OLN-Box model: ``r`` the RoI head's IoU score of the candidate's box, ``c`` the RPN
-objectness of the anchor with the highest IoU to it. This re-ranks the candidates a GGN run's pseudo
-stage stored (its top ``pseudo.top_n`` by PA score, after the PA ranking's NMS; upstream ranks every
-candidate before NMS) with the ``oln_baseline`` detector of ``--oln-dir`` (OLN heads on base GT), keeps
-the first ``top_k`` with GT IoU below ``pseudo.gt_iou_thresh``, and reports how many unseen objects they
-cover at mask IoU ≥ 0.5 and how many of them are right, for the PA ranking, the OLN ranker, and ``r`` or
-``c`` alone. Nothing is trained.
+GGN keeps, per training image, the first ``pseudo.top_k`` grouping candidates that do not duplicate a seen GT
+object (docs/ggn.md#33-pseudo-gt), in the PA network's ranking or, with ``pseudo.oln_ranker``, in upstream's
+learned ranking ``pa / 2 + r + r · c`` by an OLN trained on base GT (docs/ggn.md#32-grouping, "Optional learned
+ranker"). This runs the pseudo stage of a GGN run again with each ``--oln`` checkpoint as the ranker, in
+``<out>/<k>/`` (the run's splits and PA network copied there), and reports the share of unseen objects the
+kept masks cover at mask IoU ≥ 0.5 and the share of kept masks that cover one, against the run's own pseudo
+stage (the PA ranking). Nothing is trained.
 
-    python benchmarks/ggn_oln_ranker.py --run-dir runs/demo_ggn [--oln-dir DIR] [--set KEY=VALUE ...]
+    python benchmarks/ggn_oln_ranker.py --run-dir runs/demo_ggn --oln A/oln_baseline/model_final.pth [--oln ...]
+        [--out DIR] [--recipe demo_ggn] [--set KEY=VALUE ...]
 
-``--oln-dir``: a folder with ``oln_baseline/model_final.pth`` (default: the run's); ``--set``: the
-overrides that detector was trained with.
-
-Last line (%): ``unseen_gt=… pa_coverage=… pa_precision=… oln_coverage=… oln_precision=… r_coverage=…
-r_precision=… c_coverage=… c_precision=…``.
+Last line (%): ``unseen_gt=… pa_coverage=… pa_precision=… oln_coverage=a,b,… oln_precision=a,b,…
+oln_coverage_mean=… oln_coverage_min=… oln_precision_mean=…``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from pathlib import Path
 
-import torch
-from torchvision.models.detection.transform import resize_boxes
-from torchvision.ops import box_iou
-
-from ovis.data.coco import ann_to_rle, load_coco
-from ovis.data.dataset import load_rgb
-from ovis.data.masks import mask_iou, match_counts
 from ovis.methods import load_recipe
-from ovis.methods.ggn import load_model
-from ovis.methods.ggn.datasets import unseen_gt
-from ovis.methods.ggn.extract import sharding
+from ovis.methods.ggn import run_pseudo
 from ovis.runs import RunLayout
 
-IOU = 0.5
-RANKINGS = ("pa", "oln", "r", "c")
 
-
-@torch.no_grad()
-def oln_scores(model: torch.nn.Module, image: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(r, c) of each box ``[n, 4]`` (xyxy, image pixels): the RoI IoU score and the RPN objectness of the
-    box's best-IoU anchor, both after their sigmoid."""
-    images, _ = model.transform([image])
-    boxes = resize_boxes(boxes, list(image.shape[-2:]), list(images.image_sizes[0]))
-    features = model.backbone(images.tensors)
-    levels = list(features.values())
-    objectness, _ = model.rpn.head(levels)
-    anchors = model.rpn.anchor_generator(images, levels)[0]
-    flat = torch.cat([o.permute(0, 2, 3, 1).reshape(-1) for o in objectness])  # the anchors' order: level, y, x
-    c = flat[box_iou(boxes, anchors).argmax(1)].sigmoid()
-    _, feats = model.roi_heads.box_features(features, [boxes], images.image_sizes)
-    iou_logits, _ = model.roi_heads.box_predictor(feats)
-    return iou_logits.flatten().sigmoid(), c
+def coverage(stats: dict) -> tuple[float, float]:
+    """(unseen objects covered, kept masks right), % of the pseudo stage's ``stats``."""
+    return 100 * stats["unseen_recall@0.5"], 100 * stats["kept_on_unseen@0.5"] / max(1, stats["kept"])
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run-dir", type=Path, default=Path("runs/demo_ggn"))
-    ap.add_argument("--oln-dir", type=Path, default=None, help="folder with oln_baseline/ (default: --run-dir)")
+    ap.add_argument("--oln", type=Path, action="append", required=True, help="an OLN checkpoint (repeatable)")
+    ap.add_argument("--out", type=Path, default=None, help="default: <run-dir>/oln_ranker")
     ap.add_argument("--recipe", default="demo_ggn")
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="the overrides the OLN detector was trained with")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = ap.parse_args(argv)
-    recipe = load_recipe(args.recipe, args.overrides)
-    stats = json.loads(RunLayout(args.run_dir).pseudo_stats.read_text())
-    records = sharding(recipe, args.run_dir, stats["shards"]).records()
-    if records is None:
-        raise SystemExit(f"{args.run_dir}: the pseudo stage's candidate shards are missing or stale")
-    model = load_model(recipe, args.oln_dir or args.run_dir, "oln_baseline")
-    unseen, _ = unseen_gt(recipe, args.run_dir, set(records))
-    infos = {im["id"]: im for im in load_coco(recipe.data.path(recipe.data.train_instances))["images"]}
-    root = recipe.data.path(recipe.data.train_images)
-    covered, right, kept = (dict.fromkeys(RANKINGS, 0) for _ in range(3))
-    n_gt = 0
-    for image_id, rec in records.items():
-        gts = unseen.get(image_id, [])
-        n_gt += len(gts)
-        cands = [c for c in rec["candidates"] if c["gt_iou"] < stats["gt_iou_thresh"]]  # in the PA ranking
-        if not cands:
-            continue
-        xywh = torch.tensor([c["bbox"] for c in cands], dtype=torch.float)
-        info = infos[image_id]
-        image = load_rgb(root / info["file_name"], (info["width"], info["height"]), f"image {image_id}")
-        r, c = oln_scores(model, image, torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1))
-        pa = torch.tensor([x["score"] for x in cands])
-        order = {"pa": torch.arange(len(cands)), "oln": torch.argsort(-(pa / 2 + r + r * c), stable=True),
-                 "r": torch.argsort(-r, stable=True), "c": torch.argsort(-c, stable=True)}
-        gt_rles = [ann_to_rle(a, rec["height"], rec["width"]) for a in gts]
-        for name, o in order.items():
-            first = [cands[int(i)]["segmentation"] for i in o[: recipe.pseudo.top_k]]
-            hit, ok = match_counts(mask_iou(first, gt_rles), IOU)
-            covered[name] += hit
-            right[name] += ok
-            kept[name] += len(first)
-    print(f"{len(records)} images, top_k {recipe.pseudo.top_k}: unseen objects covered / masks right (%): " + ", ".join(
-        f"{k} {100 * covered[k] / max(1, n_gt):.1f} / {100 * right[k] / max(1, kept[k]):.1f}" for k in RANKINGS))
-    print(f"unseen_gt={n_gt} " + " ".join(f"{k}_coverage={100 * covered[k] / max(1, n_gt):.1f} "
-                                           f"{k}_precision={100 * right[k] / max(1, kept[k]):.1f}" for k in RANKINGS))
+    layout = RunLayout(args.run_dir)
+    if not layout.pseudo_stats.is_file():
+        raise SystemExit(f"{layout.pseudo_stats} not found: run the pseudo stage of {args.run_dir} first")
+    pa = json.loads(layout.pseudo_stats.read_text())
+    out = args.out or args.run_dir / "oln_ranker"
+    ranked = []
+    for k, ckpt in enumerate(args.oln):
+        run_dir = out / str(k)
+        for stage in ("splits", "teacher"):
+            if not (run_dir / stage).is_dir():
+                shutil.copytree(args.run_dir / stage, run_dir / stage)
+        recipe = load_recipe(args.recipe, [*args.overrides, f"pseudo.oln_ranker={ckpt.resolve()}"])
+        stats = run_pseudo(recipe, run_dir, stream=lambda line: None)
+        ranked.append(coverage(stats))
+        print(f"{ckpt}: unseen objects covered {ranked[-1][0]:.1f} %, kept masks right {ranked[-1][1]:.1f} % "
+              f"({stats['seconds_per_image']:.2f} s/image)", flush=True)
+    pa_cov, pa_prec = coverage(pa)
+    cov, prec = [r[0] for r in ranked], [r[1] for r in ranked]
+    print(f"PA ranking: covered {pa_cov:.1f} %, right {pa_prec:.1f} % ({pa['seconds_per_image']:.2f} s/image)")
+    print(f"unseen_gt={pa['unseen_gt']} pa_coverage={pa_cov:.1f} pa_precision={pa_prec:.1f} "
+          f"oln_coverage={','.join(f'{c:.1f}' for c in cov)} oln_precision={','.join(f'{p:.1f}' for p in prec)} "
+          f"oln_coverage_mean={sum(cov) / len(cov):.1f} oln_coverage_min={min(cov):.1f} "
+          f"oln_precision_mean={sum(prec) / len(prec):.1f}")
     return 0
 
 
