@@ -292,9 +292,18 @@ def test_the_oln_ranker_must_exist_and_fit_the_recipe(run, tmp_path):
     with pytest.raises(FileNotFoundError, match=r"pseudo.oln_ranker='.*nope.pth': file not found .*\(ovis train --stage oln_baseline\)"):
         ggn.run_pseudo(missing, other, stream=_quiet)
     assert not (other / "pseudo").exists()  # nothing written
+    folder = _recipe(root, **{"pseudo.oln_ranker": str(run_dir / "oln_baseline")})
+    with pytest.raises(FileNotFoundError, match="oln_baseline': a folder, not a file; train an OLN"):
+        ggn.run_pseudo(folder, other, stream=_quiet)
     wrong = _recipe(root, **{"pseudo.oln_ranker": str(run_dir / "teacher/model_final.pth")})
-    with pytest.raises(CheckpointError, match="pseudo.oln_ranker: .*teacher/model_final.pth does not fit the recipe's model"):
+    with pytest.raises(CheckpointError, match="pseudo.oln_ranker: .*teacher/model_final.pth does not fit the recipe's "
+                                              "model .*; train an OLN on base GT with this recipe's model"):
         ggn.run_pseudo(wrong, other, stream=_quiet)
+    (tmp_path / "notes.txt").write_text("not a checkpoint")
+    text = _recipe(root, **{"pseudo.oln_ranker": str(tmp_path / "notes.txt")})
+    with pytest.raises(CheckpointError, match="pseudo.oln_ranker: cannot read checkpoint .*notes.txt .*; train an OLN"):
+        ggn.run_pseudo(text, other, stream=_quiet)
+    assert not (other / "pseudo").exists()
 
 
 def test_baseline_sees_base_gt_only_and_student_sees_pseudo_gt_too(run):

@@ -364,18 +364,19 @@ class CheckpointError(RuntimeError, ValueError):
     """A checkpoint file that cannot be read or is not one ovis wrote; the message names the file."""
 
 
-def load_checkpoint(path: Path, mmap: bool = False, keys: Sequence[str] = ()) -> dict[str, Any]:
+def load_checkpoint(path: Path, mmap: bool = False, keys: Sequence[str] = (),
+                    advice: str = "delete it to start over") -> dict[str, Any]:
     """A checkpoint written by :func:`train`, on CPU (``mmap``: tensors read lazily, for a look at its
-    metadata); it must be a dict holding ``keys``. A CheckpointError names the file otherwise."""
+    metadata); it must be a dict holding ``keys``. A CheckpointError names the file otherwise, with ``advice``."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means the same thing here
         raise CheckpointError(f"cannot read checkpoint {path} ({type(e).__name__}: {' '.join(str(e).split())[:200]}); "
-                              "delete it to start over") from None
+                              f"{advice}") from None
     missing = [k for k in keys if k not in state] if isinstance(state, dict) else list(keys)
     if not isinstance(state, dict) or missing:
         what = f"a {type(state).__name__}" if not isinstance(state, dict) else f"a dict without {missing}"
-        raise CheckpointError(f"checkpoint {path} is {what}, not a checkpoint ovis wrote; delete it to start over")
+        raise CheckpointError(f"checkpoint {path} is {what}, not a checkpoint ovis wrote; {advice}")
     return state
 
 

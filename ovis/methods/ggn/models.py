@@ -65,19 +65,21 @@ def load_model(recipe: Recipe, run_dir: str | Path, which: str) -> nn.Module:
     return load_file(recipe, path, which)
 
 
-def load_file(recipe: Recipe, path: Path, which: str, boxes_only: bool = False) -> nn.Module:
+def load_file(recipe: Recipe, path: Path, which: str, boxes_only: bool = False,
+              advice: str = "was it trained with another recipe? Re-run the stage") -> nn.Module:
     """Model ``which`` (of ``MODELS``) from the checkpoint file ``path``, in eval mode on CPU; a
-    :class:`CheckpointError` when its weights do not fit the recipe's model. ``boxes_only``: a detector
-    without its mask head (a checkpoint's mask-head weights, if any, are left out)."""
+    :class:`CheckpointError` with ``advice`` when the file is no checkpoint or its weights do not fit the
+    recipe's model. ``boxes_only``: a detector without its mask head (a checkpoint's mask-head weights, if
+    any, are left out)."""
     if boxes_only:
         recipe = dataclasses.replace(recipe, model=dataclasses.replace(recipe.model, mask=False))
     model = bare_model(recipe, which)
-    state = load_checkpoint(path, keys=("model",))["model"]
+    state = load_checkpoint(path, keys=("model",), advice=advice)["model"]
     if boxes_only:
         state = {k: v for k, v in state.items() if not k.startswith(MASK_HEAD)}
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
-        raise CheckpointError(f"{path} does not fit the recipe's model ({recipe.name}): {' '.join(str(e).split())[:300]}; "
-                           "was it trained with another recipe? Re-run the stage") from None
+        raise CheckpointError(f"{path} does not fit the recipe's model ({recipe.name}): "
+                              f"{' '.join(str(e).split())[:300]}; {advice}") from None
     return model.eval()

@@ -29,12 +29,13 @@ class OlnRanker:
 
     def __init__(self, recipe: Recipe, path: str | Path, device: torch.device | str = "cpu"):
         path = Path(path)
+        train = "train an OLN on base GT with this recipe's model (ovis train --stage oln_baseline) and set " \
+                "pseudo.oln_ranker to its model_final.pth"
         if not path.is_file():
-            raise FileNotFoundError(
-                f"pseudo.oln_ranker={str(path)!r}: file not found (from {Path.cwd()}). Train an OLN on base GT first "
-                "(ovis train --stage oln_baseline) and set pseudo.oln_ranker to its model_final.pth")
+            what = "a folder, not a file" if path.is_dir() else f"file not found (from {Path.cwd()})"
+            raise FileNotFoundError(f"pseudo.oln_ranker={str(path)!r}: {what}; {train}")
         try:
-            self.model = load_file(recipe, path, "oln_baseline", boxes_only=True).to(device)
+            self.model = load_file(recipe, path, "oln_baseline", boxes_only=True, advice=train).to(device)
         except CheckpointError as e:
             raise CheckpointError(f"pseudo.oln_ranker: {e}") from None
         self.device = torch.device(device)
