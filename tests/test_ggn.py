@@ -237,6 +237,8 @@ def test_the_oln_ranker_ranks_every_candidate_before_the_nms(run, tmp_path):
     assert [x["bbox"] for x in stored] == [x.bbox for x in expect] and len(stored) > 0
     assert [x["score"] for x in stored] == pytest.approx([x.score for x in expect], abs=1e-6)
     assert (r > 0).all() and (r <= 1).all() and (c > 0).all() and (c <= 1).all()
+    hist = ggn.pseudo_figures(ranked, other, n=1)[1].axes[0]
+    assert hist.get_xlabel() == "score = PA score / 2 + r + r · c (OLN ranker)"
     # done: skipped; a ranker file replaced since (here: rewritten): the candidates are extracted afresh
     messages.clear()
     assert ggn.run_pseudo(ranked, other, stream=messages.append) == stats and messages == []

@@ -74,7 +74,8 @@ def pseudo_figures(recipe: Recipe, run_dir: str | Path, n: int = 4) -> list[Figu
     bins = np.linspace(min(cand_scores + [0.0]), max(cand_scores + [1.0]), 30)
     ax1.hist(cand_scores, bins=bins, alpha=0.6, label=f"candidates (top-{stats['top_n']})")
     ax1.hist([a["score"] for a in pseudo], bins=bins, alpha=0.8, label=f"kept (top-{stats['top_k']})")
-    ax1.set_xlabel("score = 1 − (mean A on contour − mean A inside)")
+    ax1.set_xlabel("score = PA score / 2 + r + r · c (OLN ranker)" if stats.get("oln_ranker")
+                   else "score = 1 − (mean A on contour − mean A inside)")
     ax1.set_ylabel("masks")
     ax1.legend(fontsize=8)
     on = stats["kept_on_unseen@0.5"]
