@@ -146,6 +146,21 @@ def test_region_embeddings_boxes_and_mask_hook():
         assert m.shape == (len(b), 1, 8, 8) and 0 <= float(m.min()) and float(m.max()) <= 1
 
 
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_an_image_without_proposals_gets_no_detections(name):
+    """An RPN can return nothing for an image (every box too small): the RoI heads answer with empty results."""
+    model = build(name).eval()
+    with torch.no_grad():
+        features, proposals, sizes = proposals_of(model, synthetic()[0])
+        empty = [p[:0] for p in proposals]
+        (out, _), more = model.roi_heads(features, empty, sizes), model.roi_heads(features, proposals, sizes)[0]
+        assert out and all(len(r["boxes"]) == 0 and r["boxes"].shape[1:] == (4,) for r in out)
+        assert set(out[0]) == set(more[0])  # the same keys as with proposals
+        if isinstance(model.roi_heads, EmbeddingRoIHeads):
+            emb, boxes = model.roi_heads.region_embeddings_and_boxes(features, empty, sizes)
+            assert emb.shape == (0, DIM) and [b.shape for b in boxes] == [(0, 4)] * len(empty)
+
+
 def test_c4_layout_matches_maskrcnn_benchmark():
     model = build("c4_embedding", c4_pooler_resolution=14)
     assert list(model.backbone(torch.zeros(1, 3, 64, 64))) == ["0"]

@@ -301,7 +301,7 @@ class EmbeddingRoIHeads(ClassAgnosticRoIHeads):
     ) -> tuple[Tensor, list[Tensor]]:
         """Region embeddings ``[R, d]`` and each proposal's class-agnostically regressed, clipped box."""
         feats = self.box_features(features, proposals, image_shapes)[1]
-        boxes = self.box_coder.decode(self.box_predictor.bbox_pred(feats.flatten(1)), proposals)[:, 0]
+        boxes = self.box_coder.decode(self.box_predictor.bbox_pred(feats.flatten(1)), proposals).reshape(-1, 4)
         per_image = boxes.split([len(p) for p in proposals])
         clipped = [box_ops.clip_boxes_to_image(b, s) for b, s in zip(per_image, image_shapes)]
         return self.box_predictor.embed(feats), clipped
@@ -353,7 +353,7 @@ class OLNRoIHeads(ClassAgnosticRoIHeads):
         image_shapes: list[tuple[int, int]],
     ) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
         """Decode boxes, score √(objectness · sigmoid(iou)), threshold, NMS, keep the top detections."""
-        boxes = self.box_coder.decode(deltas, proposals)[:, 0]
+        boxes = self.box_coder.decode(deltas, proposals).reshape(-1, 4)  # [R, 1, 4], or [0, 4] without proposals
         scores = (torch.cat(objectness) * iou_logits.sigmoid()).sqrt()
         sizes = [len(p) for p in proposals]
         out_b, out_s, out_l = [], [], []
