@@ -80,7 +80,7 @@ class DataConfig:
 
 # keys left out of Recipe.to_dict (and so of every hash) while they are None, by section: settings added
 # after runs existed, so that a recipe that does not use them keeps its hash
-OPTIONAL_KEYS = {"data": ("caption_set", "caption_set_images"), "model": ("oln_objectness_neg_pos_ub",),
+OPTIONAL_KEYS = {"data": ("caption_set", "caption_set_images"), "model": ("oln_objectness_neg_pos_ub", "oln_rpn_box_coder"),
                  "pseudo": ("oln_ranker",)}
 
 
@@ -127,6 +127,9 @@ class ModelConfig:
     mask: bool = True  # mask branch (False: boxes only, e.g. OLN-Box)
     # OLN heads: at most this many objectness negatives per positive in an image (mmdet's neg_pos_ub); null = unbounded (upstream)
     oln_objectness_neg_pos_ub: float | None = None
+    # OLN-RPN box coder: null = Faster R-CNN's deltas (centre offset, log size); tblr = upstream's distances to the
+    # box sides (docs/ggn.md#35-oln), whose proposals start as points (docs/deviations.md#99-demo-recipes)
+    oln_rpn_box_coder: str | None = None
     input_format: str = "rgb"  # rgb (torchvision ImageNet mean/std) | bgr255 (maskrcnn-benchmark/caffe checkpoints)
     stride_in_1x1: bool = False  # bottleneck stride on the 1x1 conv (MSRA/caffe ResNet, maskrcnn-benchmark)
     decoder_channels: int = 256  # affinity network (UperNet) width
@@ -441,6 +444,7 @@ _RULES: dict[type, list[Rule]] = {
         ("background_weight", lambda v: math.isfinite(v) and v >= 0, "a finite number ≥ 0"),
         ("box_smooth_l1_beta", lambda v: math.isfinite(v) and v >= 0, "a finite number ≥ 0"),
         ("embedding_temperature", lambda v: math.isfinite(v) and v > 0, "a finite number > 0"),
+        ("oln_rpn_box_coder", lambda v: v in (None, "tblr"), "tblr or null (Faster R-CNN deltas)"),
         *[(k, lambda v: v is None or (math.isfinite(v) and v > 0), "a finite number > 0 or null")
           for k in ("mask_logits_init_std", "oln_objectness_neg_pos_ub")],
     ],

@@ -199,14 +199,21 @@ def test_reading_a_recipe_imports_no_torch():
     assert out.stdout.strip() == "[]"
 
 
-# whole-recipe hashes at 9922b2d, before pseudo.oln_ranker existed: a recipe that does not set it keeps its hash
-BEFORE_OLN_RANKER = {"demo_ggn": "70ef328f7e9d", "ggn_coco": "cf2d212aab4f", "oln_box_coco": "c2627eb9aae3",
-                     "demo_cpl": "f58d727ac960"}
+# whole-recipe hashes at 9922b2d, before pseudo.oln_ranker and model.oln_rpn_box_coder existed: a recipe that
+# leaves both null keeps its hash (the paper recipes set upstream's TBLR coder)
+BEFORE_OLN_RANKER = {"demo_ggn": "70ef328f7e9d", "demo_cpl": "f58d727ac960"}
 
 
 @pytest.mark.parametrize("name", sorted(BEFORE_OLN_RANKER))
 def test_a_recipe_without_the_oln_ranker_keeps_its_hash(name):
     assert load_recipe(name).hash() == BEFORE_OLN_RANKER[name]
+
+
+def test_paper_recipes_use_upstreams_tblr_coder_and_the_demo_keeps_deltas():
+    assert {n: load_recipe(n).model.oln_rpn_box_coder for n in ("ggn_coco", "oln_box_coco", "demo_ggn")} == {
+        "ggn_coco": "tblr", "oln_box_coco": "tblr", "demo_ggn": None}
+    with pytest.raises(RecipeError, match="oln_rpn_box_coder='delta' must be tblr or null"):
+        load_recipe("demo_ggn", {"model.oln_rpn_box_coder": "delta"})
 
 
 def test_the_oln_ranker_is_a_path_or_null_and_changes_the_pseudo_stage():

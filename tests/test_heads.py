@@ -20,6 +20,7 @@ from ovis.models.heads import (
     bound_negatives,
     centerness_targets,
     paired_iou,
+    tblr_decode,
 )
 
 
@@ -182,6 +183,33 @@ def test_oln_objectness_neg_pos_ub_reaches_the_rpn_and_must_be_positive():
     assert build_detector(tiny(**cfg, oln_objectness_neg_pos_ub=1.0)).rpn.objectness_neg_pos_ub == 1.0
     with pytest.raises(ValueError, match=r"model.oln_objectness_neg_pos_ub=0.0: must be > 0 \(or null for no bound\)"):
         build_detector(tiny(**cfg, oln_objectness_neg_pos_ub=0.0))
+
+
+def test_tblr_decode_is_mmdets_tblr_coder_with_normaliser_1():
+    anchors = torch.tensor([[10.0, 20.0, 30.0, 60.0]])  # centre (20, 40), w 20, h 40
+    tblr = torch.tensor([[0.5, 0.25, 1.0, 0.1]])  # top, bottom in heights; left, right in widths
+    assert torch.equal(tblr_decode(anchors, tblr), torch.tensor([[0.0, 20.0, 22.0, 50.0]]))
+    assert torch.equal(tblr_decode(anchors, torch.zeros(1, 4)), torch.tensor([[20.0, 40.0, 20.0, 40.0]]))
+
+
+def test_oln_rpn_box_coder_tblr_reaches_the_rpn_and_decodes_its_proposals():
+    cfg = dict(arch="fpn", heads="oln", classifier="agnostic", aspect_ratios=[1.0])
+    assert not build_detector(tiny(**cfg)).rpn.tblr  # Faster R-CNN deltas
+    rpn = build_detector(tiny(**cfg, oln_rpn_box_coder="tblr")).rpn.eval()
+    assert rpn.tblr
+    with pytest.raises(ValueError, match="model.oln_rpn_box_coder='ltrb': use tblr or null"):
+        build_detector(tiny(**cfg, oln_rpn_box_coder="ltrb"))
+    with torch.no_grad():  # every output 0.5: each anchor's box, TBLR: its own square (centre ± half a side)
+        rpn.head.bbox_pred.weight.zero_()
+        rpn.head.bbox_pred.bias.fill_(0.5)
+    images = ImageList(torch.zeros(1, 3, 64, 64), [(64, 64)])
+    features = {k: torch.randn(1, rpn.head.conv[0][0].in_channels, 64 // s, 64 // s)
+                for k, s in zip(("0", "1", "2", "3", "pool"), (4, 8, 16, 32, 64))}
+    with torch.no_grad():
+        (p,), _ = rpn(images, features)
+        anchors = rpn.anchor_generator(images, list(features.values()))[0]
+    inside = anchors[(anchors[:, :2] >= 0).all(1) & (anchors[:, 2:] <= 64).all(1)]
+    assert len(inside) and all(bool((p[:, :4] == a).all(1).any()) for a in inside)
 
 
 def test_oln_rpn_features_are_l2_normalised():

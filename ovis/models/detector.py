@@ -88,6 +88,8 @@ def _check(cfg: ModelConfig) -> None:
     if cfg.oln_objectness_neg_pos_ub is not None and not cfg.oln_objectness_neg_pos_ub > 0:
         raise ValueError(f"model.oln_objectness_neg_pos_ub={cfg.oln_objectness_neg_pos_ub}: must be > 0 "
                          "(or null for no bound)")
+    if cfg.oln_rpn_box_coder not in (None, "tblr"):
+        raise ValueError(f"model.oln_rpn_box_coder={cfg.oln_rpn_box_coder!r}: use tblr or null (Faster R-CNN deltas)")
     if cfg.heads == "oln" and len(cfg.aspect_ratios) != 1:
         raise ValueError(f"model.aspect_ratios: OLN uses one anchor per location, got {cfg.aspect_ratios}")
 
@@ -195,6 +197,7 @@ def build_detector(
             rpn_head,
             dict(training=cfg.rpn_pre_nms_top_n_train, testing=cfg.rpn_pre_nms_top_n_test),
             objectness_neg_pos_ub=cfg.oln_objectness_neg_pos_ub,
+            tblr=cfg.oln_rpn_box_coder == "tblr",
         )
     if cfg.input_format == "bgr255":
         model.transform = BGR255Transform(cfg.min_size, cfg.max_size, list(BGR255_MEAN), [1.0, 1.0, 1.0])

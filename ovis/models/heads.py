@@ -135,6 +135,16 @@ def paired_iou(a: Tensor, b: Tensor) -> Tensor:
     return inter / union.clamp(min=1e-6)
 
 
+def tblr_decode(anchors: Tensor, tblr: Tensor) -> Tensor:
+    """Boxes ``[N, 4]`` (x1, y1, x2, y2) from distances ``[N, 4]`` (top, bottom, left, right) of the box sides to
+    each anchor's centre, in units of the anchor's height (top, bottom) and width (left, right): mmdet's
+    ``TBLRBBoxCoder`` with normaliser 1, OLN-RPN's box coder (docs/ggn.md#35-oln)."""
+    cx, cy = (anchors[:, 0] + anchors[:, 2]) / 2, (anchors[:, 1] + anchors[:, 3]) / 2
+    w, h = anchors[:, 2] - anchors[:, 0], anchors[:, 3] - anchors[:, 1]
+    top, bottom, left, right = tblr.unbind(1)
+    return torch.stack([cx - left * w, cy - top * h, cx + right * w, cy + bottom * h], 1)
+
+
 def centerness_targets(anchors: Tensor, gt_boxes: Tensor) -> Tensor:
     """OLN objectness target √(min(l,r)/max(l,r) · min(t,b)/max(t,b)) of each anchor centre with
     respect to its GT box (l, t, r, b = distances to the box sides); 0 when the centre is outside."""
@@ -402,6 +412,7 @@ class OLNRegionProposalNetwork(RegionProposalNetwork):
     returns them all). Returns proposals ``[n, 5]`` (box, objectness), sorted by objectness.
     ``objectness_neg_pos_ub`` bounds the objectness sample's negatives per image at that many per
     positive (at least one positive counted), as mmdet's ``RandomSampler(neg_pos_ub)``; None: unbounded.
+    ``tblr``: the box branch predicts upstream's TBLR distances instead of Faster R-CNN's deltas.
     """
 
     def __init__(
@@ -411,6 +422,7 @@ class OLNRegionProposalNetwork(RegionProposalNetwork):
         pre_nms_top_n: dict[str, int],
         batch_size_per_image: int = 256,
         objectness_neg_pos_ub: float | None = None,
+        tblr: bool = False,
     ) -> None:
         # nms_thresh and post_nms_top_n are unused: OLN proposals skip NMS and keep every level's top-k
         super().__init__(
@@ -421,6 +433,12 @@ class OLNRegionProposalNetwork(RegionProposalNetwork):
         )
         self.objectness_sampler = det_utils.BalancedPositiveNegativeSampler(batch_size_per_image, 1.0)
         self.objectness_neg_pos_ub = objectness_neg_pos_ub
+        self.tblr = tblr
+
+    def decode(self, deltas: Tensor, anchors: Tensor) -> Tensor:
+        """Boxes ``[N, 4]`` from the box branch's outputs ``[N, 4]`` at ``anchors``: upstream's TBLR distances
+        (:func:`tblr_decode`) or Faster R-CNN's deltas."""
+        return tblr_decode(anchors, deltas) if self.tblr else self.box_coder.decode_single(deltas, anchors)
 
     def forward(
         self, images: ImageList, features: dict[str, Tensor], targets: list[dict[str, Tensor]] | None = None
@@ -430,7 +448,7 @@ class OLNRegionProposalNetwork(RegionProposalNetwork):
         anchors = self.anchor_generator(images, feats)
         num_anchors_per_level = [o[0].numel() for o in objectness]
         objectness, deltas = concat_box_prediction_layers(objectness, deltas)
-        proposals = self.box_coder.decode(deltas.detach(), anchors).view(len(anchors), -1, 4)
+        proposals = self.decode(deltas.detach(), torch.cat(anchors)).view(len(anchors), -1, 4)
         boxes, scores = self.filter_proposals(proposals, objectness, images.image_sizes, num_anchors_per_level)
         out = [torch.cat([b, s[:, None]], 1) for b, s in zip(boxes, scores)]
         if not self.training:
@@ -490,7 +508,7 @@ class OLNRegionProposalNetwork(RegionProposalNetwork):
         box_labels, box_gt = self._assign(anchors, targets, self.proposal_matcher)
         box_pos, box_neg = self.fg_bg_sampler(box_labels)
         pos, n_box = torch.where(torch.cat(box_pos))[0], int(torch.cat(box_pos).sum() + torch.cat(box_neg).sum())
-        pred = self.box_coder.decode_single(deltas[pos], all_anchors[pos])
+        pred = self.decode(deltas[pos], all_anchors[pos])
         iou = paired_iou(pred, torch.cat(box_gt)[pos])
         loss_box = OLN_RPN_IOU_LOSS_WEIGHT * (1 - iou).sum() / max(n_box, 1)
 
