@@ -4,7 +4,7 @@ GGN keeps, per training image, the first ``pseudo.top_k`` grouping candidates th
 object (docs/ggn.md#33-pseudo-gt), in the PA network's ranking or, with ``pseudo.oln_ranker``, in upstream's
 learned ranking ``pa / 2 + r + r · c`` by an OLN trained on base GT (docs/ggn.md#32-grouping, "Optional learned
 ranker"). This runs the pseudo stage of a GGN run again with each ``--oln`` checkpoint as the ranker, in
-``<out>/<k>/`` (the run's splits and PA network copied there), and reports the share of unseen objects the
+``<out>/<k>/`` (the run's splits and PA network linked there), and reports the share of unseen objects the
 kept masks cover at mask IoU ≥ 0.5 and the share of kept masks that cover one, against the run's own pseudo
 stage (the PA ranking). Nothing is trained.
 
@@ -19,12 +19,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 from pathlib import Path
 
 from ovis.methods import load_recipe
 from ovis.methods.ggn import run_pseudo
-from ovis.runs import RunLayout
+from ovis.runs import RunLayout, link_stages
 
 
 def coverage(stats: dict) -> tuple[float, float]:
@@ -47,10 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or args.run_dir / "oln_ranker"
     ranked = []
     for k, ckpt in enumerate(args.oln):
-        run_dir = out / str(k)
-        for stage in ("splits", "teacher"):
-            if not (run_dir / stage).is_dir():
-                shutil.copytree(args.run_dir / stage, run_dir / stage)
+        run_dir = link_stages(args.run_dir, out / str(k), ["splits", "teacher"])
         recipe = load_recipe(args.recipe, [*args.overrides, f"pseudo.oln_ranker={ckpt.resolve()}"])
         stats = run_pseudo(recipe, run_dir, stream=lambda line: None)
         ranked.append(coverage(stats))
