@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
                 # every proposal through the RoI head's (class-agnostic) box regression
                 _, feats = model.roi_heads.box_features(features, [proposals[0][:, :4]], images.image_sizes)
                 deltas = model.roi_heads.box_predictor(feats)[1]
-                regressed = model.roi_heads.box_coder.decode(deltas, [proposals[0][:, :4]])[:, 0]
+                regressed = model.roi_heads.regress_boxes(deltas, [proposals[0][:, :4]])
                 regressed = model.transform.postprocess([{"boxes": regressed}], images.image_sizes, size)[0]["boxes"]
             if proposals[0].shape[1] == 5 and len(target["boxes"]):  # OLN: (box, objectness)
                 best = box_iou(rpn, target["boxes"]).max(1).values

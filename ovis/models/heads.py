@@ -206,6 +206,10 @@ class ClassAgnosticRoIHeads(RoIHeads):
         maps = self._roi_maps(features, boxes, image_shapes, self.box_roi_pool)
         return maps, self.box_head(maps)
 
+    def regress_boxes(self, deltas: Tensor, proposals: list[Tensor]) -> Tensor:
+        """Each proposal's class-agnostically regressed box ``[R, 4]``, over all images (``[0, 4]`` for none)."""
+        return self.box_coder.decode_single(deltas, torch.cat(proposals))
+
     def predict_masks(
         self, features: dict[str, Tensor], boxes: list[Tensor], image_shapes: list[tuple[int, int]]
     ) -> list[Tensor]:
@@ -311,7 +315,7 @@ class EmbeddingRoIHeads(ClassAgnosticRoIHeads):
     ) -> tuple[Tensor, list[Tensor]]:
         """Region embeddings ``[R, d]`` and each proposal's class-agnostically regressed, clipped box."""
         feats = self.box_features(features, proposals, image_shapes)[1]
-        boxes = self.box_coder.decode(self.box_predictor.bbox_pred(feats.flatten(1)), proposals).reshape(-1, 4)
+        boxes = self.regress_boxes(self.box_predictor.bbox_pred(feats.flatten(1)), proposals)
         per_image = boxes.split([len(p) for p in proposals])
         clipped = [box_ops.clip_boxes_to_image(b, s) for b, s in zip(per_image, image_shapes)]
         return self.box_predictor.embed(feats), clipped
@@ -363,7 +367,7 @@ class OLNRoIHeads(ClassAgnosticRoIHeads):
         image_shapes: list[tuple[int, int]],
     ) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
         """Decode boxes, score √(objectness · sigmoid(iou)), threshold, NMS, keep the top detections."""
-        boxes = self.box_coder.decode(deltas, proposals).reshape(-1, 4)  # [R, 1, 4], or [0, 4] without proposals
+        boxes = self.regress_boxes(deltas, proposals)
         scores = (torch.cat(objectness) * iou_logits.sigmoid()).sqrt()
         sizes = [len(p) for p in proposals]
         out_b, out_s, out_l = [], [], []
