@@ -14,10 +14,7 @@ teacher novel AP50; base_drop = teacher − student base AP50, points).
 
 from __future__ import annotations
 
-from seed_study import parse_args, seed_runs
-
-from ovis.methods import cpl
-from ovis.methods.train import run_stage
+from seed_study import cpl_student_ap50, parse_args, seed_runs
 
 SHARED = ("splits", "grounding", "teacher", "pseudo")
 
@@ -26,12 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(__doc__.splitlines()[0], "demo_cpl", argv)
     ap50: list[dict[str, dict[str, float]]] = []  # per seed: {model: {"base", "novel"}} in %
     for seed, recipe, d in seed_runs(args, SHARED):
-        run_stage(recipe, "student", d, device=recipe.launch.device, progress=False)
-        rows = cpl.run_eval(recipe, d, stream=lambda _: None)
-        gen = [r for r in rows if r["setting"] == "generalized" and r["iou_type"] == "segm"]
-        if any(r[k] is None for r in gen for k in ("AP50_base", "AP50_novel")):
-            raise SystemExit(f"{d}: the validation file has no base or no novel GT; no margin to measure")
-        ap50.append({r["model"]: {"base": 100 * r["AP50_base"], "novel": 100 * r["AP50_novel"]} for r in gen})
+        ap50.append(cpl_student_ap50(recipe, d))
         t, s = ap50[-1]["teacher"], ap50[-1]["student"]
         print(f"seed {seed}: generalized mask AP50 base / novel: teacher {t['base']:.1f} / {t['novel']:.1f}, "
               f"student {s['base']:.1f} / {s['novel']:.1f}", flush=True)

@@ -9,7 +9,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from ovis.config import Recipe
-from ovis.methods import load_recipe
+from ovis.methods import cpl, load_recipe
+from ovis.methods.train import run_stage
 from ovis.runs import link_stages
 
 
@@ -37,3 +38,14 @@ def seed_runs(args: argparse.Namespace, shared: Sequence[str]) -> Iterator[tuple
         except FileNotFoundError as e:
             raise SystemExit(f"{e}; run `ovis reproduce {args.recipe} --stages splits,teacher,pseudo` first") from None
         yield seed, recipe, folder
+
+
+def cpl_student_ap50(recipe: Recipe, folder: Path) -> dict[str, dict[str, float]]:
+    """Trains the CPL student in ``folder`` (unless trained there), runs the eval stage and returns the
+    generalized mask AP50 (%) of teacher and student: ``{"teacher" | "student": {"base", "novel"}}``."""
+    run_stage(recipe, "student", folder, device=recipe.launch.device, progress=False)
+    rows = cpl.run_eval(recipe, folder, stream=lambda _: None)
+    gen = [r for r in rows if r["setting"] == "generalized" and r["iou_type"] == "segm"]
+    if any(r[k] is None for r in gen for k in ("AP50_base", "AP50_novel")):
+        raise SystemExit(f"{folder}: the validation file has no base or no novel GT; no margin to measure")
+    return {r["model"]: {"base": 100 * r["AP50_base"], "novel": 100 * r["AP50_novel"]} for r in gen}
