@@ -14,7 +14,8 @@ are; the variants differ in the pseudo masks of novel words:
 
 A student already trained there is not retrained, only evaluated.
 
-    python benchmarks/cpl_pseudo_ceiling.py --run-dir runs/demo_cpl --seeds 0,1,2 [--out DIR] [--set KEY=VALUE ...]
+    python benchmarks/cpl_pseudo_ceiling.py --run-dir runs/demo_cpl --seeds 0,1,2 [--variants kept,novel_gt]
+        [--out DIR] [--set KEY=VALUE ...]
 
 Last line (generalized mask AP50, %; margin = student on the variant − teacher, novel classes, per seed):
 ``seeds=… teacher_base=… teacher_novel=… <variant>_masks=… <variant>_precision=… <variant>_student_base_mean=…
@@ -23,6 +24,7 @@ Last line (generalized mask AP50, %; margin = student on the variant − teacher
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import numpy as np
@@ -66,13 +68,18 @@ def pseudo_variants(recipe, run_dir: Path) -> dict[str, tuple[dict, dict[str, fl
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(__doc__.splitlines()[0], "demo_cpl", argv)
+    pick = argparse.ArgumentParser(add_help=False)
+    pick.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {', '.join(VARIANTS)}")
+    args = parse_args(__doc__.splitlines()[0], "demo_cpl", argv, parents=[pick])
+    wanted = args.variants.split(",")
+    if unknown := set(wanted) - set(VARIANTS):
+        raise SystemExit(f"--variants: unknown {', '.join(sorted(unknown))}; choose from {', '.join(VARIANTS)}")
     out = args.out or args.run_dir / "pseudo_ceiling"
     variants = None
     ap50: list[dict[str, dict[str, float]]] = []  # per seed: {"teacher" | variant: {"base", "novel"}}
     for seed, recipe, _ in seed_runs(args, ()):
         if variants is None:
-            variants = pseudo_variants(recipe, args.run_dir)
+            variants = {v: x for v, x in pseudo_variants(recipe, args.run_dir).items() if v in wanted}
             for v, (_, s) in variants.items():
                 print(f"{v}: {s['masks']} novel pseudo masks, {s['precision']:.1f} % right", flush=True)
         row: dict[str, dict[str, float]] = {}

@@ -14,8 +14,10 @@ from ovis.methods.train import run_stage
 from ovis.runs import link_stages
 
 
-def parse_args(description: str, recipe: str, argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=description)
+def parse_args(description: str, recipe: str, argv: list[str] | None = None,
+               parents: Sequence[argparse.ArgumentParser] = ()) -> argparse.Namespace:
+    """The seed scripts' options (and those of ``parents``, a script's own)."""
+    p = argparse.ArgumentParser(description=description, parents=list(parents))
     p.add_argument("--run-dir", type=Path, default=Path("runs") / recipe)
     p.add_argument("--recipe", default=recipe)
     p.add_argument("--seeds", default="0,1,2", help="comma-separated student.seed values")
