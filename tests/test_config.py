@@ -43,6 +43,8 @@ def test_demo_recipe_extends_the_paper_recipe():
     assert demo["teacher"]["freeze"] == paper["teacher"]["freeze"]  # inherited, not restated
     assert (demo["model"]["backbone"], demo["model"]["backbone_weights"]) == ("efficientnet_lite0", "imagenet")
     assert demo["data"]["demo"] is True
+    # AP reads up to 100 detections per image (COCOeval's maxDets): a smaller cap cuts the low-scored novel ones
+    assert demo["eval"]["detections_per_img"] == paper["eval"]["detections_per_img"] == 100
 
 
 def test_long_cpl_demo_changes_only_data_scale_resolution_and_schedules():
@@ -200,13 +202,14 @@ def test_reading_a_recipe_imports_no_torch():
 
 
 # whole-recipe hashes at 9922b2d, before pseudo.oln_ranker and model.oln_rpn_box_coder existed: a recipe that
-# leaves both null keeps its hash (the paper recipes set upstream's TBLR coder)
-BEFORE_OLN_RANKER = {"demo_ggn": "70ef328f7e9d", "demo_cpl": "f58d727ac960"}
+# leaves both null keeps its hash (the paper recipes set upstream's TBLR coder); demo_cpl with its eval cap of then
+BEFORE_OLN_RANKER = {"demo_ggn": ("70ef328f7e9d", []), "demo_cpl": ("f58d727ac960", ["eval.detections_per_img=20"])}
 
 
 @pytest.mark.parametrize("name", sorted(BEFORE_OLN_RANKER))
 def test_a_recipe_without_the_oln_ranker_keeps_its_hash(name):
-    assert load_recipe(name).hash() == BEFORE_OLN_RANKER[name]
+    old_hash, then = BEFORE_OLN_RANKER[name]
+    assert load_recipe(name, then).hash() == old_hash
 
 
 def test_paper_recipes_use_upstreams_tblr_coder_and_the_demo_keeps_deltas():
