@@ -33,7 +33,7 @@ test-slow: setup
 
 bench: setup
 	for script in benchmarks/*.py; do \
-	  case $$script in */cpl_pseudo_chance.py|*/cpl_shape_from_scratch.py|*/cpl_teacher_recall.py|*/cpl_seed_margin.py|*/cpl_grounding_zero_shot.py|*/ggn_seed_margin.py|*/ggn_pseudo_ceiling.py|*/ggn_proposal_recall.py|*/ggn_oln_ranker.py|*/seed_study.py|*/gt_box_scores.py) continue;; esac; $(VENV)/bin/python $$script || exit 1; done
+	  case $$script in */cpl_pseudo_chance.py|*/cpl_shape_from_scratch.py|*/cpl_teacher_recall.py|*/cpl_seed_margin.py|*/cpl_grounding_zero_shot.py|*/ggn_seed_margin.py|*/ggn_pseudo_ceiling.py|*/ggn_proposal_recall.py|*/ggn_oln_ranker.py|*/ggn_pseudo_errors.py|*/seed_study.py|*/gt_box_scores.py) continue;; esac; $(VENV)/bin/python $$script || exit 1; done
 	# the scripts below read a CPL / GGN run, made with the threads `ovis demo` gives each run (same numbers)
 	export OMP_NUM_THREADS=$$($(VENV)/bin/python -c "from ovis.demo import threads_per_run; print(threads_per_run(2))"); \
 	$(OVIS) reproduce demo_cpl --stages splits,teacher,pseudo && \
@@ -43,6 +43,7 @@ bench: setup
 	$(VENV)/bin/python benchmarks/cpl_shape_from_scratch.py --run-dir runs/demo_cpl && \
 	$(VENV)/bin/python benchmarks/cpl_seed_margin.py --run-dir runs/demo_cpl --seeds 0,1,2 && \
 	$(OVIS) reproduce demo_ggn --stages splits,teacher,pseudo && \
+	$(VENV)/bin/python benchmarks/ggn_pseudo_errors.py --run-dir runs/demo_ggn && \
 	$(VENV)/bin/python benchmarks/ggn_seed_margin.py --run-dir runs/demo_ggn --seeds 0,1,2 && \
 	$(VENV)/bin/python benchmarks/ggn_pseudo_ceiling.py --run-dir runs/demo_ggn --seeds 0,1,2 && \
 	$(OVIS) reproduce demo_ggn --stages student && \

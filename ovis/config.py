@@ -80,7 +80,8 @@ class DataConfig:
 
 # keys left out of Recipe.to_dict (and so of every hash) while they are None, by section: settings added
 # after runs existed, so that a recipe that does not use them keeps its hash
-OPTIONAL_KEYS = {"data": ("caption_set", "caption_set_images"), "model": ("oln_objectness_neg_pos_ub", "oln_rpn_box_coder"),
+OPTIONAL_KEYS = {"data": ("caption_set", "caption_set_images"), "model": ("oln_objectness_neg_pos_ub", "oln_rpn_box_coder",
+                                                                           "affinity_input_scale"),
                  "pseudo": ("oln_ranker",)}
 
 
@@ -133,6 +134,9 @@ class ModelConfig:
     input_format: str = "rgb"  # rgb (torchvision ImageNet mean/std) | bgr255 (maskrcnn-benchmark/caffe checkpoints)
     stride_in_1x1: bool = False  # bottleneck stride on the 1x1 conv (MSRA/caffe ResNet, maskrcnn-benchmark)
     decoder_channels: int = 256  # affinity network (UperNet) width
+    # affinity network: it and the grouping see each image resized by this factor, in training and extraction; pseudo
+    # masks are resized back to the image. null = the image's own resolution, as upstream (docs/ggn.md#31-pa-network)
+    affinity_input_scale: float | None = None
 
 
 @dataclass
@@ -446,7 +450,7 @@ _RULES: dict[type, list[Rule]] = {
         ("embedding_temperature", lambda v: math.isfinite(v) and v > 0, "a finite number > 0"),
         ("oln_rpn_box_coder", lambda v: v in (None, "tblr"), "tblr or null (Faster R-CNN deltas)"),
         *[(k, lambda v: v is None or (math.isfinite(v) and v > 0), "a finite number > 0 or null")
-          for k in ("mask_logits_init_std", "oln_objectness_neg_pos_ub")],
+          for k in ("mask_logits_init_std", "oln_objectness_neg_pos_ub", "affinity_input_scale")],
     ],
     TrainConfig: [("amp", ("none", "bf16", "fp16"), "")],
     EvalConfig: [("protocol", protocol_names("eval"), ""),

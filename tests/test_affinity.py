@@ -139,3 +139,24 @@ def test_loss_decreases_when_fitting_one_image():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.8 * losses[0]
+
+
+def test_input_scale_resizes_the_image_and_its_masks_before_the_network():
+    plain, scaled = _tiny_net(), _tiny_net(input_scale=2.0)
+    scaled.load_state_dict(plain.state_dict())
+    image, target = torch.rand(3, 30, 22), _target(30, 22)
+    big = torch.nn.functional.interpolate(image[None], size=(60, 44), mode="bilinear", align_corners=False)[0]
+    big_masks = target["masks"].repeat_interleave(2, 1).repeat_interleave(2, 2)  # nearest at 2x
+    plain.eval(), scaled.eval()
+    with torch.no_grad():
+        out, ref = scaled([image])[0], plain([big])[0]
+    assert tuple(out.shape) == (1, 60, 44) and torch.allclose(out, ref)
+    assert scaled.scaled_size(30, 22) == (60, 44) and scaled.scaled_size(1, 1) == (2, 2)
+    plain.train(), scaled.train()
+    loss, ref_loss = scaled([image], [target])["loss_affinity"], plain([big], [{"masks": big_masks}])["loss_affinity"]
+    assert torch.allclose(loss, ref_loss)
+    with pytest.raises(ValueError, match=r"'masks' \[N, 30, 22\]"):  # masks match the image as given, not as resized
+        scaled([image], [_target(60, 44)])
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="input_scale must be a finite number > 0"):
+            AffinityNet("resnet18", channels=16, pool_channels=16, input_scale=bad)

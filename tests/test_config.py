@@ -90,6 +90,7 @@ def test_dotted_overrides_are_typed_and_change_the_hash():
         (["eval.iou_types=[mask]"], r"demo_cpl\.eval: iou_types=\['mask'\] must be a non-empty list of segm, bbox"),
         (["model.backbone=resnet51"], r"demo_cpl\.model: backbone='resnet51' must be one of resnet18, "),
         (["model.rpn_nms_thresh=1.5"], r"rpn_nms_thresh=1\.5 must be in \[0, 1\]"),
+        (["model.affinity_input_scale=0"], r"demo_cpl\.model: affinity_input_scale=0\.0 must be a finite number > 0 or null"),
         (["pseudo.vocabulary=coco"], r"demo_cpl\.pseudo: vocabulary='coco' must be one of lvis, dataset"),
         (["student.lambda_pseudo=-1"], r"demo_cpl\.student: lambda_pseudo=-1\.0 must be a finite number ≥ 0"),
         (["pseudo.workers=2"], r"demo_cpl\.pseudo: unknown key\(s\) \['workers'\]; valid keys: \['max_images', 'shards', "

@@ -28,7 +28,7 @@ from ovis.methods.ggn import ranker as ranker_module
 from ovis.methods.ggn.datasets import pseudo_dataset
 from ovis.methods.ggn.ranker import OlnRanker
 from ovis.methods.train import run_training
-from ovis.pseudo.grouping import build_grouping
+from ovis.pseudo.grouping import Candidate, build_grouping
 
 TINY = {**tiny.GGN, "launch.workers": 1}  # the run below trains in this process: the worker tests' reference
 
@@ -284,6 +284,58 @@ def test_the_oln_ranker_scores_a_box_by_its_best_anchor_and_alone(run, tmp_path,
     r_box, c_box = OlnRanker(recipe, tmp_path / "oln_box.pth").box_scores(image, boxes)
     torch.testing.assert_close(r_box, r)
     torch.testing.assert_close(c_box, c)
+
+
+def test_candidates_at_the_affinity_input_size_are_resized_to_the_image():
+    big = np.zeros((8, 8), bool)
+    big[2:6, 3:7] = True  # at half size: rows 1-2 whole, columns 1 and 3 half covered (kept), 2 whole
+    thin = np.zeros((8, 8), bool)
+    thin[0, 0] = True  # a quarter of one pixel: dropped
+    cands = [Candidate(big, 0.9, 0, [3.0, 2.0, 4.0, 4.0], 16), Candidate(thin, 0.5, 1, [0.0, 0.0, 1.0, 1.0], 1)]
+    small = extract.at_image_size(cands, 4, 4)
+    expect = np.zeros((4, 4), bool)
+    expect[1:3, 1:4] = True
+    assert np.array_equal(small[0].mask, expect) and small[0].bbox == [1.0, 1.0, 3.0, 2.0] and small[0].area == 6
+    assert not small[1].mask.any() and small[1].area == 0 and small[1].bbox == [0.0, 0.0, 0.0, 0.0]
+    assert [(c.score, c.rank) for c in small] == [(0.9, 0), (0.5, 1)]
+    assert extract.at_image_size(cands, 8, 8) is cands
+
+
+def test_an_affinity_input_scale_groups_at_that_size_and_stores_masks_at_the_image_size(run, tmp_path):
+    run_dir, recipe = run
+    root = Path(recipe.data.root).parent
+    ckpt = run_dir / "oln_baseline/model_final.pth"
+    scaled = _recipe(root, **{"model.affinity_input_scale": 2.0, "pseudo.oln_ranker": str(ckpt)})
+    other = _copy_until_teacher(run_dir, tmp_path / "run")  # the PA network's weights do not depend on the scale
+    stats = ggn.run_pseudo(scaled, other, stream=_quiet)
+    assert stats["images"] == recipe.pseudo.max_images
+    path = other / "pseudo" / "train_pseudo.json"
+    coco = COCO(str(path))
+    pseudo = [a for a in load_coco(path)["annotations"] if a.get("pseudo")]
+    assert pseudo
+    for a in pseudo:  # masks at the image's size, with their own area and tight box
+        info = coco.imgs[a["image_id"]]
+        assert a["segmentation"]["size"] == [info["height"], info["width"]]
+        m = coco.annToMask(a).astype(bool)
+        ys, xs = np.nonzero(m)
+        assert a["area"] == m.sum() > 0
+        assert a["bbox"] == [xs.min(), ys.min(), xs.max() + 1 - xs.min(), ys.max() + 1 - ys.min()]
+    # the first image, by hand: affinity at twice the size, grouped there, ranked with boxes halved, resized back
+    ds, ids = pseudo_dataset(scaled, other)
+    image, target = ds[0]
+    with torch.inference_mode():
+        aff = ggn.load_model(scaled, other, "teacher")([image])[0][0].float().numpy()
+    assert aff.shape == (2 * image.shape[1], 2 * image.shape[2])
+    params = ggn.grouping_params(scaled)
+    grouping = build_grouping(aff, params)
+    ranker = OlnRanker(scaled, ckpt)
+    r, c = ranker.box_scores(image, torch.from_numpy(grouping.boxes) / 2)
+    np.testing.assert_allclose(ranker.scores(image, grouping), grouping.score / 2 + (r + r * c).double().numpy())
+    expect = [x for x in extract.at_image_size(grouping.select(params, ranker.scores(image, grouping)),
+                                               *target["masks"].shape[1:]) if x.area > 0]
+    stored = extract.sharding(scaled, other, 1).records()[ids[0]]["candidates"]
+    assert [x["bbox"] for x in stored] == [x.bbox for x in expect] and len(stored) > 0
+    assert [x["area"] for x in stored] == [x.area for x in expect]
 
 
 def test_the_oln_ranker_must_exist_and_fit_the_recipe(run, tmp_path):

@@ -9,6 +9,8 @@ Network: ResNet C2–C5 + UperNet decoder → 1 logit channel at input resolutio
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -133,7 +135,11 @@ class AffinityNet(nn.Module):
     ``forward(images, targets)``: images are a list of [3, H, W] float RGB in 0..1 (sizes may differ)
     or a batch [B, 3, H, W]; normalisation and padding happen inside. Train mode needs ``targets``
     (dicts with ``"masks"`` [N, H, W]) and returns ``{"loss_affinity": loss}``; eval mode returns
-    sigmoid affinities ([1, H, W] per image for a list input, [B, 1, H, W] for a batch).
+    sigmoid affinities ([1, H', W'] per image for a list input, [B, 1, H', W'] for a batch).
+
+    ``input_scale``: each image (and, in training, its masks) is first resized to H' × W' =
+    round(s·H) × round(s·W) (bilinear; masks nearest), so the target, the loss and the returned
+    affinities live at that size. 1 (upstream): the image's own.
     """
 
     mean: Tensor  # [1, 3, 1, 1] buffers: the backbone's pixel statistics
@@ -141,8 +147,11 @@ class AffinityNet(nn.Module):
 
     def __init__(self, backbone: str = "resnet50", weights: str | None = None, channels: int = 256,
                  pool_channels: int = 512, pos_weight: float = 0.05, size_divisible: int = 32,
-                 norm: str = "bn") -> None:
+                 norm: str = "bn", input_scale: float = 1.0) -> None:
         super().__init__()
+        if not (math.isfinite(input_scale) and input_scale > 0):
+            raise ValueError(f"AffinityNet: input_scale must be a finite number > 0, got {input_scale}")
+        self.input_scale = input_scale
         net = build_trunk(backbone, weights, trainable_layers=5, norm=norm)
         parts = trunk_children(net)
         layers = [parts.pop(f"layer{i}") for i in range(1, 5)]
@@ -164,6 +173,11 @@ class AffinityNet(nn.Module):
             feats.append(y)
         return F.interpolate(self.head(feats), size=x.shape[-2:], mode="bilinear", align_corners=False)
 
+    def scaled_size(self, height: int, width: int) -> tuple[int, int]:
+        """The size an image of ``height`` × ``width`` is resized to (``input_scale``), at least 1 × 1."""
+        s = self.input_scale
+        return max(1, round(s * height)), max(1, round(s * width))
+
     def _batch(self, images: list[Tensor] | Tensor) -> tuple[Tensor, list[tuple[int, int]]]:
         if isinstance(images, Tensor):
             if images.dim() != 4 or images.shape[1] != 3:
@@ -172,6 +186,9 @@ class AffinityNet(nn.Module):
         for i, im in enumerate(images):
             if im.dim() != 3 or im.shape[0] != 3:
                 raise ValueError(f"AffinityNet: image {i} must be [3, H, W] RGB in 0..1, got shape {tuple(im.shape)}")
+        if self.input_scale != 1:
+            images = [F.interpolate(im[None], size=self.scaled_size(*im.shape[1:]), mode="bilinear",
+                                    align_corners=False)[0] for im in images]
         sizes = [(int(im.shape[1]), int(im.shape[2])) for im in images]
         d = self.size_divisible
         hp = -(-max(h for h, _ in sizes) // d) * d
@@ -183,20 +200,24 @@ class AffinityNet(nn.Module):
 
     def forward(self, images: list[Tensor] | Tensor, targets: list[dict] | None = None) -> dict[str, Tensor] | Tensor | list[Tensor]:
         batch, sizes = self._batch(images)
+        given = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]  # before the resize
         logits = self.logits(batch)
         if self.training:
             if targets is None or len(targets) != len(sizes):
                 raise ValueError(f"AffinityNet: training needs one target dict with 'masks' per image ({len(sizes)} images)")
             tgt = torch.zeros(batch.shape[0], *batch.shape[-2:], device=batch.device)
             valid = torch.zeros_like(tgt, dtype=torch.bool)
-            for i, (t, (h, w)) in enumerate(zip(targets, sizes)):
+            for i, (t, (h0, w0), (h, w)) in enumerate(zip(targets, given, sizes)):
                 masks = t.get("masks")
-                if masks is None or tuple(masks.shape[-2:]) != (h, w):
+                if masks is None or masks.dim() != 3 or tuple(masks.shape[-2:]) != (h0, w0):
                     raise ValueError(
-                        f"AffinityNet: target {i} needs 'masks' [N, {h}, {w}] matching its image, "
+                        f"AffinityNet: target {i} needs 'masks' [N, {h0}, {w0}] matching its image, "
                         f"got {None if masks is None else tuple(masks.shape)}"
                     )
-                tgt[i, :h, :w], valid[i, :h, :w] = affinity_target(palette_from_masks(masks.to(batch.device)))
+                masks = masks.to(batch.device)
+                if (h, w) != (h0, w0):
+                    masks = F.interpolate(masks[None].float(), size=(h, w), mode="nearest")[0] > 0.5
+                tgt[i, :h, :w], valid[i, :h, :w] = affinity_target(palette_from_masks(masks))
             return {"loss_affinity": affinity_loss(logits, tgt, valid, self.pos_weight)}
         prob = torch.sigmoid(logits)
         if isinstance(images, Tensor):

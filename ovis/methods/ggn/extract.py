@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ovis.config import Recipe
 from ovis.data.coco import masks_to_rles
@@ -67,6 +68,23 @@ def _candidates_key(recipe: Recipe, run_dir: Path) -> str:
         key["oln_ranker"] = _file_digest(Path(ranker)) if Path(ranker).is_file() else f"missing:{ranker}"
     blob = json.dumps(key, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def at_image_size(cands: list[Candidate], height: int, width: int) -> list[Candidate]:
+    """``cands`` of a grouping at the PA network's input size (``model.affinity_input_scale``) resized to the
+    image's ``height`` × ``width``: a pixel is in a mask when at least half of its area is, and each box and
+    area is recomputed from the resized mask (a mask may become empty). Unchanged at the image's own size."""
+    if not cands or cands[0].mask.shape == (height, width):
+        return cands
+    masks = torch.from_numpy(np.stack([c.mask for c in cands])).float()[:, None]
+    small = (F.interpolate(masks, size=(height, width), mode="area")[:, 0] >= 0.5).numpy()
+    out = []
+    for c, m in zip(cands, small):
+        ys, xs = np.nonzero(m)
+        bbox = [float(xs.min()), float(ys.min()), float(xs.max() + 1 - xs.min()), float(ys.max() + 1 - ys.min())] \
+            if len(xs) else [0.0, 0.0, 0.0, 0.0]
+        out.append(dataclasses.replace(c, mask=m, bbox=bbox, area=int(len(xs))))
+    return out
 
 
 def _record(image_id: int, cands: list[Candidate], gt_masks: np.ndarray, affinity_s: float, seconds: float) -> dict:
@@ -134,7 +152,8 @@ def extract_shard(recipe: Recipe, run_dir: str | Path, shard: int, num_shards: i
             if grouping is None:
                 cands = []
             else:
-                cands = grouping.select(params, ranker.scores(image, grouping) if ranker else None)
+                cands = at_image_size(grouping.select(params, ranker.scores(image, grouping) if ranker else None),
+                                      *gt_masks.shape[1:])
             now = time.perf_counter()
             rec = _record(image_id, cands, gt_masks, affinity_s, now - t_last)
             t_last = now

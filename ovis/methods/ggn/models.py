@@ -21,10 +21,11 @@ MASK_HEAD = ("roi_heads.mask_head.", "roi_heads.mask_predictor.")  # a detector'
 
 def affinity_net(recipe: Recipe, weights: str | None) -> AffinityNet:
     """The recipe's PA network, initialised from ``weights``. Its backbone BatchNorm is frozen when
-    the recipe has pretrained weights (their statistics) and trains otherwise."""
+    the recipe has pretrained weights (their statistics) and trains otherwise; it sees each image resized by
+    ``model.affinity_input_scale`` (null: at its own size)."""
     m = recipe.model
     return AffinityNet(m.backbone, weights=weights, channels=m.decoder_channels,
-                       norm="frozen_bn" if m.backbone_weights else "bn")
+                       norm="frozen_bn" if m.backbone_weights else "bn", input_scale=m.affinity_input_scale or 1.0)
 
 
 def oln_recipe(recipe: Recipe) -> Recipe:

@@ -68,6 +68,9 @@ class OlnRanker:
         return iou_logits.flatten().sigmoid().sqrt().cpu(), c.cpu()
 
     def scores(self, image: torch.Tensor, grouping: Grouping) -> np.ndarray:
-        """The ranking score ``pa / 2 + r + r · c`` of each candidate of ``grouping`` (higher is better)."""
-        r, c = (t.double().numpy() for t in self.box_scores(image, torch.from_numpy(grouping.boxes)))
+        """The ranking score ``pa / 2 + r + r · c`` of each candidate of ``grouping`` (higher is better); a grouping
+        at another size than ``image`` (``model.affinity_input_scale``) has its boxes scaled to the image."""
+        (gh, gw), (h, w) = grouping.labels.shape, image.shape[-2:]
+        boxes = torch.from_numpy(grouping.boxes) * torch.tensor([w / gw, h / gh, w / gw, h / gh], dtype=torch.float64)
+        r, c = (t.double().numpy() for t in self.box_scores(image, boxes))
         return grouping.score / 2 + r + r * c
