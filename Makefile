@@ -65,13 +65,21 @@ bench: setup
 OLN_480 = --set student.max_iter=480 --set=student.steps=[384] --set student.checkpoint_period=240
 BOUND = --set model.oln_objectness_neg_pos_ub=1
 
-# CPL at the budget where its effect shows (about 45 min on one core: the run, then three students)
+# CPL at the budget where its effect shows (about 45 min on one core: the run, then three students), then
+# GGN with its networks at twice the input size (the run, then three seeds of detectors, then of students
+# trained twice as long)
 bench-long: setup
 	export OMP_NUM_THREADS=1; \
 	$(OVIS) reproduce demo_cpl_long --stages splits,teacher,pseudo && \
 	$(VENV)/bin/python benchmarks/cpl_grounding_zero_shot.py --recipe demo_cpl_long --run-dir runs/demo_cpl_long && \
 	$(VENV)/bin/python benchmarks/cpl_grounding_zero_shot.py --recipe demo_cpl_long --run-dir runs/demo_cpl_long --model teacher && \
-	$(VENV)/bin/python benchmarks/cpl_seed_margin.py --recipe demo_cpl_long --run-dir runs/demo_cpl_long --seeds 0,1,2
+	$(VENV)/bin/python benchmarks/cpl_seed_margin.py --recipe demo_cpl_long --run-dir runs/demo_cpl_long --seeds 0,1,2 && \
+	$(OVIS) reproduce demo_ggn_long --stages splits,teacher,pseudo && \
+	$(VENV)/bin/python benchmarks/ggn_pseudo_errors.py --recipe demo_ggn_long --run-dir runs/demo_ggn_long && \
+	$(VENV)/bin/python benchmarks/ggn_seed_margin.py --recipe demo_ggn_long --run-dir runs/demo_ggn_long --seeds 0,1,2 && \
+	$(VENV)/bin/python benchmarks/ggn_seed_margin.py --recipe demo_ggn_long --run-dir runs/demo_ggn_long --seeds 0,1,2 \
+	  --out runs/demo_ggn_long/seed_margin_240 --without-oln --set student.max_iter=240 --set=student.steps=[192] \
+	  --set student.checkpoint_period=120
 
 lab: setup
 	$(OVIS) lab

@@ -7,14 +7,17 @@ the GGN student (base + pseudo GT) and the two OLN variants (``oln_baseline``: b
 model already trained there is not retrained, only evaluated. Prints unseen AR@100 per seed.
 
     python benchmarks/ggn_seed_margin.py --run-dir runs/demo_ggn --seeds 0,1,2 [--out DIR] [--set KEY=VALUE ...]
+        [--without-oln]
 
 Last line (AR@100 on unseen classes, %): ``seeds=… baseline_mean=… ggn_mean=… margin_mean=…
-margin_min=… margin_max=…`` for mask AR (margin = GGN − baseline), then ``oln_box_margin_*`` (box AR,
-OLN baseline − baseline: OLN heads on base GT) and ``oln_pseudo_box_margin_*`` (box AR, OLN − GGN:
-OLN heads on base + pseudo GT).
+margin_min=… margin_max=…`` for mask AR (margin = GGN − baseline), then, unless ``--without-oln`` (which
+trains only the baseline and GGN), ``oln_box_margin_*`` (box AR, OLN baseline − baseline: OLN heads on base
+GT) and ``oln_pseudo_box_margin_*`` (box AR, OLN − GGN: OLN heads on base + pseudo GT).
 """
 
 from __future__ import annotations
+
+import argparse
 
 from seed_study import parse_args, seed_runs
 
@@ -25,10 +28,12 @@ SHARED = ("splits", "teacher", "pseudo")
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(__doc__.splitlines()[0], "demo_ggn", argv)
+    own = argparse.ArgumentParser(add_help=False)
+    own.add_argument("--without-oln", action="store_true", help="train and evaluate only the baseline and GGN")
+    args = parse_args(__doc__.splitlines()[0], "demo_ggn", argv, parents=[own])
     if not load_recipe(args.recipe, args.overrides).model.mask:
         raise SystemExit(f"{args.recipe}: model.mask is false; the margin is in mask AR@100")
-    models = ("baseline", "student", *ggn.OLN_VARIANTS)
+    models = ("baseline", "student", *(() if args.without_oln else ggn.OLN_VARIANTS))
     mask, box = [], []  # per seed: {model: unseen AR@100 %}
     for seed, recipe, d in seed_runs(args, SHARED):
         for stage in models:
@@ -44,10 +49,12 @@ def main(argv: list[str] | None = None) -> int:
                 f"{name}_max={max(values):.1f}")
 
     mean = {m: sum(ar[m] for ar in mask) / len(mask) for m in ("baseline", "student")}
-    print(f"seeds={','.join(map(str, args.seeds))} baseline_mean={mean['baseline']:.1f} ggn_mean={mean['student']:.1f} "
-          + stats("margin", [ar["student"] - ar["baseline"] for ar in mask]) + " "
-          + stats("oln_box_margin", [ar["oln_baseline"] - ar["baseline"] for ar in box]) + " "
-          + stats("oln_pseudo_box_margin", [ar["oln"] - ar["student"] for ar in box]))
+    line = (f"seeds={','.join(map(str, args.seeds))} baseline_mean={mean['baseline']:.1f} ggn_mean={mean['student']:.1f} "
+            + stats("margin", [ar["student"] - ar["baseline"] for ar in mask]))
+    if not args.without_oln:
+        line += (" " + stats("oln_box_margin", [ar["oln_baseline"] - ar["baseline"] for ar in box]) + " "
+                 + stats("oln_pseudo_box_margin", [ar["oln"] - ar["student"] for ar in box]))
+    print(line)
     return 0
 
 

@@ -63,6 +63,17 @@ def test_long_cpl_demo_changes_only_data_scale_resolution_and_schedules():
     assert long["data"]["root"] != short["data"]["root"]  # its 1200 images do not replace the 240 of make demo
 
 
+def test_long_ggn_demo_changes_only_the_input_size_of_its_networks():
+    short, long = load_recipe("demo_ggn").to_dict(), load_recipe("demo_ggn_long").to_dict()
+    changed = {(section, key) for section, values in long.items() if isinstance(values, dict)
+               for key, value in values.items() if short[section].get(key) != value}
+    assert changed == {("model", "affinity_input_scale"), ("model", "min_size"), ("model", "max_size"),
+                       ("model", "anchor_sizes")}
+    assert long["model"]["affinity_input_scale"] * short["model"]["min_size"] == long["model"]["min_size"]
+    assert long["model"]["anchor_sizes"] == [2 * a for a in short["model"]["anchor_sizes"]]
+    assert "affinity_input_scale" not in short["model"]  # null: the images' own size, as upstream
+
+
 def test_dotted_overrides_are_typed_and_change_the_hash():
     base = load_recipe("demo_ggn")
     r = load_recipe("demo_ggn", ["student.max_iter=7", "student.lr=1", "model.anchor_sizes=[8, 16]"])
