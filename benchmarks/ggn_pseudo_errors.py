@@ -4,8 +4,8 @@ Sorts each pseudo mask a GGN run kept (``pseudo/train_pseudo.json``) by what it 
 image's full GT (every class, the held-out unseen ones included; crowd regions count as objects):
 
 - ``right``: mask IoU >= 0.5 with an unseen object (what the stage's ``kept_on_unseen@0.5`` counts);
-- ``seen``: IoU >= 0.5 with a seen object (the stage drops those against the base GT, so 0 unless a
-  seen object is unannotated);
+- ``seen``: IoU >= 0.5 with a seen object (the stage drops those against the base GT's non-crowd masks,
+  so only seen-class crowd regions land here);
 - ``background``: more than half of its pixels on no object;
 - ``merge``: holds at least half of each of two or more objects;
 - ``part``: at least 80 % of its pixels inside one object;
