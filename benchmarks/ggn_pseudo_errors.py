@@ -34,25 +34,30 @@ from ovis.runs import RunLayout
 KINDS = ("right", "seen", "background", "merge", "part", "mixed")
 
 
-def kind(mask: np.ndarray, objects: list[np.ndarray], unseen: list[bool]) -> str:
-    """The class of one kept pseudo ``mask`` against the image's object masks (``unseen[i]``: object i is of an
-    unseen class, not crowd)."""
-    inter = np.array([(mask & o).sum() for o in objects], dtype=np.float64)
-    union = np.array([(mask | o).sum() for o in objects], dtype=np.float64)
-    iou = inter / np.maximum(union, 1)
-    if any(i >= 0.5 and u for i, u in zip(iou, unseen)):
-        return "right"
-    if (iou >= 0.5).any():
-        return "seen"
-    on_objects = np.logical_or.reduce(objects) if objects else np.zeros_like(mask)
-    if (mask & ~on_objects).sum() > 0.5 * mask.sum():
-        return "background"
-    sizes = np.array([o.sum() for o in objects], dtype=np.float64)
-    if (inter >= 0.5 * sizes).sum() >= 2:
-        return "merge"
-    if inter.max() >= 0.8 * mask.sum():
-        return "part"
-    return "mixed"
+def kinds(masks: np.ndarray, objects: np.ndarray, unseen: np.ndarray) -> list[str]:
+    """The class of each kept pseudo mask ``masks`` [P, H, W] of one image against its object masks ``objects``
+    [G, H, W] (``unseen[g]``: object g is of an unseen class, not crowd), each mask decoded once."""
+    flat_m = masks.reshape(len(masks), -1).astype(np.float64)
+    flat_o = objects.reshape(len(objects), -1).astype(np.float64)
+    inter = flat_m @ flat_o.T  # [P, G] pixel counts
+    area_m, area_o = flat_m.sum(1), flat_o.sum(1)
+    iou = inter / np.maximum(area_m[:, None] + area_o[None] - inter, 1)
+    off_objects = flat_m @ (1 - flat_o.max(0, initial=0))  # pixels on no object
+    out = []
+    for p in range(len(masks)):
+        if (iou[p] >= 0.5)[unseen].any():
+            out.append("right")
+        elif (iou[p] >= 0.5).any():
+            out.append("seen")
+        elif off_objects[p] > 0.5 * area_m[p]:
+            out.append("background")
+        elif (inter[p] >= 0.5 * area_o).sum() >= 2:
+            out.append("merge")
+        elif inter[p].max(initial=0) >= 0.8 * area_m[p]:
+            out.append("part")
+        else:
+            out.append("mixed")
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,17 +78,22 @@ def main(argv: list[str] | None = None) -> int:
     for a in full["annotations"]:
         by_image.setdefault(a["image_id"], []).append(a)
     sizes = {im["id"]: (im["height"], im["width"]) for im in pseudo["images"]}
+    kept: dict[int, list[dict]] = {}
+    for a in pseudo["annotations"]:
+        if a.get("pseudo"):
+            kept.setdefault(a["image_id"], []).append(a)
     counts = dict.fromkeys(KINDS, 0)
-    kept = [a for a in pseudo["annotations"] if a.get("pseudo")]
-    for a in kept:
-        h, w = sizes[a["image_id"]]
-        gt = by_image.get(a["image_id"], [])
-        objects = [ann_to_mask(g, h, w).astype(bool) for g in gt]
-        unseen = [g["category_id"] in unseen_ids and not g.get("iscrowd", 0) for g in gt]
-        counts[kind(ann_to_mask(a, h, w).astype(bool), objects, unseen)] += 1
-    share = {k: 100 * v / max(1, len(kept)) for k, v in counts.items()}
+    for image_id, anns in kept.items():
+        h, w = sizes[image_id]
+        gt = by_image.get(image_id, [])
+        objects = np.array([ann_to_mask(g, h, w) for g in gt], dtype=bool).reshape(len(gt), h, w)
+        unseen = np.array([g["category_id"] in unseen_ids and not g.get("iscrowd", 0) for g in gt], dtype=bool)
+        for k in kinds(np.array([ann_to_mask(a, h, w) for a in anns]), objects, unseen):
+            counts[k] += 1
+    total = sum(counts.values())
+    share = {k: 100 * v / max(1, total) for k, v in counts.items()}
     print(", ".join(f"{k} {counts[k]} ({share[k]:.1f} %)" for k in KINDS))
-    print(f"kept={len(kept)} " + " ".join(f"{k}={share[k]:.1f}" for k in KINDS))
+    print(f"kept={total} " + " ".join(f"{k}={share[k]:.1f}" for k in KINDS))
     return 0
 
 
