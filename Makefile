@@ -33,7 +33,7 @@ test-slow: setup
 
 bench: setup
 	for script in benchmarks/*.py; do \
-	  case $$script in */cpl_pseudo_chance.py|*/cpl_shape_from_scratch.py|*/cpl_teacher_recall.py|*/cpl_seed_margin.py|*/cpl_grounding_zero_shot.py|*/ggn_seed_margin.py|*/ggn_pseudo_ceiling.py|*/ggn_proposal_recall.py|*/ggn_oln_ranker.py|*/ggn_pseudo_errors.py|*/seed_study.py|*/gt_box_scores.py) continue;; esac; $(VENV)/bin/python $$script || exit 1; done
+	  case $$script in */cpl_pseudo_chance.py|*/cpl_shape_from_scratch.py|*/cpl_teacher_recall.py|*/cpl_seed_margin.py|*/cpl_grounding_zero_shot.py|*/ggn_seed_margin.py|*/ggn_pseudo_ceiling.py|*/ggn_proposal_recall.py|*/ggn_oln_ranker.py|*/ggn_pseudo_errors.py|*/ggn_unseen_scores.py|*/seed_study.py|*/gt_box_scores.py) continue;; esac; $(VENV)/bin/python $$script || exit 1; done
 	# the scripts below read a CPL / GGN run, made with the threads `ovis demo` gives each run (same numbers)
 	export OMP_NUM_THREADS=$$($(VENV)/bin/python -c "from ovis.demo import threads_per_run; print(threads_per_run(2))"); \
 	$(OVIS) reproduce demo_cpl --stages splits,teacher,pseudo && \
@@ -48,6 +48,7 @@ bench: setup
 	$(VENV)/bin/python benchmarks/ggn_pseudo_ceiling.py --run-dir runs/demo_ggn --seeds 0,1,2 && \
 	$(OVIS) reproduce demo_ggn --stages student && \
 	$(VENV)/bin/python benchmarks/ggn_proposal_recall.py --run-dir runs/demo_ggn && \
+	$(VENV)/bin/python benchmarks/ggn_unseen_scores.py --run-dir runs/demo_ggn && \
 	$(VENV)/bin/python benchmarks/ggn_oln_ranker.py --run-dir runs/demo_ggn --oln runs/demo_ggn/oln_baseline/model_final.pth --out runs/demo_ggn/oln_ranker/demo && \
 	$(VENV)/bin/python benchmarks/ggn_seed_margin.py --run-dir runs/demo_ggn --seeds 0,1,2 --out runs/demo_ggn/oln_480 $(OLN_480) && \
 	$(VENV)/bin/python benchmarks/ggn_proposal_recall.py --run-dir runs/demo_ggn/oln_480/seed0 $(OLN_480) && \
@@ -79,7 +80,11 @@ bench-long: setup
 	$(VENV)/bin/python benchmarks/ggn_seed_margin.py --recipe demo_ggn_long --run-dir runs/demo_ggn_long --seeds 0,1,2 && \
 	$(VENV)/bin/python benchmarks/ggn_seed_margin.py --recipe demo_ggn_long --run-dir runs/demo_ggn_long --seeds 0,1,2 \
 	  --out runs/demo_ggn_long/seed_margin_240 --without-oln --set student.max_iter=240 --set=student.steps=[192] \
-	  --set student.checkpoint_period=120
+	  --set student.checkpoint_period=120 && \
+	for k in 0 1 2; do \
+	  $(VENV)/bin/python benchmarks/ggn_unseen_scores.py --recipe demo_ggn_long --run-dir runs/demo_ggn_long/seed_margin/seed$$k && \
+	  $(VENV)/bin/python benchmarks/ggn_unseen_scores.py --recipe demo_ggn_long --run-dir runs/demo_ggn_long/seed_margin_240/seed$$k \
+	    --set student.max_iter=240 --set=student.steps=[192] --set student.checkpoint_period=120 || exit 1; done
 
 lab: setup
 	$(OVIS) lab
