@@ -26,7 +26,7 @@ from ovis.data.coco import (
     validate_coco,
 )
 from ovis.data.dataset import CocoDetection, collate_fn
-from ovis.data.masks import mask_iou, match_counts
+from ovis.data.masks import mask_boxes, mask_iou, match_counts
 from ovis.data.transforms import RandomHorizontalFlip
 from ovis.io import write_json_atomic, write_text_atomic
 
@@ -506,6 +506,18 @@ def test_mask_iou_with_an_empty_side_is_an_empty_matrix_of_zeros() -> None:
 def test_mask_iou_refuses_masks_of_other_sizes_and_non_compressed_rles(dt, gt, match) -> None:
     with pytest.raises(ValueError, match=match):
         mask_iou(dt, gt)
+
+
+def test_mask_boxes_equal_pycocotools_boxes_of_real_masks_and_zero_when_empty(val: dict) -> None:
+    sizes = {im["id"]: (im["height"], im["width"]) for im in val["images"]}
+    image_id = val["annotations"][0]["image_id"]
+    anns = [a for a in val["annotations"] if a["image_id"] == image_id]
+    masks = np.stack([ann_to_mask(a, *sizes[image_id]) for a in anns] + [np.zeros(sizes[image_id], bool)])
+    expected = mask_utils.toBbox(mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8))))
+    boxes = mask_boxes(masks)
+    assert boxes.dtype == np.float32 and boxes.shape == (len(anns) + 1, 4)
+    np.testing.assert_array_equal(boxes, expected)
+    np.testing.assert_array_equal(boxes[-1], 0)
 
 
 def test_match_counts_are_gt_covered_and_detections_covering() -> None:

@@ -1,4 +1,4 @@
-"""COCO segmentations ↔ masks: polygons, uncompressed and compressed RLE, mask IoU (pycocotools, no torch)."""
+"""COCO segmentations ↔ masks: polygons, uncompressed and compressed RLE, mask IoU and pixel extents (pycocotools, no torch)."""
 
 from __future__ import annotations
 
@@ -88,3 +88,14 @@ def match_counts(iou: np.ndarray, thresh: float = 0.5) -> tuple[int, int]:
         raise ValueError(f"match_counts expects an IoU matrix [D, G], got shape {iou.shape}")
     hit = iou >= thresh
     return int(hit.any(axis=0).sum()), int(hit.any(axis=1).sum())
+
+
+def mask_boxes(masks: np.ndarray) -> np.ndarray:
+    """XYWH float32 [N, 4] of each bool mask's pixel extent in ``masks`` [N, H, W] (zeros for an empty mask)."""
+    rows, cols = np.any(masks, axis=2), np.any(masks, axis=1)
+    boxes = np.zeros((masks.shape[0], 4), np.float32)
+    for i in np.flatnonzero(rows.any(axis=1)):
+        y = np.flatnonzero(rows[i])
+        x = np.flatnonzero(cols[i])
+        boxes[i] = (x[0], y[0], x[-1] - x[0] + 1, y[-1] - y[0] + 1)
+    return boxes

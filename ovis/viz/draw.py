@@ -29,7 +29,7 @@ from matplotlib.patches import Rectangle
 from PIL import Image, ImageDraw, ImageFont
 from pycocotools import mask as mask_utils
 
-from ovis.data.masks import segmentation_to_rle
+from ovis.data.masks import mask_boxes, segmentation_to_rle
 
 __all__ = [
     "PALETTE",
@@ -155,17 +155,6 @@ def _text_color(rgb: np.ndarray) -> tuple[int, int, int]:
     return (0, 0, 0) if luma > 150 else (255, 255, 255)
 
 
-def _mask_boxes(masks: np.ndarray) -> np.ndarray:
-    """XYWH float[N, 4] of each mask's pixel extent (zeros for empty masks)."""
-    rows, cols = np.any(masks, axis=2), np.any(masks, axis=1)
-    boxes = np.zeros((masks.shape[0], 4), np.float32)
-    for i in np.flatnonzero(rows.any(axis=1)):
-        y = np.flatnonzero(rows[i])
-        x = np.flatnonzero(cols[i])
-        boxes[i] = (x[0], y[0], x[-1] - x[0] + 1, y[-1] - y[0] + 1)
-    return boxes
-
-
 def overlay_masks(
     image: np.ndarray,
     masks: np.ndarray | Sequence[Any] | None,
@@ -233,7 +222,7 @@ def overlay_masks(
 
     pil = Image.fromarray(out.round().astype(np.uint8))
     draw = ImageDraw.Draw(pil)
-    xywh = np.asarray(boxes, np.float32).reshape(n, 4) if boxes is not None else _mask_boxes(stack)
+    xywh = np.asarray(boxes, np.float32).reshape(n, 4) if boxes is not None else mask_boxes(stack)
     lw = max(1, round(max(h, w) / 320))
     font = _font(max(10, round(max(h, w) / 48)))
     for i in range(n):
@@ -293,11 +282,11 @@ def draw_instances(
     cols = instance_colors(len(anns), labels)
     ax.imshow(overlay_masks(img, masks, alpha=alpha, colors=cols, dashed=pseudo), interpolation="antialiased")
 
-    mask_boxes = _mask_boxes(masks)
+    extents = mask_boxes(masks)
     fontsize = 7
     for i, a in enumerate(anns):
         box = a.get("bbox")
-        x, y, bw, bh = (float(v) for v in box) if box is not None else mask_boxes[i]
+        x, y, bw, bh = (float(v) for v in box) if box is not None else extents[i]
         c = cols[i] / 255.0
         ax.add_patch(
             Rectangle((x - 0.5, y - 0.5), bw, bh, fill=False, edgecolor=c, linewidth=1.2,

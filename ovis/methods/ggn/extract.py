@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from ovis.config import Recipe
 from ovis.data.coco import masks_to_rles
+from ovis.data.masks import mask_boxes
 from ovis.engine.dist import resolve_device, usable_cpus
 from ovis.engine.workers import explain_broken_pool, single_threaded_children, torch_threads
 from ovis.methods.ggn.datasets import pseudo_dataset, pseudo_dir
@@ -78,13 +79,8 @@ def at_image_size(cands: list[Candidate], height: int, width: int) -> list[Candi
         return cands
     masks = torch.from_numpy(np.stack([c.mask for c in cands])).float()[:, None]
     small = (F.interpolate(masks, size=(height, width), mode="area")[:, 0] >= 0.5).numpy()
-    out = []
-    for c, m in zip(cands, small):
-        ys, xs = np.nonzero(m)
-        bbox = [float(xs.min()), float(ys.min()), float(xs.max() + 1 - xs.min()), float(ys.max() + 1 - ys.min())] \
-            if len(xs) else [0.0, 0.0, 0.0, 0.0]
-        out.append(dataclasses.replace(c, mask=m, bbox=bbox, area=int(len(xs))))
-    return out
+    return [dataclasses.replace(c, mask=m, bbox=box.tolist(), area=int(m.sum()))
+            for c, m, box in zip(cands, small, mask_boxes(small))]
 
 
 def _record(image_id: int, cands: list[Candidate], gt_masks: np.ndarray, affinity_s: float, seconds: float) -> dict:
